@@ -1,0 +1,287 @@
+//! Tensors: element bytes in their original dtype and layout, with conversion to and from `ndarray`.
+//!
+//! Values are kept as little-endian bytes exactly as read (possibly backed by a mapped file), so a tensor
+//! no pass touches is written back byte for byte. Passes read values as `f32`/`f64` arrays and either
+//! zero elements in place ([`Tensor::zero_where`], which leaves every kept element bit-identical) or write
+//! new values back in the original dtype ([`Tensor::write_f64`]).
+
+use crate::DType;
+use bytes::Bytes;
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+
+/// How the tensor was stored in the file; the exporter writes it back the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// `raw_data`.
+    Raw,
+    /// A typed repeated field (`float_data`, `int32_data`, ...).
+    Typed,
+    /// External data at `location`, relative to the model's folder.
+    External { location: String },
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum TensorError {
+    #[error("tensor '{name}': {what}")]
+    Invalid { name: String, what: String },
+    #[error("tensor '{name}' has dtype {dtype}, which the passes cannot compute on")]
+    Unsupported { name: String, dtype: String },
+    #[error("tensor '{name}' holds a non-finite value ({value}) at flat index {index}")]
+    NonFinite { name: String, index: usize, value: f64 },
+}
+
+/// A tensor: an initializer or the value of a `Constant` node.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    pub name: String,
+    pub dtype: DType,
+    pub dims: Vec<i64>,
+    data: Bytes,
+    /// Elements of a string tensor (empty otherwise).
+    pub strings: Vec<Vec<u8>>,
+    pub storage: Storage,
+    /// Set when a pass rewrote the values.
+    pub modified: bool,
+    /// Fields the IR does not interpret (doc string, segment, metadata), owned by the exporter.
+    pub opaque: Vec<u8>,
+}
+
+impl Tensor {
+    /// A tensor over little-endian element bytes; checks the byte length against the shape.
+    pub fn new(name: impl Into<String>, dtype: DType, dims: Vec<i64>, data: Bytes) -> Result<Tensor, TensorError> {
+        let t = Tensor {
+            name: name.into(),
+            dtype,
+            dims,
+            data,
+            strings: Vec::new(),
+            storage: Storage::Raw,
+            modified: false,
+            opaque: Vec::new(),
+        };
+        t.check_len()?;
+        Ok(t)
+    }
+
+    /// A float32 tensor from values (used by tests and builders).
+    pub fn from_f32(name: impl Into<String>, dims: Vec<i64>, values: &[f32]) -> Result<Tensor, TensorError> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::new(name, DType::F32, dims, Bytes::from(bytes))
+    }
+
+    fn invalid(&self, what: impl Into<String>) -> TensorError {
+        TensorError::Invalid { name: self.name.clone(), what: what.into() }
+    }
+
+    /// Number of elements, or an error for negative dims or overflow.
+    pub fn numel(&self) -> Result<usize, TensorError> {
+        let mut n: usize = 1;
+        for &d in &self.dims {
+            let d = usize::try_from(d).map_err(|_| self.invalid(format!("negative dimension {d}")))?;
+            n = n.checked_mul(d).ok_or_else(|| self.invalid("element count overflows"))?;
+        }
+        Ok(n)
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().map(|&d| d.max(0) as usize).collect()
+    }
+
+    /// The expected byte length, when the dtype has a fixed element size.
+    pub fn expected_len(&self) -> Result<Option<usize>, TensorError> {
+        let n = self.numel()?;
+        Ok(match self.dtype {
+            DType::String => None,
+            // int4 / uint4 / float4: two elements a byte.
+            DType::Other(21) | DType::Other(22) | DType::Other(25) | DType::Other(26) => Some(n.div_ceil(2)),
+            d => d.size().map(|s| n * s),
+        })
+    }
+
+    fn check_len(&self) -> Result<(), TensorError> {
+        if let Some(want) = self.expected_len()? {
+            if want != self.data.len() {
+                return Err(self.invalid(format!(
+                    "holds {} bytes of data but its shape {:?} of {} needs {want}",
+                    self.data.len(),
+                    self.dims,
+                    self.dtype.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The element bytes (little-endian).
+    pub fn bytes(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Replace the element bytes, checking the length; marks the tensor modified.
+    pub fn set_bytes(&mut self, data: Bytes) -> Result<(), TensorError> {
+        let old = std::mem::replace(&mut self.data, data);
+        if let Err(e) = self.check_len() {
+            self.data = old;
+            return Err(e);
+        }
+        self.modified = true;
+        Ok(())
+    }
+
+    /// Values as `f64` (exact for every prunable float dtype).
+    pub fn to_f64(&self) -> Result<ArrayD<f64>, TensorError> {
+        let b = &self.data[..];
+        let v: Vec<f64> = match self.dtype {
+            DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect(),
+            DType::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+            DType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+            DType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64()).collect(),
+            d => return Err(TensorError::Unsupported { name: self.name.clone(), dtype: d.name() }),
+        };
+        ArrayD::from_shape_vec(IxDyn(&self.shape()), v).map_err(|e| self.invalid(e.to_string()))
+    }
+
+    /// Values as `f32` (exact except for f64 tensors).
+    pub fn to_f32(&self) -> Result<ArrayD<f32>, TensorError> {
+        if self.dtype == DType::F32 {
+            let v: Vec<f32> =
+                self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            return ArrayD::from_shape_vec(IxDyn(&self.shape()), v).map_err(|e| self.invalid(e.to_string()));
+        }
+        Ok(self.to_f64()?.mapv(|x| x as f32))
+    }
+
+    /// Error naming the tensor if any value is NaN or infinite.
+    pub fn check_finite(&self) -> Result<(), TensorError> {
+        let vals = self.to_f64()?;
+        if let Some((index, &value)) = vals.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(TensorError::NonFinite { name: self.name.clone(), index, value });
+        }
+        Ok(())
+    }
+
+    /// Write new values in the tensor's own dtype (rounding to it); the shape must match.
+    pub fn write_f64(&mut self, values: &ArrayD<f64>) -> Result<(), TensorError> {
+        if values.shape() != self.shape().as_slice() {
+            return Err(self.invalid(format!("new values have shape {:?}", values.shape())));
+        }
+        let mut out = Vec::with_capacity(self.data.len());
+        for &x in values.iter() {
+            match self.dtype {
+                DType::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
+                DType::F64 => out.extend_from_slice(&x.to_le_bytes()),
+                DType::F16 => out.extend_from_slice(&f16::from_f64(x).to_le_bytes()),
+                DType::BF16 => out.extend_from_slice(&bf16::from_f64(x).to_le_bytes()),
+                d => return Err(TensorError::Unsupported { name: self.name.clone(), dtype: d.name() }),
+            }
+        }
+        self.set_bytes(Bytes::from(out))
+    }
+
+    /// For each element, whether it is exactly zero (either sign). Non-float dtypes compare bytes to 0.
+    pub fn zero_flags(&self) -> Vec<bool> {
+        let b = &self.data[..];
+        match self.dtype {
+            DType::F32 => b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) << 1 == 0).collect(),
+            DType::F64 => b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) << 1 == 0).collect(),
+            DType::F16 | DType::BF16 => b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) << 1 == 0).collect(),
+            d => match d.size() {
+                Some(s) if s > 0 => b.chunks_exact(s).map(|c| c.iter().all(|&x| x == 0)).collect(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Count of non-zero elements.
+    pub fn nnz(&self) -> usize {
+        self.zero_flags().iter().filter(|z| !**z).count()
+    }
+
+    /// Fraction of elements that are exactly zero (0 for empty tensors).
+    pub fn sparsity(&self) -> f64 {
+        let z = self.zero_flags();
+        if z.is_empty() {
+            0.0
+        } else {
+            z.iter().filter(|x| **x).count() as f64 / z.len() as f64
+        }
+    }
+
+    /// Set to +0 every element whose `keep` flag is false; kept elements stay bit-identical.
+    /// Returns how many elements changed (were non-zero before). Marks the tensor modified only if any did.
+    pub fn zero_where(&mut self, keep: &[bool]) -> Result<usize, TensorError> {
+        let size = self.dtype.size().filter(|_| self.dtype.is_prunable_float()).ok_or_else(|| {
+            TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() }
+        })?;
+        if keep.len() != self.numel()? {
+            return Err(self.invalid(format!("mask has {} entries", keep.len())));
+        }
+        let zeros = self.zero_flags();
+        let changed = keep.iter().zip(&zeros).filter(|(k, z)| !**k && !**z).count();
+        if changed == 0 {
+            return Ok(0);
+        }
+        let mut out = self.data.to_vec();
+        for (i, k) in keep.iter().enumerate() {
+            if !k {
+                out[i * size..(i + 1) * size].fill(0);
+            }
+        }
+        self.data = Bytes::from(out);
+        self.modified = true;
+        Ok(changed)
+    }
+
+    /// FNV-1a-64 hash of the non-zero bitmap: stable across platforms, independent of the values.
+    pub fn mask_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for z in self.zero_flags() {
+            h ^= u64::from(!z);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_length_is_an_error_naming_the_tensor() {
+        let e = Tensor::new("w", DType::F32, vec![2, 3], Bytes::from(vec![0u8; 20])).unwrap_err();
+        assert!(e.to_string().contains("'w'") && e.to_string().contains("needs 24"), "{e}");
+    }
+
+    #[test]
+    fn zero_where_keeps_other_bits() {
+        let mut t = Tensor::from_f32("w", vec![4], &[1.5, -0.0, f32::MIN_POSITIVE, 3.0]).unwrap();
+        let before = t.bytes().clone();
+        let n = t.zero_where(&[true, false, true, false]).unwrap();
+        assert_eq!(n, 1, "-0.0 already counts as zero");
+        assert_eq!(&t.bytes()[0..4], &before[0..4]);
+        assert_eq!(&t.bytes()[8..12], &before[8..12]);
+        assert_eq!(t.to_f32().unwrap().as_slice().unwrap(), &[1.5, 0.0, f32::MIN_POSITIVE, 0.0]);
+        assert_eq!(t.sparsity(), 0.5);
+    }
+
+    #[test]
+    fn half_types_round_trip_through_f64() {
+        let vals = [1.0f64, -2.5, 0.0, 65504.0];
+        for dtype in [DType::F16, DType::BF16] {
+            let mut t = Tensor::new("h", dtype, vec![4], Bytes::from(vec![0u8; 8])).unwrap();
+            t.write_f64(&ArrayD::from_shape_vec(IxDyn(&[4]), vals.to_vec()).unwrap()).unwrap();
+            let back = t.to_f64().unwrap();
+            assert_eq!(back[[1]], -2.5);
+            assert_eq!(t.nnz(), 3);
+        }
+    }
+
+    #[test]
+    fn non_finite_is_named() {
+        let t = Tensor::from_f32("bad.w", vec![2], &[1.0, f32::NAN]).unwrap();
+        let e = t.check_finite().unwrap_err().to_string();
+        assert!(e.contains("bad.w") && e.contains("index 1"), "{e}");
+    }
+}

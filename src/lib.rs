@@ -1,0 +1,1 @@
+//! sparsify-onnx facade (see crate docs).
