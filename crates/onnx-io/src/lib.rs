@@ -1,1 +1,51 @@
-//! stub
+//! ONNX protobuf ⇄ IR: import, export, external data and atomic, deterministic writes.
+//!
+//! - [`load`] maps the file read-only and decodes it without copying weight bytes (`raw_data` slices the
+//!   map); external data is mapped lazily, with `location` confined to the model's folder.
+//! - [`save`] writes the model to a temporary file in the target folder and renames it into place, so a
+//!   failure never leaves a partial output; the protobuf is streamed to disk, not built in memory.
+//! - Every field the IR does not model is kept in opaque blobs and written back unchanged.
+
+mod external;
+mod import;
+mod export;
+mod write;
+
+pub use export::{model_to_bytes, ExportOptions, ExternalMode};
+pub use import::{model_from_bytes, LoadOptions};
+
+use sparsify_ir::Model;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("cannot read '{path}': {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write '{path}': {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("'{path}' is not a valid ONNX model (protobuf decode failed: {msg})")]
+    Decode { path: PathBuf, msg: String },
+    #[error("the model has no graph")]
+    NoGraph,
+    #[error("{0}")]
+    Tensor(#[from] sparsify_ir::TensorError),
+    #[error("tensor '{tensor}': external data {what}")]
+    External { tensor: String, what: String },
+    #[error("node '{node}': {what}")]
+    Node { node: String, what: String },
+    #[error("refusing to write '{path}': {why}")]
+    Refused { path: PathBuf, why: String },
+    #[error("the model needs {bytes} bytes inline, over protobuf's 2 GiB limit: save it with external data")]
+    TooLarge { bytes: u64 },
+}
+
+/// Load an ONNX model from a file. External data is resolved relative to the file's folder.
+pub fn load(path: &Path) -> Result<Model, IoError> {
+    import::load_file(path, &LoadOptions::default())
+}
+
+/// Save a model atomically. Inline model data goes into `path`; external data (when the options or the
+/// model ask for it) into `<file name>.data` beside it.
+pub fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), IoError> {
+    write::save(model, path, opts)
+}

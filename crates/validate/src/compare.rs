@@ -22,7 +22,11 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { max_rel_l2: 1e-4, min_cosine: 0.9999, max_abs: None }
+        Thresholds {
+            max_rel_l2: 1e-4,
+            min_cosine: 0.9999,
+            max_abs: None,
+        }
     }
 }
 
@@ -60,19 +64,33 @@ pub struct ValidationReport {
 
 impl ValidationReport {
     fn not_validated(reason: String) -> Self {
-        ValidationReport { status: Status::NotValidated { reason }, outputs: Vec::new() }
+        ValidationReport {
+            status: Status::NotValidated { reason },
+            outputs: Vec::new(),
+        }
     }
 }
 
 /// Compares outputs pairwise by position (`a` is the reference, names are taken from `a`).
 /// Outputs present in only one list count as over threshold.
-pub fn compare_outputs(a: &[(String, Array)], b: &[(String, Array)], th: &Thresholds) -> ValidationReport {
+pub fn compare_outputs(
+    a: &[(String, Array)],
+    b: &[(String, Array)],
+    th: &Thresholds,
+) -> ValidationReport {
     if a.is_empty() && b.is_empty() {
         return ValidationReport::not_validated("no outputs to compare".into());
     }
-    let mut outputs: Vec<OutputReport> =
-        a.iter().zip(b).map(|((name, x), (_, y))| compare_one(name, x, y, th)).collect();
-    let extra = if a.len() > b.len() { &a[b.len()..] } else { &b[a.len()..] };
+    let mut outputs: Vec<OutputReport> = a
+        .iter()
+        .zip(b)
+        .map(|((name, x), (_, y))| compare_one(name, x, y, th))
+        .collect();
+    let extra = if a.len() > b.len() {
+        &a[b.len()..]
+    } else {
+        &b[a.len()..]
+    };
     outputs.extend(extra.iter().map(|(name, arr)| missing(name, arr)));
     let status = if outputs.iter().all(|o| o.within_threshold) {
         Status::Passed
@@ -172,7 +190,11 @@ pub(crate) fn metrics(a: &[f64], b: &[f64]) -> Metrics {
         ab += x * y;
     }
     let (na, nb, nd) = (aa.sqrt(), bb.sqrt(), diff2.sqrt());
-    let rel_l2 = if nd == 0.0 { 0.0 } else { nd / na.max(f64::MIN_POSITIVE) };
+    let rel_l2 = if nd == 0.0 {
+        0.0
+    } else {
+        nd / na.max(f64::MIN_POSITIVE)
+    };
     let cosine = match (na == 0.0, nb == 0.0) {
         (true, true) => 1.0,
         (true, false) | (false, true) => 0.0,
@@ -186,7 +208,11 @@ pub(crate) fn metrics(a: &[f64], b: &[f64]) -> Metrics {
             }
         }
     };
-    Metrics { max_abs, rel_l2, cosine }
+    Metrics {
+        max_abs,
+        rel_l2,
+        cosine,
+    }
 }
 
 /// Fraction of rows whose argmax over the last axis agrees; `None` unless rank ≥ 2 and the last

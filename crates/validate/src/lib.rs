@@ -14,9 +14,7 @@ mod rng;
 mod tract_adapter;
 
 pub use array::Array;
-pub use compare::{
-    compare_outputs, validate, OutputReport, Status, Thresholds, ValidationReport,
-};
+pub use compare::{compare_outputs, validate, OutputReport, Status, Thresholds, ValidationReport};
 pub use error::ValidateError;
 pub use feed::{load_feed, parse_input_shape, random_feed, split_batches};
 pub use tract_adapter::{run_model, ModelSource, Runner};

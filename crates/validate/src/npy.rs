@@ -48,7 +48,8 @@ pub fn read_npy_bytes(bytes: &[u8], origin: &Path) -> Result<Array, ValidateErro
     }
     let header = std::str::from_utf8(&bytes[header_start..data_start])
         .map_err(|_| err("header is not valid UTF-8".into()))?;
-    let header = parse_header(header).map_err(|m| err(format!("{m} (header: {})", header.trim())))?;
+    let header =
+        parse_header(header).map_err(|m| err(format!("{m} (header: {})", header.trim())))?;
     let count = header
         .shape
         .iter()
@@ -112,7 +113,14 @@ pub fn to_npy_bytes(array: &Array) -> Vec<u8> {
     let dims = match shape.len() {
         0 => "()".to_string(),
         1 => format!("({},)", shape[0]),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
     let v1 = header.len() + 11 <= usize::from(u16::MAX);
@@ -138,7 +146,8 @@ pub fn to_npy_bytes(array: &Array) -> Vec<u8> {
 /// Reads every `.npy` member of a `.npz` archive; names lose their `.npy` suffix.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, ValidateError> {
     let file = std::fs::File::open(path).map_err(|e| ValidateError::io(path, e))?;
-    let zerr = |e: zip::result::ZipError| ValidateError::npy(path, format!("bad .npz archive: {e}"));
+    let zerr =
+        |e: zip::result::ZipError| ValidateError::npy(path, format!("bad .npz archive: {e}"));
     let mut archive = zip::ZipArchive::new(file).map_err(zerr)?;
     let mut out = Vec::new();
     for i in 0..archive.len() {
@@ -199,9 +208,19 @@ fn parse_header(text: &str) -> Result<Header, String> {
         .split(',')
         .map(|s| s.trim().trim_end_matches('L'))
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}` in shape")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad dimension `{s}` in shape"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Header { descr: descr.clone(), kind, elem_size: size, big_endian: order == '>', fortran, shape })
+    Ok(Header {
+        descr: descr.clone(),
+        kind,
+        elem_size: size,
+        big_endian: order == '>',
+        fortran,
+        shape,
+    })
 }
 
 /// The text following `'key':` in the header dict, leading whitespace trimmed.
@@ -210,7 +229,9 @@ fn value_after<'t>(text: &'t str, key: &str) -> Result<&'t str, String> {
         let pat = format!("{quote}{key}{quote}");
         if let Some(pos) = text.find(&pat) {
             let rest = text[pos + pat.len()..].trim_start();
-            let rest = rest.strip_prefix(':').ok_or(format!("no `:` after `{key}`"))?;
+            let rest = rest
+                .strip_prefix(':')
+                .ok_or(format!("no `:` after `{key}`"))?;
             return Ok(rest.trim_start());
         }
     }
@@ -225,7 +246,13 @@ fn build<T: NpyElem + Clone>(
 ) -> Result<ArrayD<T>, ndarray::ShapeError> {
     let values: Vec<T> = data
         .chunks_exact(T::SIZE)
-        .map(|c| if h.big_endian { T::from_be(c) } else { T::from_le(c) })
+        .map(|c| {
+            if h.big_endian {
+                T::from_be(c)
+            } else {
+                T::from_le(c)
+            }
+        })
         .collect();
     if h.fortran {
         ArrayD::from_shape_vec(shape.f(), values).map(|a| a.as_standard_layout().into_owned())
