@@ -1,1 +1,121 @@
-//! sparsify-onnx facade (see crate docs).
+//! # sparsify-onnx
+//!
+//! Sparsity transformations over ONNX graphs: load a model, run a pipeline of passes, validate the
+//! result against the original in tract, save it. This crate is the API boundary for embedders; the
+//! crates behind it (`sparsify-ir`, `sparsify-pm`, `sparsify-passes`, `sparsify-onnx-io`,
+//! `sparsify-validate`) are internal.
+//!
+//! ```
+//! # fn main() -> Result<(), sparsify_onnx::Error> {
+//! use sparsify_onnx::{ir::{Graph, Model, Node, Tensor}, Pipeline};
+//! // A one-node model built in code; `sparsify_onnx::load(path)` reads one from a file.
+//! let mut g = Graph::new();
+//! g.initializers.push(Tensor::from_f32("w", vec![2, 2], &[1.0, -3.0, 0.5, 2.0]).unwrap());
+//! let g = g.with_nodes(vec![Node::new("MatMul", "mm", &["x", "w"], &["y"])]);
+//! let mut model = Model { ir_version: Some(8), opset_import: vec![], graph: g, opaque: vec![] };
+//! let pipeline = Pipeline::parse("")?; // no passes
+//! let report = pipeline.run(&mut model, None)?;
+//! assert_eq!(report.weights.len(), 1);
+//! assert_eq!(pipeline.canonical(), "");
+//! # Ok(()) }
+//! ```
+
+mod calibrate;
+
+pub use calibrate::TractCalibrator;
+pub use sparsify_ir as ir;
+pub use sparsify_onnx_io::{ExportOptions, ExternalMode};
+pub use sparsify_pm::{Calibrator, RunReport};
+pub use sparsify_validate as validate;
+
+use sparsify_ir::{Dim, Model};
+use sparsify_pm::{PassManager, Registry, RunEnv};
+use sparsify_validate::{InputDecl, ModelSource, Thresholds, ValidationReport};
+use std::path::Path;
+
+/// Everything that can go wrong, by stage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Io(#[from] sparsify_onnx_io::IoError),
+    #[error(transparent)]
+    Pipeline(#[from] sparsify_pm::PipelineError),
+    #[error(transparent)]
+    Pass(#[from] sparsify_pm::PmError),
+    #[error(transparent)]
+    Validate(#[from] sparsify_validate::ValidateError),
+}
+
+/// Load an ONNX model (external data resolved next to it, mapped lazily).
+pub fn load(path: &Path) -> Result<Model, Error> {
+    Ok(sparsify_onnx_io::load(path)?)
+}
+
+/// Save atomically: nothing is left at `path` if writing fails.
+pub fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), Error> {
+    Ok(sparsify_onnx_io::save(model, path, opts)?)
+}
+
+/// Encode a model inline into memory.
+pub fn to_bytes(model: &Model) -> Result<Vec<u8>, Error> {
+    Ok(sparsify_onnx_io::model_to_bytes(model)?)
+}
+
+/// The registry of every pass.
+pub fn registry() -> Registry {
+    sparsify_passes::registry()
+}
+
+/// A parsed pipeline, ready to run.
+pub struct Pipeline {
+    manager: PassManager,
+}
+
+impl Pipeline {
+    /// Parse pipeline text such as `score{method=l1},mask{sparsity=0.5}`; empty text is no passes.
+    pub fn parse(text: &str) -> Result<Pipeline, Error> {
+        Ok(Pipeline { manager: PassManager::parse(text, &registry())? })
+    }
+
+    /// The pipeline with every option explicit.
+    pub fn canonical(&self) -> String {
+        self.manager.canonical()
+    }
+
+    /// Run on `model`. Passes that need activations use `calibrator` (see [`TractCalibrator`]).
+    pub fn run(&self, model: &mut Model, calibrator: Option<&dyn Calibrator>) -> Result<RunReport, Error> {
+        Ok(self.manager.run(model, RunEnv { calibrator, verify_each: true })?)
+    }
+}
+
+/// The graph inputs that are fed at run time (initializers excluded), as validation wants them.
+pub fn input_decls(model: &Model) -> Vec<InputDecl> {
+    let g = &model.graph;
+    g.inputs
+        .iter()
+        .filter(|i| g.initializer(&i.name).is_none())
+        .map(|i| InputDecl {
+            name: i.name.clone(),
+            elem_type: i.elem_type.unwrap_or(1),
+            dims: i
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.iter()
+                        .map(|d| match d {
+                            Dim::Value(v) => sparsify_validate::Dim::Fixed(*v),
+                            Dim::Param(p) => sparsify_validate::Dim::Named(p.clone()),
+                            Dim::Unknown => sparsify_validate::Dim::Unknown,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Run both models in tract on the same inputs and compare every output.
+pub fn validate_files(original: &Path, transformed: &Path, feed: &sparsify_validate::Feed, th: &Thresholds) -> ValidationReport {
+    sparsify_validate::validate(ModelSource::Path(original), ModelSource::Path(transformed), feed, th)
+}

@@ -52,6 +52,18 @@ pub struct ValueInfo {
     pub opaque: Vec<u8>,
 }
 
+impl ValueInfo {
+    /// A tensor value with a fixed shape (for building graphs in code).
+    pub fn tensor(name: &str, elem_type: i32, dims: &[i64]) -> ValueInfo {
+        ValueInfo {
+            name: name.to_string(),
+            elem_type: Some(elem_type),
+            shape: Some(dims.iter().map(|&d| Dim::Value(d)).collect()),
+            opaque: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum AttrValue {
     Float(f32),

@@ -1,0 +1,101 @@
+//! Which weights a pass touches. Shared by every weight pass through the options `ops`, `names`,
+//! `exclude` and `embeddings`.
+//!
+//! Defaults: weights of Conv, Gemm and MatMul with at least two dimensions and a float dtype; embedding
+//! tables (Gather data) only with `embeddings=true`; ConvTranspose only when named in `ops`.
+
+use crate::glob::Glob;
+use sparsify_ir::{Graph, WeightId, WeightInfo};
+use sparsify_pm::{OptionSpec, Options, PipelineError};
+
+/// Option specs every scoped pass lists (append to the pass's own).
+pub const SCOPE_OPTIONS: [OptionSpec; 4] = [
+    OptionSpec { name: "ops", default: "Conv|Gemm|MatMul", help: "consuming op types to include, '|'-separated (ConvTranspose too)" },
+    OptionSpec { name: "names", default: "*", help: "glob over weight names to include ('|' separates alternatives)" },
+    OptionSpec { name: "exclude", default: "", help: "glob over weight names to skip" },
+    OptionSpec { name: "embeddings", default: "false", help: "also select embedding tables (Gather data)" },
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scope {
+    pub ops: Vec<String>,
+    pub names: Glob,
+    pub exclude: Option<Glob>,
+    pub embeddings: bool,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            ops: vec!["Conv".into(), "Gemm".into(), "MatMul".into()],
+            names: Glob::new("*"),
+            exclude: None,
+            embeddings: false,
+        }
+    }
+}
+
+/// A weight a scoped pass selected. Embedding tables have no `info` (no consumer axes).
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub id: WeightId,
+    pub info: Option<WeightInfo>,
+}
+
+impl Scope {
+    pub fn from_options(opts: &mut Options<'_>) -> Result<Scope, PipelineError> {
+        let mut s = Scope::default();
+        if let Some(ops) = opts.take_str("ops") {
+            s.ops = ops.split('|').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+        }
+        if let Some(n) = opts.take_str("names") {
+            s.names = Glob::new(&n);
+        }
+        s.exclude = opts.take_str("exclude").filter(|e| !e.is_empty()).map(|e| Glob::new(&e));
+        s.embeddings = opts.take_bool("embeddings", false)?;
+        Ok(s)
+    }
+
+    /// The scope's options in canonical order.
+    pub fn options(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ops", self.ops.join("|")),
+            ("names", self.names.as_str().to_string()),
+            ("exclude", self.exclude.as_ref().map(|g| g.as_str().to_string()).unwrap_or_default()),
+            ("embeddings", self.embeddings.to_string()),
+        ]
+    }
+
+    fn name_ok(&self, name: &str) -> bool {
+        self.names.matches(name) && !self.exclude.as_ref().is_some_and(|e| e.matches(name))
+    }
+
+    /// The selected weights in graph order: float, rank ≥ 2, consumed by an op in `ops` (every consumer
+    /// must be in scope), name matching. Embedding tables follow when asked.
+    pub fn select(&self, g: &Graph) -> Vec<Selected> {
+        let mut out = Vec::new();
+        for w in g.find_weights() {
+            let Some(t) = g.weight(&w.id) else { continue };
+            if !t.dtype.is_prunable_float() || t.dims.len() < 2 || !self.name_ok(w.id.name()) {
+                continue;
+            }
+            if !w.uses.iter().all(|u| self.ops.iter().any(|o| *o == u.op)) {
+                continue;
+            }
+            out.push(Selected { id: w.id.clone(), info: Some(w) });
+        }
+        if self.embeddings {
+            for (_, n) in g.nodes() {
+                if n.op_type != "Gather" {
+                    continue;
+                }
+                let Some(id) = n.inputs.first().and_then(|i| g.constant_source(i)) else { continue };
+                let ok = g.weight(&id).is_some_and(|t| t.dtype.is_prunable_float() && t.dims.len() == 2);
+                if ok && self.name_ok(id.name()) && !out.iter().any(|s| s.id == id) {
+                    out.push(Selected { id, info: None });
+                }
+            }
+        }
+        out
+    }
+}
