@@ -25,7 +25,7 @@ mod calibrate;
 pub use calibrate::TractCalibrator;
 pub use sparsify_ir as ir;
 pub use sparsify_onnx_io::{ExportOptions, ExternalMode};
-pub use sparsify_pm::{Calibrator, RunReport};
+pub use sparsify_pm::{weight_table, Calibrator, RunReport, WeightRow};
 pub use sparsify_validate as validate;
 
 use sparsify_ir::{Dim, Model};

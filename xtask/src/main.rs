@@ -18,8 +18,24 @@ fn root() -> PathBuf {
 }
 
 fn codegen(check: bool) -> Result<()> {
-    let proto_dir = root().join("crates/proto/proto");
     let target = root().join("crates/proto/src/onnx.rs");
+    let text = generate()?;
+    if check {
+        let current = std::fs::read_to_string(&target).unwrap_or_default();
+        if current != text {
+            bail!("{} is out of date: run `cargo run -p xtask -- codegen`", target.display());
+        }
+        println!("{} is up to date", target.display());
+    } else {
+        std::fs::write(&target, text)?;
+        println!("wrote {}", target.display());
+    }
+    Ok(())
+}
+
+/// The generated Rust source for the vendored onnx.proto.
+fn generate() -> Result<String> {
+    let proto_dir = root().join("crates/proto/proto");
     let fds = protox::compile([proto_dir.join("onnx.proto")], [&proto_dir])
         .context("compiling onnx.proto with protox")?;
     let out = tempdir()?;
@@ -35,17 +51,17 @@ fn codegen(check: bool) -> Result<()> {
          // Do not edit by hand.\n{generated}"
     );
     std::fs::remove_dir_all(&out).ok();
-    if check {
-        let current = std::fs::read_to_string(&target).unwrap_or_default();
-        if current != text {
-            bail!("{} is out of date: run `cargo run -p xtask -- codegen`", target.display());
-        }
-        println!("{} is up to date", target.display());
-    } else {
-        std::fs::write(&target, text)?;
-        println!("wrote {}", target.display());
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The checked-in prost code is exactly what the vendored proto generates (sourcegen-style check).
+    #[test]
+    fn checked_in_protobuf_code_is_current() {
+        let current = std::fs::read_to_string(super::root().join("crates/proto/src/onnx.rs")).unwrap();
+        assert!(current == super::generate().unwrap(), "crates/proto/src/onnx.rs is stale: run `cargo run -p xtask -- codegen`");
     }
-    Ok(())
 }
 
 fn tempdir() -> Result<PathBuf> {

@@ -1,1 +1,60 @@
-fn main() {}
+//! `sparsify-onnx`: the command line. The only crate that knows argv, the terminal and exit codes.
+//!
+//! Exit codes: 0 ok, 1 error, 2 usage (including bad pipeline text), 3 validation over its threshold.
+
+mod common;
+mod inspect;
+mod list_passes;
+mod run;
+mod validate;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "sparsify-onnx", version, about = "Sparsity transformations over ONNX graphs, validated in tract")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline of passes on a model and write the result.
+    Run(run::Args),
+    /// One row per prunable weight: node, op, shape, dtype, sparsity, output and reduction axes.
+    Inspect(inspect::Args),
+    /// Run two models in tract on the same inputs and compare every output.
+    Validate(validate::Args),
+    /// List the passes, their descriptions and options.
+    ListPasses,
+}
+
+/// How a command ended, mapped to the exit code.
+pub enum Outcome {
+    Ok,
+    Usage(String),
+    OverThreshold,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run::main(a),
+        Command::Inspect(a) => inspect::main(a),
+        Command::Validate(a) => validate::main(a),
+        Command::ListPasses => list_passes::main(),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::OverThreshold) => ExitCode::from(3),
+        Ok(Outcome::Usage(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
