@@ -24,9 +24,18 @@ mod calibrate;
 
 pub use calibrate::TractCalibrator;
 pub use sparsify_ir as ir;
+pub use sparsify_passes as passes;
 pub use sparsify_onnx_io::{ExportOptions, ExternalMode};
 pub use sparsify_pm::{weight_table, Calibrator, RunReport, WeightRow};
 pub use sparsify_validate as validate;
+/// The seed library API for code that embeds the library (e.g. a training loop): importance scores,
+/// unstructured and N:M masks over `ndarray` weights, and pruning schedules.
+pub use sparsify_passes::schedule::PruningSchedule;
+pub use sparsify_passes::seed;
+pub use sparsify_passes::seed::{
+    generate_nm_mask, generate_unstructured_mask, Importance, ImportanceScores, Layer, MagnitudeImportance,
+    PruningError, SparsityMask, SparsityPattern, WandaImportance,
+};
 
 use sparsify_ir::{Dim, Model};
 use sparsify_pm::{PassManager, Registry, RunEnv};

@@ -1,7 +1,9 @@
 //! `sparsify-onnx`: the command line. The only crate that knows argv, the terminal and exit codes.
 //!
-//! Exit codes: 0 ok, 1 error, 2 usage (including bad pipeline text), 3 validation over its threshold.
+//! Exit codes: 0 ok, 1 error, 2 usage (including bad pipeline text), 3 validation over its threshold
+//! (for `check`: an eligible weight that is not N:M compliant).
 
+mod check;
 mod common;
 mod inspect;
 mod list_passes;
@@ -26,6 +28,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Run two models in tract on the same inputs and compare every output.
     Validate(validate::Args),
+    /// N:M (2:4) legality of every weight along its reduction axis; exit 3 if an eligible weight is not compliant.
+    Check(check::Args),
     /// List the passes, their descriptions and options.
     ListPasses,
 }
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run::main(a),
         Command::Inspect(a) => inspect::main(a),
         Command::Validate(a) => validate::main(a),
+        Command::Check(a) => check::main(a),
         Command::ListPasses => list_passes::main(),
     };
     match result {

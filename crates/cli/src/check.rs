@@ -1,0 +1,63 @@
+//! `sparsify-onnx check INPUT [--n 2 --m 4] [--strict] [--json] [--report-only]`: N:M legality per weight
+//! (TensorRT's rule: in every group of M consecutive elements along the reduction axis, at most N non-zeros).
+
+use crate::common::print_table;
+use crate::Outcome;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    input: PathBuf,
+    /// Non-zeros allowed (kept) in each group.
+    #[arg(long, default_value_t = 2)]
+    n: usize,
+    /// Group size along the reduction axis.
+    #[arg(long, default_value_t = 4)]
+    m: usize,
+    /// Also require TensorRT-friendly channel multiples (output % 8, reduction % 16) for eligibility.
+    #[arg(long)]
+    strict: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Exit 0 even when an eligible weight is not compliant (report only).
+    #[arg(long)]
+    report_only: bool,
+}
+
+pub fn main(a: Args) -> Result<Outcome> {
+    if a.n == 0 || a.n >= a.m {
+        return Ok(Outcome::Usage(format!("--n must be at least 1 and below --m (got n={}, m={})", a.n, a.m)));
+    }
+    let model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
+    let rows = sparsify_onnx::passes::nm_check::check_nm(&model, a.n, a.m, a.strict);
+    let bad = rows.iter().filter(|r| r.eligible && r.compliant == Some(false)).count();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.tensor.clone(),
+                    r.op.clone(),
+                    format!("{:?}", r.shape),
+                    r.dtype.clone(),
+                    r.axis.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                    if r.eligible { "yes".into() } else { "no".into() },
+                    match r.compliant {
+                        Some(true) => "yes".into(),
+                        Some(false) => format!("NO ({:.1}% of groups)", r.violating_fraction * 100.0),
+                        None => "-".into(),
+                    },
+                    r.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(&["tensor", "op", "shape", "dtype", "axis", "eligible", "compliant", "reason"], &table);
+        let eligible = rows.iter().filter(|r| r.eligible).count();
+        println!("\n{}:{} check: {eligible} eligible weights, {bad} not compliant", a.n, a.m);
+    }
+    Ok(if bad > 0 && !a.report_only { Outcome::OverThreshold } else { Outcome::Ok })
+}
