@@ -4,17 +4,28 @@
 
 use sparsify_ir::Model;
 use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
+use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
 use sparsify_validate::{Array, Feed, ModelSource, Runner};
 
 /// Runs the model over calibration batches in tract.
 pub struct TractCalibrator {
     batches: Vec<Feed>,
+    progress: Option<Progress>,
 }
+
+/// Called after each calibration batch with (batches done, batches in this sweep).
+pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
 
 impl TractCalibrator {
     /// Split `feed` into batches of at most `batch` rows.
     pub fn new(feed: &Feed, batch: usize) -> Result<TractCalibrator, crate::Error> {
-        Ok(TractCalibrator { batches: sparsify_validate::split_batches(feed, batch.max(1))? })
+        Ok(TractCalibrator { batches: sparsify_validate::split_batches(feed, batch.max(1))?, progress: None })
+    }
+
+    /// Report progress after every batch (the command line draws a bar with it on a terminal).
+    pub fn with_progress(mut self, progress: Progress) -> TractCalibrator {
+        self.progress = Some(progress);
+        self
     }
 
     pub fn batches(&self) -> &[Feed] {
@@ -33,11 +44,14 @@ impl TractCalibrator {
         let hint = self.batches.first();
         let runner = Runner::new(ModelSource::Bytes(&bytes), hint, tensors)
             .map_err(|e| CalibError(format!("tract cannot run the model for calibration: {e}")))?;
-        for batch in &self.batches {
+        for (done, batch) in self.batches.iter().enumerate() {
             let outs = runner.run(batch).map_err(|e| CalibError(e.to_string()))?;
             let extras = &outs[outs.len() - tensors.len()..];
             for (i, (_, a)) in extras.iter().enumerate() {
                 visit(i, a)?;
+            }
+            if let Some(p) = &self.progress {
+                p(done + 1, self.batches.len());
             }
         }
         Ok(())
@@ -48,39 +62,109 @@ impl Calibrator for TractCalibrator {
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError> {
         let mut names: Vec<String> = Vec::new();
         for r in requests {
-            let CalibRequest::FeatureSqNorm { tensor, .. } = r;
-            if !names.contains(tensor) {
-                names.push(tensor.clone());
+            let tensor = request_tensor(r);
+            if !names.iter().any(|n| n == tensor) {
+                names.push(tensor.to_string());
             }
         }
-        let mut out: Vec<Option<(Vec<f64>, u64)>> = vec![None; requests.len()];
+        let mut out: Vec<Acc> = requests.iter().map(|_| Acc::Empty).collect();
         self.for_each_activation(model, &names, |i, a| {
+            let mut vals: Option<Vec<f64>> = None;
             for (ri, r) in requests.iter().enumerate() {
-                let CalibRequest::FeatureSqNorm { tensor, axis } = r;
-                if *tensor != names[i] {
+                let tensor = request_tensor(r);
+                if tensor != names[i] {
                     continue;
                 }
-                let (sums, rows) = feature_sq_norms(a, *axis).map_err(|m| CalibError(format!("'{tensor}': {m}")))?;
-                match &mut out[ri] {
-                    None => out[ri] = Some((sums, rows)),
-                    Some((acc, n)) => {
-                        if acc.len() != sums.len() {
-                            return Err(CalibError(format!("'{tensor}': feature count changed between batches")));
+                let err = |m: String| CalibError(format!("'{tensor}': {m}"));
+                match r {
+                    CalibRequest::FeatureSqNorm { axis, .. } => {
+                        let (sums, rows) = feature_sq_norms(a, *axis).map_err(err)?;
+                        match &mut out[ri] {
+                            Acc::SqNorm(acc, n) => {
+                                if acc.len() != sums.len() {
+                                    return Err(err("feature count changed between batches".into()));
+                                }
+                                acc.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
+                                *n += rows;
+                            }
+                            slot => *slot = Acc::SqNorm(sums, rows),
                         }
-                        acc.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
-                        *n += rows;
+                    }
+                    CalibRequest::Gram { axis, .. } => {
+                        let shape = a.shape();
+                        if shape.is_empty() {
+                            return Err(err("activation is a scalar".into()));
+                        }
+                        let ax = match axis {
+                            FeatureAxis::Last => shape.len() - 1,
+                            FeatureAxis::Index(i) => *i,
+                        };
+                        let k = *shape.get(ax).ok_or_else(|| err(format!("feature axis {ax} out of range for shape {shape:?}")))?;
+                        if matches!(out[ri], Acc::Empty) {
+                            out[ri] = Acc::Gram(GramAcc::new(k));
+                        }
+                        let Acc::Gram(acc) = &mut out[ri] else { unreachable!("set above") };
+                        let v = vals.get_or_insert_with(|| a.to_f64_vec());
+                        acc.add_features(v, shape, ax).map_err(err)?;
+                    }
+                    CalibRequest::ConvGram { kernel, strides, pads, dilations, groups, .. } => {
+                        let geo = ConvGeometry {
+                            kernel: kernel.clone(),
+                            strides: strides.clone(),
+                            pads: pads.clone(),
+                            dilations: dilations.clone(),
+                            groups: *groups,
+                        };
+                        let shape = a.shape();
+                        let channels = *shape.get(1).ok_or_else(|| err(format!("Conv input has shape {shape:?}")))?;
+                        if matches!(out[ri], Acc::Empty) {
+                            out[ri] = Acc::Groups(vec![GramAcc::new(geo.patch_len(channels)); (*groups).max(1)]);
+                        }
+                        let Acc::Groups(accs) = &mut out[ri] else { unreachable!("set above") };
+                        let v = vals.get_or_insert_with(|| a.to_f64_vec());
+                        add_conv_patches(accs, v, shape, &geo).map_err(err)?;
                     }
                 }
             }
             Ok(())
         })?;
-        Ok(out
-            .into_iter()
-            .map(|o| {
-                let (sums, rows) = o.unwrap_or_default();
-                CalibStat::FeatureSqNorm { sums, rows }
-            })
-            .collect())
+        Ok(out.into_iter().zip(requests).map(|(acc, r)| acc.finish(r)).collect())
+    }
+}
+
+/// The activation a request reads.
+fn request_tensor(r: &CalibRequest) -> &str {
+    match r {
+        CalibRequest::FeatureSqNorm { tensor, .. } | CalibRequest::Gram { tensor, .. } | CalibRequest::ConvGram { tensor, .. } => tensor,
+    }
+}
+
+/// A statistic being accumulated over batches.
+enum Acc {
+    Empty,
+    SqNorm(Vec<f64>, u64),
+    Gram(GramAcc),
+    Groups(Vec<GramAcc>),
+}
+
+impl Acc {
+    fn finish(self, r: &CalibRequest) -> CalibStat {
+        match (self, r) {
+            (Acc::SqNorm(sums, rows), _) => CalibStat::FeatureSqNorm { sums, rows },
+            (Acc::Gram(acc), _) => {
+                let k = acc.k();
+                let (h, rows) = acc.finish();
+                CalibStat::Gram { h, k, rows }
+            }
+            (Acc::Groups(accs), _) => {
+                let k = accs.first().map_or(0, |a| a.k());
+                let rows = accs.first().map_or(0, |a| a.rows());
+                CalibStat::GroupGrams { h: accs.into_iter().map(|a| a.finish().0).collect(), k, rows }
+            }
+            (Acc::Empty, CalibRequest::FeatureSqNorm { .. }) => CalibStat::FeatureSqNorm { sums: Vec::new(), rows: 0 },
+            (Acc::Empty, CalibRequest::Gram { .. }) => CalibStat::Gram { h: Vec::new(), k: 0, rows: 0 },
+            (Acc::Empty, CalibRequest::ConvGram { .. }) => CalibStat::GroupGrams { h: Vec::new(), k: 0, rows: 0 },
+        }
     }
 }
 

@@ -20,7 +20,7 @@
 //! # Ok(()) }
 //! ```
 
-mod calibrate;
+pub mod calibrate;
 
 pub use calibrate::TractCalibrator;
 pub use sparsify_ir as ir;

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use sparsify_onnx::validate::Status;
 use sparsify_onnx::{ExportOptions, ExternalMode, Pipeline, RunReport, TractCalibrator};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -81,7 +82,8 @@ pub fn main(a: Args) -> Result<Outcome> {
             let decls = sparsify_onnx::input_decls(&model);
             let feed = sparsify_onnx::validate::load_feed(p, &decls)
                 .with_context(|| format!("loading calibration data from {}", p.display()))?;
-            Some(TractCalibrator::new(&feed, a.calib_batch)?)
+            let calib = TractCalibrator::new(&feed, a.calib_batch)?;
+            Some(if std::io::stderr().is_terminal() { calib.with_progress(progress_bar()) } else { calib })
         }
         None => None,
     };
@@ -122,6 +124,23 @@ pub fn main(a: Args) -> Result<Outcome> {
         write_json(j, &JsonOut { input: show(&a.input), output: show(&a.output), report: &report, validation })?;
     }
     Ok(outcome)
+}
+
+/// A calibration progress bar on stderr (only used when stderr is a terminal).
+fn progress_bar() -> sparsify_onnx::calibrate::Progress {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} batches")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Box::new(move |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        if done == total {
+            bar.finish_and_clear();
+            bar.reset();
+        }
+    })
 }
 
 fn show(p: &Path) -> String {
