@@ -198,9 +198,17 @@ pub struct Graph {
     pub value_info: Vec<ValueInfo>,
     /// doc string, sparse initializers, quantization annotations, metadata (exporter-owned).
     pub opaque: Vec<u8>,
+    /// Names read by nodes inside subgraph attributes (If/Loop/Scan bodies), which the IR carries
+    /// opaquely. A tensor named here has consumers the passes cannot see: they must not prune or reshape it.
+    pub subgraph_refs: std::collections::BTreeSet<String>,
 }
 
 impl Graph {
+    /// True if a node inside some subgraph may read this tensor.
+    pub fn used_in_subgraphs(&self, tensor: &str) -> bool {
+        self.subgraph_refs.contains(tensor)
+    }
+
     pub fn new() -> Graph {
         Graph::default()
     }

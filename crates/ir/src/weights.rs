@@ -201,6 +201,10 @@ impl Graph {
             }
         }
         for w in &mut list {
+            if self.used_in_subgraphs(w.id.name()) {
+                w.conflict = Some("also read inside a subgraph (If/Loop/Scan body), where passes cannot follow".into());
+                continue;
+            }
             let first = &w.uses[0];
             if let Some(other) = w.uses[1..].iter().find(|u| {
                 (u.out_axis, u.red_axis, u.groups) != (first.out_axis, first.red_axis, first.groups)

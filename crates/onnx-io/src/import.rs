@@ -47,6 +47,7 @@ fn decode(bytes: Bytes, path: &Path, base: Option<PathBuf>) -> Result<Model, IoE
 }
 
 fn import_graph(mut g: pb::GraphProto, res: &mut Resolver) -> Result<Graph, IoError> {
+    let mut refs = std::collections::BTreeSet::new();
     let mut graph = Graph::new();
     graph.name = g.name.take();
     graph.initializers =
@@ -56,7 +57,28 @@ fn import_graph(mut g: pb::GraphProto, res: &mut Resolver) -> Result<Graph, IoEr
     graph.value_info = std::mem::take(&mut g.value_info).into_iter().map(import_value_info).collect();
     let nodes = std::mem::take(&mut g.node).into_iter().map(|n| import_node(n, res)).collect::<Result<Vec<_>, _>>()?;
     graph.opaque = g.encode_to_vec();
-    Ok(graph.with_nodes(nodes))
+    let mut graph = graph.with_nodes(nodes);
+    for (_, n) in graph.nodes() {
+        for a in &n.attrs {
+            if matches!(a.value, sparsify_ir::AttrValue::Opaque) {
+                if let Ok(pa) = pb::AttributeProto::decode(&a.opaque[..]) {
+                    pa.g.iter().chain(&pa.graphs).for_each(|sg| collect_refs(sg, &mut refs));
+                }
+            }
+        }
+    }
+    graph.subgraph_refs = refs;
+    Ok(graph)
+}
+
+/// Every name a subgraph's nodes read, recursively (a superset of its outer-scope references).
+fn collect_refs(g: &pb::GraphProto, out: &mut std::collections::BTreeSet<String>) {
+    for n in &g.node {
+        out.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+        for a in &n.attribute {
+            a.g.iter().chain(&a.graphs).for_each(|sg| collect_refs(sg, out));
+        }
+    }
 }
 
 fn import_node(mut n: pb::NodeProto, res: &mut Resolver) -> Result<Node, IoError> {
