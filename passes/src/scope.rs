@@ -79,7 +79,7 @@ impl Scope {
             if !t.dtype.is_prunable_float() || t.dims.len() < 2 || !self.name_ok(w.id.name()) {
                 continue;
             }
-            if !w.uses.iter().all(|u| self.ops.iter().any(|o| *o == u.op)) {
+            if !w.uses.iter().all(|u| self.ops.contains(&u.op)) {
                 continue;
             }
             out.push(Selected { id: w.id.clone(), info: Some(w) });

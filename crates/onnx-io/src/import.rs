@@ -164,9 +164,7 @@ fn import_tensor(mut t: pb::TensorProto, res: &mut Resolver) -> Result<Tensor, I
     } else {
         (typed_to_bytes(&name, dtype, &mut t)?, Storage::Typed, Vec::new())
     };
-    for f in [&mut t.external_data] {
-        f.clear();
-    }
+    t.external_data.clear();
     t.data_location = None;
     let mut tensor = if dtype == DType::String {
         let mut x = Tensor::new(name, dtype, dims, Bytes::new())?;
