@@ -27,5 +27,10 @@ pub fn synthetic_mlp(width: usize, layers: usize) -> Model {
     }
     g.outputs.push(ValueInfo::tensor(&prev, 1, &[1, width as i64]));
     let graph = g.with_nodes(nodes);
-    Model { ir_version: Some(8), opset_import: vec![OpsetId { domain: String::new(), version: 17 }], graph, opaque: vec![] }
+    Model {
+        ir_version: Some(8),
+        opset_import: vec![OpsetId { domain: String::new(), version: 17 }],
+        graph,
+        opaque: vec![],
+    }
 }

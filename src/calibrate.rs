@@ -3,8 +3,8 @@
 //! at a time are held, never the whole set).
 
 use sparsify_ir::Model;
-use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
 use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
+use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
 use sparsify_validate::{Array, Feed, ModelSource, Runner};
 
 /// Runs the model over calibration batches in tract.
@@ -99,7 +99,9 @@ impl Calibrator for TractCalibrator {
                             FeatureAxis::Last => shape.len() - 1,
                             FeatureAxis::Index(i) => *i,
                         };
-                        let k = *shape.get(ax).ok_or_else(|| err(format!("feature axis {ax} out of range for shape {shape:?}")))?;
+                        let k = *shape
+                            .get(ax)
+                            .ok_or_else(|| err(format!("feature axis {ax} out of range for shape {shape:?}")))?;
                         if matches!(out[ri], Acc::Empty) {
                             out[ri] = Acc::Gram(GramAcc::new(k));
                         }
@@ -135,7 +137,9 @@ impl Calibrator for TractCalibrator {
 /// The activation a request reads.
 fn request_tensor(r: &CalibRequest) -> &str {
     match r {
-        CalibRequest::FeatureSqNorm { tensor, .. } | CalibRequest::Gram { tensor, .. } | CalibRequest::ConvGram { tensor, .. } => tensor,
+        CalibRequest::FeatureSqNorm { tensor, .. }
+        | CalibRequest::Gram { tensor, .. }
+        | CalibRequest::ConvGram { tensor, .. } => tensor,
     }
 }
 

@@ -7,16 +7,21 @@
 //!
 //! ```
 //! # fn main() -> Result<(), sparsify_onnx::Error> {
-//! use sparsify_onnx::{ir::{Graph, Model, Node, Tensor}, Pipeline};
+//! use sparsify_onnx::{ir::{Graph, Model, Node, Tensor, ValueInfo}, Pipeline};
 //! // A one-node model built in code; `sparsify_onnx::load(path)` reads one from a file.
 //! let mut g = Graph::new();
+//! g.inputs.push(ValueInfo::tensor("x", 1, &[1, 2]));
+//! g.outputs.push(ValueInfo::tensor("y", 1, &[1, 2]));
 //! g.initializers.push(Tensor::from_f32("w", vec![2, 2], &[1.0, -3.0, 0.5, 2.0]).unwrap());
 //! let g = g.with_nodes(vec![Node::new("MatMul", "mm", &["x", "w"], &["y"])]);
 //! let mut model = Model { ir_version: Some(8), opset_import: vec![], graph: g, opaque: vec![] };
-//! let pipeline = Pipeline::parse("")?; // no passes
+//! let pipeline = Pipeline::parse("score{method=l1},mask{sparsity=0.5}")?;
 //! let report = pipeline.run(&mut model, None)?;
-//! assert_eq!(report.weights.len(), 1);
-//! assert_eq!(pipeline.canonical(), "");
+//! assert_eq!(report.weights[0].sparsity_after, 0.5);
+//! // The two smallest magnitudes (0.5 and 1.0) were zeroed; the others are untouched.
+//! let w = model.graph.initializer("w").unwrap().to_f32().unwrap();
+//! assert_eq!(w.as_slice().unwrap(), &[0.0, -3.0, 0.0, 2.0]);
+//! assert!(pipeline.canonical().starts_with("score{method=l1,"));
 //! # Ok(()) }
 //! ```
 
@@ -24,10 +29,8 @@ pub mod calibrate;
 
 pub use calibrate::TractCalibrator;
 pub use sparsify_ir as ir;
-pub use sparsify_passes as passes;
 pub use sparsify_onnx_io::{ExportOptions, ExternalMode};
-pub use sparsify_pm::{weight_table, Calibrator, RunReport, WeightRow};
-pub use sparsify_validate as validate;
+pub use sparsify_passes as passes;
 /// The seed library API for code that embeds the library (e.g. a training loop): importance scores,
 /// unstructured and N:M masks over `ndarray` weights, and pruning schedules.
 pub use sparsify_passes::schedule::PruningSchedule;
@@ -36,6 +39,8 @@ pub use sparsify_passes::seed::{
     generate_nm_mask, generate_unstructured_mask, Importance, ImportanceScores, Layer, MagnitudeImportance,
     PruningError, SparsityMask, SparsityPattern, WandaImportance,
 };
+pub use sparsify_pm::{weight_table, Calibrator, RunReport, WeightRow};
+pub use sparsify_validate as validate;
 
 use sparsify_ir::{Dim, Model};
 use sparsify_pm::{PassManager, Registry, RunEnv};
@@ -125,6 +130,11 @@ pub fn input_decls(model: &Model) -> Vec<InputDecl> {
 }
 
 /// Run both models in tract on the same inputs and compare every output.
-pub fn validate_files(original: &Path, transformed: &Path, feed: &sparsify_validate::Feed, th: &Thresholds) -> ValidationReport {
+pub fn validate_files(
+    original: &Path,
+    transformed: &Path,
+    feed: &sparsify_validate::Feed,
+    th: &Thresholds,
+) -> ValidationReport {
     sparsify_validate::validate(ModelSource::Path(original), ModelSource::Path(transformed), feed, th)
 }

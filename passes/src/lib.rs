@@ -3,15 +3,35 @@
 //! Shared pieces: [`scope`] (which weights a pass touches), [`scores`] (the score analysis that masks
 //! consume), [`glob`] (name patterns).
 
+pub mod block_sparsify;
+pub mod channels;
+pub mod dead_channel_elim;
 pub mod glob;
+pub mod mask;
+pub mod nm_check;
+pub mod nm_legalize;
+pub mod permute;
+pub mod schedule;
 pub mod scope;
+pub mod score;
 pub mod scores;
+pub mod seed;
+pub mod sparsegpt;
+pub mod util;
 
 use sparsify_pm::Registry;
 
 /// Every pass this crate provides.
 pub fn registry() -> Registry {
-    let r = Registry::new();
+    let mut r = Registry::new();
     // Each pass file exposes `INFO: PassInfo`; register it here.
+    r.register(score::INFO);
+    r.register(nm_legalize::INFO);
+    r.register(nm_check::INFO);
+    r.register(block_sparsify::INFO);
+    r.register(permute::INFO);
+    r.register(mask::INFO);
+    r.register(sparsegpt::INFO);
+    r.register(dead_channel_elim::INFO);
     r
 }

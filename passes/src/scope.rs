@@ -10,7 +10,11 @@ use sparsify_pm::{OptionSpec, Options, PipelineError};
 
 /// Option specs every scoped pass lists (append to the pass's own).
 pub const SCOPE_OPTIONS: [OptionSpec; 4] = [
-    OptionSpec { name: "ops", default: "Conv|Gemm|MatMul", help: "consuming op types to include, '|'-separated (ConvTranspose too)" },
+    OptionSpec {
+        name: "ops",
+        default: "Conv|Gemm|MatMul",
+        help: "consuming op types to include, '|'-separated (ConvTranspose too)",
+    },
     OptionSpec { name: "names", default: "*", help: "glob over weight names to include ('|' separates alternatives)" },
     OptionSpec { name: "exclude", default: "", help: "glob over weight names to skip" },
     OptionSpec { name: "embeddings", default: "false", help: "also select embedding tables (Gather data)" },

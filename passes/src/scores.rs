@@ -19,11 +19,16 @@ impl Analysis for WeightScores {
 }
 
 /// Scores for one weight: from the analysis when present, else |w|. Errors on NaN/Inf weights.
-pub fn scores_or_magnitude(g: &Graph, scores: Option<&WeightScores>, id: &WeightId) -> Result<ArrayD<f32>, TensorError> {
+pub fn scores_or_magnitude(
+    g: &Graph,
+    scores: Option<&WeightScores>,
+    id: &WeightId,
+) -> Result<ArrayD<f32>, TensorError> {
     if let Some(s) = scores.and_then(|s| s.scores.get(id)) {
         return Ok(s.clone());
     }
-    let t = g.weight(id).ok_or_else(|| TensorError::Invalid { name: id.name().to_string(), what: "not found".into() })?;
+    let t =
+        g.weight(id).ok_or_else(|| TensorError::Invalid { name: id.name().to_string(), what: "not found".into() })?;
     t.check_finite()?;
     Ok(t.to_f32()?.mapv(f32::abs))
 }

@@ -36,8 +36,8 @@ fn codegen(check: bool) -> Result<()> {
 /// The generated Rust source for the vendored onnx.proto.
 fn generate() -> Result<String> {
     let proto_dir = root().join("crates/proto/proto");
-    let fds = protox::compile([proto_dir.join("onnx.proto")], [&proto_dir])
-        .context("compiling onnx.proto with protox")?;
+    let fds =
+        protox::compile([proto_dir.join("onnx.proto")], [&proto_dir]).context("compiling onnx.proto with protox")?;
     let out = tempdir()?;
     prost_build::Config::new()
         // raw_data is where the weights live: `Bytes` lets a decode from a mapped file slice without copying.
@@ -60,7 +60,10 @@ mod tests {
     #[test]
     fn checked_in_protobuf_code_is_current() {
         let current = std::fs::read_to_string(super::root().join("crates/proto/src/onnx.rs")).unwrap();
-        assert!(current == super::generate().unwrap(), "crates/proto/src/onnx.rs is stale: run `cargo run -p xtask -- codegen`");
+        assert!(
+            current == super::generate().unwrap(),
+            "crates/proto/src/onnx.rs is stale: run `cargo run -p xtask -- codegen`"
+        );
     }
 }
 

@@ -10,14 +10,17 @@ use std::path::Path;
 pub fn feed_for(model: &Model, inputs: Option<&Path>, shapes: &[String], seed: u64) -> Result<Feed> {
     let decls = sparsify_onnx::input_decls(model);
     match inputs {
-        Some(p) => sparsify_onnx::validate::load_feed(p, &decls).with_context(|| format!("loading inputs from {}", p.display())),
+        Some(p) => sparsify_onnx::validate::load_feed(p, &decls)
+            .with_context(|| format!("loading inputs from {}", p.display())),
         None => {
             let mut overrides = BTreeMap::new();
             for s in shapes {
                 let (name, dims) = sparsify_onnx::validate::parse_input_shape(s)?;
                 overrides.insert(name, dims);
             }
-            eprintln!("note: no --inputs given: validating on seeded random inputs (seed {seed}) from the declared shapes");
+            eprintln!(
+                "note: no --inputs given: validating on seeded random inputs (seed {seed}) from the declared shapes"
+            );
             Ok(sparsify_onnx::validate::random_feed(&decls, &overrides, seed)?)
         }
     }
@@ -38,7 +41,11 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
 
 pub fn thresholds(max_rel_l2: Option<f64>, min_cosine: Option<f64>, max_abs: Option<f64>) -> Thresholds {
     let d = Thresholds::default();
-    Thresholds { max_rel_l2: max_rel_l2.unwrap_or(d.max_rel_l2), min_cosine: min_cosine.unwrap_or(d.min_cosine), max_abs }
+    Thresholds {
+        max_rel_l2: max_rel_l2.unwrap_or(d.max_rel_l2),
+        min_cosine: min_cosine.unwrap_or(d.min_cosine),
+        max_abs,
+    }
 }
 
 /// Print a validation report as a table.

@@ -110,7 +110,15 @@ pub fn main(a: Args) -> Result<Outcome> {
         match &v.status {
             Status::NotValidated { reason } => {
                 if let Some(j) = &a.json {
-                    write_json(j, &JsonOut { input: show(&a.input), output: show(&a.output), report: &report, validation: Some(v.clone()) })?;
+                    write_json(
+                        j,
+                        &JsonOut {
+                            input: show(&a.input),
+                            output: show(&a.output),
+                            report: &report,
+                            validation: Some(v.clone()),
+                        },
+                    )?;
                 }
                 bail!("the result was written but could not be validated: {reason}");
             }
@@ -151,8 +159,13 @@ fn print_report(r: &RunReport) {
     println!("pipeline: {}", if r.pipeline.is_empty() { "(no passes)" } else { &r.pipeline });
     for p in &r.passes {
         let counters: Vec<String> = p.counters.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("  {} — {:.1} ms{}{}", p.element, p.millis, if p.changed { "" } else { " (no change)" },
-            if counters.is_empty() { String::new() } else { format!(": {}", counters.join(", ")) });
+        println!(
+            "  {} — {:.1} ms{}{}",
+            p.element,
+            p.millis,
+            if p.changed { "" } else { " (no change)" },
+            if counters.is_empty() { String::new() } else { format!(": {}", counters.join(", ")) }
+        );
         for n in p.notes.iter().take(50) {
             println!("    {}: {}", n.subject, n.message);
         }

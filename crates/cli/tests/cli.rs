@@ -78,7 +78,8 @@ fn external(w: &mut pb::TensorProto, location: &str, offset: u64, length: u64) {
     w.raw_data = None;
     w.data_location = Some(1);
     let kv = |k: &str, v: String| pb::StringStringEntryProto { key: Some(k.into()), value: Some(v) };
-    w.external_data = vec![kv("location", location.into()), kv("offset", offset.to_string()), kv("length", length.to_string())];
+    w.external_data =
+        vec![kv("location", location.into()), kv("offset", offset.to_string()), kv("length", length.to_string())];
 }
 
 /// Run `run` on a broken model: exit 1, the error names `needle` on one line, no output is left.
@@ -93,7 +94,11 @@ fn assert_rejected(bytes: &[u8], dir: &Path, needle: &str) {
     assert_eq!(err.trim_end().lines().count(), 1, "one-line error expected: {err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!out.exists(), "no output file may be left");
-    let leftovers: Vec<_> = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty(), "temporary files left behind");
     assert_eq!(std::fs::read(&input).unwrap(), bytes, "input modified");
 }
@@ -125,9 +130,11 @@ fn malformed_inputs_are_rejected_cleanly() {
 fn external_data_in_the_folder_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    std::fs::write(d.join("w.bin"), [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(d.join("w.bin"), [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+        .unwrap();
     std::fs::write(d.join("in.onnx"), tiny(|w| external(w, "w.bin", 0, 16))).unwrap();
-    let o = run(&["run", d.join("in.onnx").to_str().unwrap(), "-o", d.join("out.onnx").to_str().unwrap(), "--validate"]);
+    let o =
+        run(&["run", d.join("in.onnx").to_str().unwrap(), "-o", d.join("out.onnx").to_str().unwrap(), "--validate"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // Kept external, written beside the output.
     assert!(d.join("out.onnx.data").exists());
@@ -170,14 +177,30 @@ fn run_without_passes_then_validate_and_external_on_request() {
     let input = m.join("model.onnx");
     let out = d.join("o.onnx");
     let json = d.join("r.json");
-    let o = run(&["run", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--validate", "--inputs", m.join("sample").to_str().unwrap(), "--json", json.to_str().unwrap()]);
+    let o = run(&[
+        "run",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--validate",
+        "--inputs",
+        m.join("sample").to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&input).unwrap());
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["validation"]["status"], "Passed");
     assert_eq!(report["validation"]["outputs"][0]["bit_identical"], true);
     // validate subcommand agrees.
-    let o = run(&["validate", input.to_str().unwrap(), out.to_str().unwrap(), "--inputs", m.join("sample").to_str().unwrap()]);
+    let o = run(&[
+        "validate",
+        input.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--inputs",
+        m.join("sample").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // External data on request, then kept external on a second run.
     let ext = d.join("ext.onnx");
@@ -185,7 +208,17 @@ fn run_without_passes_then_validate_and_external_on_request() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(d.join("ext.onnx.data").exists());
     let ext2 = d.join("ext2.onnx");
-    let o = run(&["run", ext.to_str().unwrap(), "-o", ext2.to_str().unwrap(), "--validate", "--inputs", m.join("sample").to_str().unwrap(), "--max-rel-l2", "0"]);
+    let o = run(&[
+        "run",
+        ext.to_str().unwrap(),
+        "-o",
+        ext2.to_str().unwrap(),
+        "--validate",
+        "--inputs",
+        m.join("sample").to_str().unwrap(),
+        "--max-rel-l2",
+        "0",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(d.join("ext2.onnx.data").exists());
 }
@@ -204,13 +237,25 @@ fn validation_over_threshold_exits_3_and_unrunnable_is_not_validated() {
     t.write_f64(&v).unwrap();
     let changed = d.join("changed.onnx");
     sparsify_onnx::save(&model, &changed, &Default::default()).unwrap();
-    let o = run(&["validate", input.to_str().unwrap(), changed.to_str().unwrap(), "--inputs", m.join("sample").to_str().unwrap()]);
+    let o = run(&[
+        "validate",
+        input.to_str().unwrap(),
+        changed.to_str().unwrap(),
+        "--inputs",
+        m.join("sample").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("OVER"));
     // A transformed file tract cannot load: "not validated", never passing.
     let junk = d.join("junk.onnx");
     std::fs::write(&junk, b"\x08\x07junk").unwrap();
-    let o = run(&["validate", input.to_str().unwrap(), junk.to_str().unwrap(), "--inputs", m.join("sample").to_str().unwrap()]);
+    let o = run(&[
+        "validate",
+        input.to_str().unwrap(),
+        junk.to_str().unwrap(),
+        "--inputs",
+        m.join("sample").to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not validated"), "{}", stderr(&o));
 }

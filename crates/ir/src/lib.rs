@@ -16,6 +16,6 @@ pub mod verify;
 pub mod weights;
 
 pub use dtype::DType;
-pub use graph::{Attr, AttrValue, Graph, Model, Node, NodeId, OpsetId, ValueInfo, Dim};
+pub use graph::{Attr, AttrValue, Dim, Graph, Model, Node, NodeId, OpsetId, ValueInfo};
 pub use tensor::{Storage, Tensor, TensorError};
 pub use weights::{WeightId, WeightInfo, WeightUse};

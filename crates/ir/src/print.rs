@@ -49,7 +49,14 @@ pub fn dump_graph(g: &Graph) -> String {
         let mut attrs: Vec<(&str, String)> = n.attrs.iter().map(|a| (a.name.as_str(), attr_text(&a.value))).collect();
         attrs.sort_by(|a, b| a.0.cmp(b.0));
         let attrs: Vec<String> = attrs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let _ = write!(s, "  {} = {} {:?} ({})", outs.join(", "), n.kind(), n.name.as_deref().unwrap_or(""), ins.join(", "));
+        let _ = write!(
+            s,
+            "  {} = {} {:?} ({})",
+            outs.join(", "),
+            n.kind(),
+            n.name.as_deref().unwrap_or(""),
+            ins.join(", ")
+        );
         if !attrs.is_empty() {
             let _ = write!(s, " {{{}}}", attrs.join(", "));
         }

@@ -145,8 +145,7 @@ impl Tensor {
     /// Values as `f32` (exact except for f64 tensors).
     pub fn to_f32(&self) -> Result<ArrayD<f32>, TensorError> {
         if self.dtype == DType::F32 {
-            let v: Vec<f32> =
-                self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let v: Vec<f32> = self.data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
             return ArrayD::from_shape_vec(IxDyn(&self.shape()), v).map_err(|e| self.invalid(e.to_string()));
         }
         Ok(self.to_f64()?.mapv(|x| x as f32))
@@ -211,9 +210,11 @@ impl Tensor {
     /// Set to +0 every element whose `keep` flag is false; kept elements stay bit-identical.
     /// Returns how many elements changed (were non-zero before). Marks the tensor modified only if any did.
     pub fn zero_where(&mut self, keep: &[bool]) -> Result<usize, TensorError> {
-        let size = self.dtype.size().filter(|_| self.dtype.is_prunable_float()).ok_or_else(|| {
-            TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() }
-        })?;
+        let size = self
+            .dtype
+            .size()
+            .filter(|_| self.dtype.is_prunable_float())
+            .ok_or_else(|| TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() })?;
         if keep.len() != self.numel()? {
             return Err(self.invalid(format!("mask has {} entries", keep.len())));
         }

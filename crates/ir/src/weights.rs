@@ -206,12 +206,22 @@ impl Graph {
                 continue;
             }
             let first = &w.uses[0];
-            if let Some(other) = w.uses[1..].iter().find(|u| {
-                (u.out_axis, u.red_axis, u.groups) != (first.out_axis, first.red_axis, first.groups)
-            }) {
+            if let Some(other) = w.uses[1..]
+                .iter()
+                .find(|u| (u.out_axis, u.red_axis, u.groups) != (first.out_axis, first.red_axis, first.groups))
+            {
+                let groups =
+                    |u: &WeightUse| if u.groups > 1 { format!(", {} groups", u.groups) } else { String::new() };
                 w.conflict = Some(format!(
-                    "shared by '{}' (out axis {}, reduction axis {}) and '{}' (out axis {}, reduction axis {})",
-                    first.node_name, first.out_axis, first.red_axis, other.node_name, other.out_axis, other.red_axis
+                    "shared by '{}' (out axis {}, reduction axis {}{}) and '{}' (out axis {}, reduction axis {}{})",
+                    first.node_name,
+                    first.out_axis,
+                    first.red_axis,
+                    groups(first),
+                    other.node_name,
+                    other.out_axis,
+                    other.red_axis,
+                    groups(other)
                 ));
             }
         }

@@ -89,9 +89,10 @@ pub(crate) fn build(model: &Model, plan: &mut ExternalPlan) -> Result<pb::ModelP
     let mut m = decode::<pb::ModelProto>(&model.opaque, "model")?;
     m.ir_version = model.ir_version;
     let unchanged = m.opset_import.len() == model.opset_import.len()
-        && m.opset_import.iter().zip(&model.opset_import).all(|(p, o)| {
-            p.domain.as_deref().unwrap_or("") == o.domain && p.version.unwrap_or(0) == o.version
-        });
+        && m.opset_import
+            .iter()
+            .zip(&model.opset_import)
+            .all(|(p, o)| p.domain.as_deref().unwrap_or("") == o.domain && p.version.unwrap_or(0) == o.version);
     if !unchanged {
         m.opset_import = model
             .opset_import
@@ -218,8 +219,12 @@ fn bytes_to_typed(t: &Tensor, p: &mut pb::TensorProto) -> Result<(), IoError> {
     let b = &t.bytes()[..];
     match t.dtype {
         String => p.string_data = t.strings.clone(),
-        F32 | Complex64 => p.float_data = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-        F64 | Complex128 => p.double_data = b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect(),
+        F32 | Complex64 => {
+            p.float_data = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        }
+        F64 | Complex128 => {
+            p.double_data = b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+        }
         I64 => p.int64_data = b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
         U64 => p.uint64_data = b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect(),
         U32 => p.uint64_data = b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap()) as u64).collect(),

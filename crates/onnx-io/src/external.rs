@@ -46,9 +46,7 @@ impl Resolver {
         };
         let rel = Path::new(location);
         if location.is_empty() || rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(err(format!(
-                "location '{location}' must be a plain relative path inside the model's folder"
-            )));
+            return Err(err(format!("location '{location}' must be a plain relative path inside the model's folder")));
         }
         let full = base.join(rel);
         let canon_base = base.canonicalize().map_err(|e| err(format!("model folder: {e}")))?;

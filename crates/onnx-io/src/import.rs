@@ -19,7 +19,12 @@ pub struct LoadOptions {
 pub(crate) fn load_file(path: &Path, opts: &LoadOptions) -> Result<Model, IoError> {
     let bytes = map_file(path).map_err(|source| IoError::Read { path: path.to_path_buf(), source })?;
     let base = opts.base_dir.clone().or_else(|| {
-        Some(path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p }).unwrap_or(Path::new(".")).to_path_buf())
+        Some(
+            path.parent()
+                .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+        )
     });
     decode(bytes, path, base)
 }
@@ -31,8 +36,8 @@ pub fn model_from_bytes(bytes: Bytes, opts: &LoadOptions) -> Result<Model, IoErr
 }
 
 fn decode(bytes: Bytes, path: &Path, base: Option<PathBuf>) -> Result<Model, IoError> {
-    let mut proto = pb::ModelProto::decode(bytes)
-        .map_err(|e| IoError::Decode { path: path.to_path_buf(), msg: e.to_string() })?;
+    let mut proto =
+        pb::ModelProto::decode(bytes).map_err(|e| IoError::Decode { path: path.to_path_buf(), msg: e.to_string() })?;
     let graph = proto.graph.take().ok_or(IoError::NoGraph)?;
     let mut res = Resolver::new(base);
     let graph = import_graph(graph, &mut res)?;
@@ -150,9 +155,17 @@ fn import_tensor(mut t: pb::TensorProto, res: &mut Resolver) -> Result<Tensor, I
     let external = t.data_location == Some(pb::tensor_proto::DataLocation::External as i32);
     let (data, storage, strings) = if external {
         let kv = |k: &str| t.external_data.iter().find(|e| e.key.as_deref() == Some(k)).and_then(|e| e.value.clone());
-        let location = kv("location").ok_or_else(|| IoError::External { tensor: name.clone(), what: "has no location".into() })?;
+        let location =
+            kv("location").ok_or_else(|| IoError::External { tensor: name.clone(), what: "has no location".into() })?;
         let num = |k: &str| -> Result<Option<u64>, IoError> {
-            kv(k).map(|v| v.parse::<u64>().map_err(|_| IoError::External { tensor: name.clone(), what: format!("{k} '{v}' is not a number") })).transpose()
+            kv(k)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| IoError::External {
+                        tensor: name.clone(),
+                        what: format!("{k} '{v}' is not a number"),
+                    })
+                })
+                .transpose()
         };
         let (offset, length) = (num("offset")?.unwrap_or(0), num("length")?);
         let data = res.slice(&name, &location, offset, length)?;
@@ -183,18 +196,29 @@ fn typed_to_bytes(name: &str, dtype: DType, t: &mut pb::TensorProto) -> Result<B
     use DType::*;
     let mut out = Vec::new();
     match dtype {
-        F32 | Complex64 => std::mem::take(&mut t.float_data).iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        F64 | Complex128 => std::mem::take(&mut t.double_data).iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        F32 | Complex64 => {
+            std::mem::take(&mut t.float_data).iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()))
+        }
+        F64 | Complex128 => {
+            std::mem::take(&mut t.double_data).iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()))
+        }
         I64 => std::mem::take(&mut t.int64_data).iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        U32 => std::mem::take(&mut t.uint64_data).iter().for_each(|&v| out.extend_from_slice(&(v as u32).to_le_bytes())),
+        U32 => {
+            std::mem::take(&mut t.uint64_data).iter().for_each(|&v| out.extend_from_slice(&(v as u32).to_le_bytes()))
+        }
         U64 => std::mem::take(&mut t.uint64_data).iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         I32 => std::mem::take(&mut t.int32_data).iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         I16 | U16 | F16 | BF16 => {
             std::mem::take(&mut t.int32_data).iter().for_each(|&v| out.extend_from_slice(&(v as u16).to_le_bytes()))
         }
-        I8 | U8 | Bool | Other(17..=20) | Other(23) => std::mem::take(&mut t.int32_data).iter().for_each(|&v| out.push(v as u8)),
+        I8 | U8 | Bool | Other(17..=20) | Other(23) => {
+            std::mem::take(&mut t.int32_data).iter().for_each(|&v| out.push(v as u8))
+        }
         d => {
-            return Err(IoError::Tensor(sparsify_ir::TensorError::Unsupported { name: name.to_string(), dtype: format!("{} in typed fields", d.name()) }))
+            return Err(IoError::Tensor(sparsify_ir::TensorError::Unsupported {
+                name: name.to_string(),
+                dtype: format!("{} in typed fields", d.name()),
+            }))
         }
     }
     Ok(Bytes::from(out))

@@ -6,9 +6,9 @@
 //!   failure never leaves a partial output; the protobuf is streamed to disk, not built in memory.
 //! - Every field the IR does not model is kept in opaque blobs and written back unchanged.
 
+mod export;
 mod external;
 mod import;
-mod export;
 mod write;
 
 pub use export::{model_to_bytes, ExportOptions, ExternalMode};

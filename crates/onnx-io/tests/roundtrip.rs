@@ -23,7 +23,12 @@ fn shared_models_round_trip_byte_identical() {
         let original = std::fs::read(&path).unwrap();
         let model = load(&path).unwrap();
         let bytes = model_to_bytes(&model).unwrap();
-        assert!(bytes == original, "{m}: re-encoded model differs from the input ({} vs {} bytes)", bytes.len(), original.len());
+        assert!(
+            bytes == original,
+            "{m}: re-encoded model differs from the input ({} vs {} bytes)",
+            bytes.len(),
+            original.len()
+        );
     }
 }
 
@@ -67,7 +72,10 @@ fn subgraphs_survive_and_their_outer_references_are_known() {
         name: Some(name.into()),
         r#type: Some(pb::TypeProto {
             denotation: None,
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor { elem_type: Some(elem), shape: None })),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: Some(elem),
+                shape: None,
+            })),
         }),
         ..Default::default()
     };

@@ -99,9 +99,11 @@ impl PassManager {
             let fp = Fingerprint::of(model);
             let start = Instant::now();
             let mut cx = PassCx::new(&mut cache, env.calibrator);
-            let changed = pass
-                .run(model, &mut cx)
-                .map_err(|source| PmError::Failed { pass: pass.name().to_string(), index: index + 1, source })?;
+            let changed = pass.run(model, &mut cx).map_err(|source| PmError::Failed {
+                pass: pass.name().to_string(),
+                index: index + 1,
+                source,
+            })?;
             let millis = start.elapsed().as_secs_f64() * 1e3;
             let PassCx { counters, notes, preserved, .. } = cx;
             if env.verify_each {
@@ -158,7 +160,8 @@ struct Fingerprint {
 impl Fingerprint {
     fn of(m: &Model) -> Fingerprint {
         let g = &m.graph;
-        let mut shapes: Vec<(String, Vec<i64>)> = g.initializers.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
+        let mut shapes: Vec<(String, Vec<i64>)> =
+            g.initializers.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
         shapes.extend(g.nodes().filter_map(|(_, n)| n.constant_tensor()).map(|t| (t.name.clone(), t.dims.clone())));
         Fingerprint {
             topology: g.nodes().map(|(_, n)| (n.op_type.clone(), n.inputs.clone(), n.outputs.clone())).collect(),

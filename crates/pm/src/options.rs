@@ -64,7 +64,9 @@ impl<'a> Options<'a> {
         let span = self.items.iter().find(|i| i.0 == key).map(|i| i.2).unwrap_or((0, 0));
         let v = self.take_f64(key, default)?;
         if !(lo..=hi).contains(&v) {
-            return Err(self.error(span, format!("{}: option '{key}' must be between {lo} and {hi}, got {v}", self.pass)));
+            return Err(
+                self.error(span, format!("{}: option '{key}' must be between {lo} and {hi}, got {v}", self.pass))
+            );
         }
         Ok(v)
     }

@@ -25,7 +25,11 @@ pub struct PipelineError {
 impl fmt::Display for PipelineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (a, b) = self.span;
-        let caret = format!("{}{}", " ".repeat(self.text[..a.min(self.text.len())].chars().count()), "^".repeat((b.saturating_sub(a)).max(1)));
+        let caret = format!(
+            "{}{}",
+            " ".repeat(self.text[..a.min(self.text.len())].chars().count()),
+            "^".repeat((b.saturating_sub(a)).max(1))
+        );
         write!(f, "bad pipeline: {} (at column {})\n  {}\n  {}", self.message, a + 1, self.text, caret)
     }
 }
@@ -122,8 +126,10 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<Element>, PipelineError> {
                     }
                     c.pos += 1;
                     c.ws();
+                    let quoted = c.peek() == Some('"');
                     let (value, end) = c.value()?;
-                    if value.is_empty() {
+                    // `key=""` is an explicit empty value (the canonical form prints empty values so).
+                    if value.is_empty() && !quoted {
                         return Err(c.err(kspan, format!("option '{key}' has no value")));
                     }
                     if options.iter().any(|(k, _, _): &(String, String, _)| *k == key) {
@@ -189,6 +195,7 @@ mod tests {
         assert_eq!(e.span.0, 17);
         assert!(e.to_string().contains("^"));
         assert!(parse_pipeline("score{method=}").is_err());
+        assert_eq!(parse_pipeline(r#"mask{exclude=""}"#).unwrap()[0].options[0].1, "");
         assert!(parse_pipeline("a{x=1,x=2}").is_err());
         assert!(parse_pipeline(",").is_err());
         assert!(parse_pipeline("").unwrap().is_empty());

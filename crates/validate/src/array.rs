@@ -143,15 +143,9 @@ impl Array {
             return false;
         }
         match (self, other) {
-            (Array::F32(a), Array::F32(b)) => {
-                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-            }
-            (Array::F64(a), Array::F64(b)) => {
-                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-            }
-            (Array::F16(a), Array::F16(b)) => {
-                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-            }
+            (Array::F32(a), Array::F32(b)) => a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            (Array::F64(a), Array::F64(b)) => a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            (Array::F16(a), Array::F16(b)) => a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
             (Array::I64(a), Array::I64(b)) => a == b,
             (Array::I32(a), Array::I32(b)) => a == b,
             (Array::I16(a), Array::I16(b)) => a == b,

@@ -22,11 +22,7 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds {
-            max_rel_l2: 1e-4,
-            min_cosine: 0.9999,
-            max_abs: None,
-        }
+        Thresholds { max_rel_l2: 1e-4, min_cosine: 0.9999, max_abs: None }
     }
 }
 
@@ -64,50 +60,27 @@ pub struct ValidationReport {
 
 impl ValidationReport {
     fn not_validated(reason: String) -> Self {
-        ValidationReport {
-            status: Status::NotValidated { reason },
-            outputs: Vec::new(),
-        }
+        ValidationReport { status: Status::NotValidated { reason }, outputs: Vec::new() }
     }
 }
 
 /// Compares outputs pairwise by position (`a` is the reference, names are taken from `a`).
 /// Outputs present in only one list count as over threshold.
-pub fn compare_outputs(
-    a: &[(String, Array)],
-    b: &[(String, Array)],
-    th: &Thresholds,
-) -> ValidationReport {
+pub fn compare_outputs(a: &[(String, Array)], b: &[(String, Array)], th: &Thresholds) -> ValidationReport {
     if a.is_empty() && b.is_empty() {
         return ValidationReport::not_validated("no outputs to compare".into());
     }
-    let mut outputs: Vec<OutputReport> = a
-        .iter()
-        .zip(b)
-        .map(|((name, x), (_, y))| compare_one(name, x, y, th))
-        .collect();
-    let extra = if a.len() > b.len() {
-        &a[b.len()..]
-    } else {
-        &b[a.len()..]
-    };
+    let mut outputs: Vec<OutputReport> =
+        a.iter().zip(b).map(|((name, x), (_, y))| compare_one(name, x, y, th)).collect();
+    let extra = if a.len() > b.len() { &a[b.len()..] } else { &b[a.len()..] };
     outputs.extend(extra.iter().map(|(name, arr)| missing(name, arr)));
-    let status = if outputs.iter().all(|o| o.within_threshold) {
-        Status::Passed
-    } else {
-        Status::OverThreshold
-    };
+    let status = if outputs.iter().all(|o| o.within_threshold) { Status::Passed } else { Status::OverThreshold };
     ValidationReport { status, outputs }
 }
 
 /// Runs both models on `feed` and compares their graph outputs. If either model fails to load
 /// or run, the status is `NotValidated` with tract's reason (never `Passed`).
-pub fn validate(
-    original: ModelSource,
-    transformed: ModelSource,
-    feed: &Feed,
-    th: &Thresholds,
-) -> ValidationReport {
+pub fn validate(original: ModelSource, transformed: ModelSource, feed: &Feed, th: &Thresholds) -> ValidationReport {
     let a = match run_model(original, feed, &[]) {
         Ok(a) => a,
         Err(e) => return ValidationReport::not_validated(format!("original model: {e}")),
@@ -159,10 +132,8 @@ fn compare_one(name: &str, a: &Array, b: &Array, th: &Thresholds) -> OutputRepor
         report.top1_agreement = top1_agreement(a.shape(), &x, &y);
     }
     let any_nan = x.iter().chain(&y).any(|v| v.is_nan());
-    report.within_threshold = !any_nan
-        && m.rel_l2 <= th.max_rel_l2
-        && m.cosine >= th.min_cosine
-        && th.max_abs.is_none_or(|t| m.max_abs <= t);
+    report.within_threshold =
+        !any_nan && m.rel_l2 <= th.max_rel_l2 && m.cosine >= th.min_cosine && th.max_abs.is_none_or(|t| m.max_abs <= t);
     report
 }
 
@@ -190,11 +161,7 @@ pub(crate) fn metrics(a: &[f64], b: &[f64]) -> Metrics {
         ab += x * y;
     }
     let (na, nb, nd) = (aa.sqrt(), bb.sqrt(), diff2.sqrt());
-    let rel_l2 = if nd == 0.0 {
-        0.0
-    } else {
-        nd / na.max(f64::MIN_POSITIVE)
-    };
+    let rel_l2 = if nd == 0.0 { 0.0 } else { nd / na.max(f64::MIN_POSITIVE) };
     let cosine = match (na == 0.0, nb == 0.0) {
         (true, true) => 1.0,
         (true, false) | (false, true) => 0.0,
@@ -208,11 +175,7 @@ pub(crate) fn metrics(a: &[f64], b: &[f64]) -> Metrics {
             }
         }
     };
-    Metrics {
-        max_abs,
-        rel_l2,
-        cosine,
-    }
+    Metrics { max_abs, rel_l2, cosine }
 }
 
 /// Fraction of rows whose argmax over the last axis agrees; `None` unless rank ≥ 2 and the last
@@ -223,11 +186,7 @@ pub(crate) fn top1_agreement(shape: &[usize], a: &[f64], b: &[f64]) -> Option<f6
         return None;
     }
     let rows = a.len() / last;
-    let agree = a
-        .chunks_exact(last)
-        .zip(b.chunks_exact(last))
-        .filter(|(x, y)| argmax(x) == argmax(y))
-        .count();
+    let agree = a.chunks_exact(last).zip(b.chunks_exact(last)).filter(|(x, y)| argmax(x) == argmax(y)).count();
     Some(agree as f64 / rows as f64)
 }
 

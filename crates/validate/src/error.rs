@@ -35,16 +35,10 @@ impl ValidateError {
     }
 
     pub(crate) fn npy(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        ValidateError::Npy {
-            path: path.into(),
-            msg: msg.into(),
-        }
+        ValidateError::Npy { path: path.into(), msg: msg.into() }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ValidateError::Io {
-            path: path.into(),
-            source,
-        }
+        ValidateError::Io { path: path.into(), source }
     }
 }

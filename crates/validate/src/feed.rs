@@ -37,10 +37,7 @@ pub fn load_feed(path: &Path, decls: &[InputDecl]) -> Result<Feed, ValidateError
             })?;
             arrays.push((decl.name.clone(), npy::read_npy(file)?));
         }
-    } else if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("npy"))
-    {
+    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy")) {
         if decls.len() != 1 {
             return Err(ValidateError::feed(format!(
                 "{} is a single .npy file but the model has {} inputs; use a folder or a .npz",
@@ -52,23 +49,16 @@ pub fn load_feed(path: &Path, decls: &[InputDecl]) -> Result<Feed, ValidateError
     } else {
         let mut members = npy::read_npz(path)?;
         for (k, decl) in decls.iter().enumerate() {
-            let keys = [
-                decl.name.clone(),
-                sanitize(&decl.name),
-                format!("input_{k}"),
-            ];
-            let pos = keys
-                .iter()
-                .find_map(|key| members.iter().position(|(n, _)| n == key))
-                .ok_or_else(|| {
-                    let have: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
-                    ValidateError::feed(format!(
-                        "input `{}` (#{k}) not found in {} (keys: {})",
-                        decl.name,
-                        path.display(),
-                        have.join(", ")
-                    ))
-                })?;
+            let keys = [decl.name.clone(), sanitize(&decl.name), format!("input_{k}")];
+            let pos = keys.iter().find_map(|key| members.iter().position(|(n, _)| n == key)).ok_or_else(|| {
+                let have: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+                ValidateError::feed(format!(
+                    "input `{}` (#{k}) not found in {} (keys: {})",
+                    decl.name,
+                    path.display(),
+                    have.join(", ")
+                ))
+            })?;
             let (_, arr) = members.swap_remove(pos);
             arrays.push((decl.name.clone(), arr));
         }
@@ -88,10 +78,7 @@ pub fn random_feed(
     overrides: &BTreeMap<String, Vec<usize>>,
     seed: u64,
 ) -> Result<Feed, ValidateError> {
-    if let Some(name) = overrides
-        .keys()
-        .find(|n| !decls.iter().any(|d| &d.name == *n))
-    {
+    if let Some(name) = overrides.keys().find(|n| !decls.iter().any(|d| &d.name == *n)) {
         let names: Vec<&str> = decls.iter().map(|d| d.name.as_str()).collect();
         return Err(ValidateError::feed(format!(
             "--input-shape names unknown input `{name}` (inputs: {})",
@@ -108,12 +95,7 @@ pub fn random_feed(
             None => decl.dims.iter().map(|d| d.fixed().unwrap_or(1)).collect(),
         };
         let stream = seed ^ (k as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let arr = random_array(
-            &decl.name,
-            decl.elem_type,
-            &shape,
-            &mut SplitMix64::new(stream),
-        )?;
+        let arr = random_array(&decl.name, decl.elem_type, &shape, &mut SplitMix64::new(stream))?;
         arrays.push((decl.name.clone(), arr));
     }
     Ok(Feed { arrays })
@@ -121,13 +103,8 @@ pub fn random_feed(
 
 /// Parses `"name=1,3,224,224"` into `("name", [1, 3, 224, 224])`.
 pub fn parse_input_shape(text: &str) -> Result<(String, Vec<usize>), ValidateError> {
-    let bad = |msg: &str| ValidateError::InputShape {
-        text: text.to_string(),
-        msg: msg.to_string(),
-    };
-    let (name, dims) = text
-        .rsplit_once('=')
-        .ok_or_else(|| bad("expected `name=d0,d1,...` (e.g. `x=1,3,224,224`)"))?;
+    let bad = |msg: &str| ValidateError::InputShape { text: text.to_string(), msg: msg.to_string() };
+    let (name, dims) = text.rsplit_once('=').ok_or_else(|| bad("expected `name=d0,d1,...` (e.g. `x=1,3,224,224`)"))?;
     let name = name.trim();
     if name.is_empty() {
         return Err(bad("the input name before `=` is empty"));
@@ -155,9 +132,10 @@ pub fn split_batches(feed: &Feed, batch: usize) -> Result<Vec<Feed>, ValidateErr
     let Some((first_name, first)) = feed.arrays.first() else {
         return Err(ValidateError::feed("cannot split an empty feed"));
     };
-    let rows = *first.shape().first().ok_or_else(|| {
-        ValidateError::feed(format!("input `{first_name}` is a scalar: no batch axis"))
-    })?;
+    let rows = *first
+        .shape()
+        .first()
+        .ok_or_else(|| ValidateError::feed(format!("input `{first_name}` is a scalar: no batch axis")))?;
     for (name, arr) in &feed.arrays {
         if arr.shape().first() != Some(&rows) {
             return Err(ValidateError::feed(format!(
@@ -206,15 +184,7 @@ pub fn elem_type_name(code: i32) -> String {
 
 /// Replaces characters that cannot appear in a file name (`/`, `:`, ...) by `_`.
 fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') { c } else { '_' }).collect()
 }
 
 fn check_against_decl(arr: &Array, decl: &InputDecl) -> Result<(), ValidateError> {
@@ -267,12 +237,7 @@ fn describe_dims(dims: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
-fn random_array(
-    name: &str,
-    elem_type: i32,
-    shape: &[usize],
-    rng: &mut SplitMix64,
-) -> Result<Array, ValidateError> {
+fn random_array(name: &str, elem_type: i32, shape: &[usize], rng: &mut SplitMix64) -> Result<Array, ValidateError> {
     let n: usize = shape.iter().product();
     let dim = IxDyn(shape);
     macro_rules! fill {
@@ -284,9 +249,7 @@ fn random_array(
     let bit = |r: &mut SplitMix64| r.below(2);
     let arr = match elem_type {
         1 => fill!(F32, |r: &mut SplitMix64| r.next_signed_unit() as f32),
-        10 => fill!(F16, |r: &mut SplitMix64| f16::from_f64(
-            r.next_signed_unit()
-        )),
+        10 => fill!(F16, |r: &mut SplitMix64| f16::from_f64(r.next_signed_unit())),
         11 => fill!(F64, |r: &mut SplitMix64| r.next_signed_unit()),
         7 => fill!(I64, |r: &mut SplitMix64| bit(r) as i64),
         6 => fill!(I32, |r: &mut SplitMix64| bit(r) as i32),

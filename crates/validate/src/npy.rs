@@ -41,23 +41,17 @@ pub fn read_npy_bytes(bytes: &[u8], origin: &Path) -> Result<Array, ValidateErro
     };
     let data_start = header_start + header_len;
     if bytes.len() < data_start {
-        return Err(err(format!(
-            "truncated header: needs {data_start} bytes, file has {}",
-            bytes.len()
-        )));
+        return Err(err(format!("truncated header: needs {data_start} bytes, file has {}", bytes.len())));
     }
-    let header = std::str::from_utf8(&bytes[header_start..data_start])
-        .map_err(|_| err("header is not valid UTF-8".into()))?;
     let header =
-        parse_header(header).map_err(|m| err(format!("{m} (header: {})", header.trim())))?;
+        std::str::from_utf8(&bytes[header_start..data_start]).map_err(|_| err("header is not valid UTF-8".into()))?;
+    let header = parse_header(header).map_err(|m| err(format!("{m} (header: {})", header.trim())))?;
     let count = header
         .shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| err("shape overflows".into()))?;
-    let need = count
-        .checked_mul(header.elem_size)
-        .ok_or_else(|| err("shape overflows".into()))?;
+    let need = count.checked_mul(header.elem_size).ok_or_else(|| err("shape overflows".into()))?;
     let data = &bytes[data_start..];
     if data.len() < need {
         return Err(err(format!(
@@ -113,14 +107,7 @@ pub fn to_npy_bytes(array: &Array) -> Vec<u8> {
     let dims = match shape.len() {
         0 => "()".to_string(),
         1 => format!("({},)", shape[0]),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
     let v1 = header.len() + 11 <= usize::from(u16::MAX);
@@ -146,8 +133,7 @@ pub fn to_npy_bytes(array: &Array) -> Vec<u8> {
 /// Reads every `.npy` member of a `.npz` archive; names lose their `.npy` suffix.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, ValidateError> {
     let file = std::fs::File::open(path).map_err(|e| ValidateError::io(path, e))?;
-    let zerr =
-        |e: zip::result::ZipError| ValidateError::npy(path, format!("bad .npz archive: {e}"));
+    let zerr = |e: zip::result::ZipError| ValidateError::npy(path, format!("bad .npz archive: {e}"));
     let mut archive = zip::ZipArchive::new(file).map_err(zerr)?;
     let mut out = Vec::new();
     for i in 0..archive.len() {
@@ -157,9 +143,7 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, ValidateError> {
         }
         let name = member.name().to_string();
         let mut bytes = Vec::new();
-        member
-            .read_to_end(&mut bytes)
-            .map_err(|e| ValidateError::npy(path, format!("member `{name}`: {e}")))?;
+        member.read_to_end(&mut bytes).map_err(|e| ValidateError::npy(path, format!("member `{name}`: {e}")))?;
         let origin = path.join(&name);
         let arr = read_npy_bytes(&bytes, &origin)?;
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
@@ -193,34 +177,19 @@ fn parse_header(text: &str) -> Result<Header, String> {
         ('b', 1)
     } else {
         let kind = rest.chars().next().ok_or("empty `descr`")?;
-        let size = rest[kind.len_utf8()..]
-            .parse::<usize>()
-            .map_err(|_| format!("unsupported dtype `{descr}`"))?;
+        let size = rest[kind.len_utf8()..].parse::<usize>().map_err(|_| format!("unsupported dtype `{descr}`"))?;
         (kind, size)
     };
     let fortran = value_after(text, "fortran_order")?.starts_with("True");
     let shape_text = value_after(text, "shape")?;
-    let shape_text = shape_text
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .ok_or("`shape` is not a tuple")?;
+    let shape_text = shape_text.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("`shape` is not a tuple")?;
     let shape = shape_text
         .split(',')
         .map(|s| s.trim().trim_end_matches('L'))
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| format!("bad dimension `{s}` in shape"))
-        })
+        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension `{s}` in shape")))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Header {
-        descr: descr.clone(),
-        kind,
-        elem_size: size,
-        big_endian: order == '>',
-        fortran,
-        shape,
-    })
+    Ok(Header { descr: descr.clone(), kind, elem_size: size, big_endian: order == '>', fortran, shape })
 }
 
 /// The text following `'key':` in the header dict, leading whitespace trimmed.
@@ -229,9 +198,7 @@ fn value_after<'t>(text: &'t str, key: &str) -> Result<&'t str, String> {
         let pat = format!("{quote}{key}{quote}");
         if let Some(pos) = text.find(&pat) {
             let rest = text[pos + pat.len()..].trim_start();
-            let rest = rest
-                .strip_prefix(':')
-                .ok_or(format!("no `:` after `{key}`"))?;
+            let rest = rest.strip_prefix(':').ok_or(format!("no `:` after `{key}`"))?;
             return Ok(rest.trim_start());
         }
     }
@@ -239,21 +206,9 @@ fn value_after<'t>(text: &'t str, key: &str) -> Result<&'t str, String> {
 }
 
 /// Decodes `data` into an array of `shape` in C order (transposing Fortran-order data).
-fn build<T: NpyElem + Clone>(
-    h: &Header,
-    shape: IxDyn,
-    data: &[u8],
-) -> Result<ArrayD<T>, ndarray::ShapeError> {
-    let values: Vec<T> = data
-        .chunks_exact(T::SIZE)
-        .map(|c| {
-            if h.big_endian {
-                T::from_be(c)
-            } else {
-                T::from_le(c)
-            }
-        })
-        .collect();
+fn build<T: NpyElem + Clone>(h: &Header, shape: IxDyn, data: &[u8]) -> Result<ArrayD<T>, ndarray::ShapeError> {
+    let values: Vec<T> =
+        data.chunks_exact(T::SIZE).map(|c| if h.big_endian { T::from_be(c) } else { T::from_le(c) }).collect();
     if h.fortran {
         ArrayD::from_shape_vec(shape.f(), values).map(|a| a.as_standard_layout().into_owned())
     } else {

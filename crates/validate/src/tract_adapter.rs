@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use half::f16;
 use ndarray::{ArrayD, IxDyn};
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable,
-    IntoTValue, OutletId, TValue, TVec, Tensor, TractError, TypedRunnableModel,
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, OutletId, TValue,
+    TVec, Tensor, TractError, TypedRunnableModel,
 };
 
 use crate::array::Array;
@@ -64,31 +64,20 @@ impl Runner {
         extra_outputs: &[String],
     ) -> Result<Self, ValidateError> {
         let mut model = load(src)?;
-        let mut outlets: Vec<OutletId> = model
-            .output_outlets()
-            .map_err(tract("reading outputs"))?
-            .to_vec();
-        let mut output_names: Vec<String> =
-            outlets.iter().map(|&o| outlet_name(&model, o)).collect();
+        let mut outlets: Vec<OutletId> = model.output_outlets().map_err(tract("reading outputs"))?.to_vec();
+        let mut output_names: Vec<String> = outlets.iter().map(|&o| outlet_name(&model, o)).collect();
         for name in extra_outputs {
             outlets.push(find_tensor(&model, name)?);
             output_names.push(name.clone());
         }
-        model
-            .select_output_outlets(&outlets)
-            .map_err(tract("selecting outputs"))?;
+        model.select_output_outlets(&outlets).map_err(tract("selecting outputs"))?;
         let input_names = model
             .input_outlets()
             .map_err(tract("reading inputs"))?
             .iter()
             .map(|o| model.node(o.node).name.clone())
             .collect();
-        let runner = Runner {
-            model,
-            input_names,
-            output_names,
-            plans: Mutex::new(Vec::new()),
-        };
+        let runner = Runner { model, input_names, output_names, plans: Mutex::new(Vec::new()) };
         if let Some(feed) = input_shapes_hint {
             let inputs = runner.order_inputs(feed)?;
             runner.plan_for(&inputs)?;
@@ -105,10 +94,8 @@ impl Runner {
     pub fn run(&self, feed: &Feed) -> Result<Vec<(String, Array)>, ValidateError> {
         let inputs = self.order_inputs(feed)?;
         let plan = self.plan_for(&inputs)?;
-        let values: TVec<TValue> = inputs
-            .iter()
-            .map(|a| to_tensor(a).map(|t| t.into_tvalue()))
-            .collect::<Result<_, _>>()?;
+        let values: TVec<TValue> =
+            inputs.iter().map(|a| to_tensor(a).map(|t| t.into_tvalue())).collect::<Result<_, _>>()?;
         let outputs = plan.run(values).map_err(tract("running the model"))?;
         self.output_names
             .iter()
@@ -126,12 +113,8 @@ impl Runner {
         if feed.arrays.len() == self.input_names.len() {
             return Ok(feed.arrays.iter().map(|(_, a)| a).collect());
         }
-        let missing: Vec<&str> = self
-            .input_names
-            .iter()
-            .filter(|n| feed.get(n).is_none())
-            .map(|s| s.as_str())
-            .collect();
+        let missing: Vec<&str> =
+            self.input_names.iter().filter(|n| feed.get(n).is_none()).map(|s| s.as_str()).collect();
         Err(ValidateError::feed(format!(
             "the model has inputs [{}] but the feed has no array for [{}]",
             self.input_names.join(", "),
@@ -141,10 +124,7 @@ impl Runner {
 
     /// The optimised plan for these input dtypes and shapes (built and cached on first use).
     fn plan_for(&self, inputs: &[&Array]) -> Result<Arc<TypedRunnableModel>, ValidateError> {
-        let sig: Signature = inputs
-            .iter()
-            .map(|a| (datum_type(a), a.shape().to_vec()))
-            .collect();
+        let sig: Signature = inputs.iter().map(|a| (datum_type(a), a.shape().to_vec())).collect();
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, plan)) = plans.iter().find(|(s, _)| *s == sig) {
             return Ok(plan.clone());
@@ -166,9 +146,7 @@ impl Runner {
 
 /// Wraps a tract error with what we were doing, as one line.
 fn tract(context: &'static str) -> impl Fn(TractError) -> ValidateError {
-    move |e| ValidateError::Tract {
-        msg: format!("{context}: {}", one_line(&e)),
-    }
+    move |e| ValidateError::Tract { msg: format!("{context}: {}", one_line(&e)) }
 }
 
 fn one_line(e: &TractError) -> String {
@@ -178,9 +156,7 @@ fn one_line(e: &TractError) -> String {
 fn load(src: ModelSource) -> Result<InferenceModel, ValidateError> {
     // Declared output shapes and value_info can be stale after a transform or clash with the
     // concrete input shapes; tract infers them from the inputs anyway.
-    let onnx = tract_onnx::onnx()
-        .with_ignore_output_shapes(true)
-        .with_ignore_value_info(true);
+    let onnx = tract_onnx::onnx().with_ignore_output_shapes(true).with_ignore_value_info(true);
     let res = match src {
         ModelSource::Path(p) => onnx.model_for_path(p),
         ModelSource::Bytes(b) => onnx.model_for_read(&mut &b[..]),
@@ -195,16 +171,9 @@ fn optimise(model: InferenceModel) -> Result<Arc<TypedRunnableModel>, ValidateEr
     let optimised = typed.into_optimized().and_then(|m| m.into_runnable());
     match optimised {
         Ok(plan) => Ok(plan),
-        Err(opt_err) => fallback
-            .into_decluttered()
-            .and_then(|m| m.into_runnable())
-            .map_err(|e| ValidateError::Tract {
-                msg: format!(
-                    "optimising the model: {}; decluttered fallback: {}",
-                    one_line(&opt_err),
-                    one_line(&e)
-                ),
-            }),
+        Err(opt_err) => fallback.into_decluttered().and_then(|m| m.into_runnable()).map_err(|e| ValidateError::Tract {
+            msg: format!("optimising the model: {}; decluttered fallback: {}", one_line(&opt_err), one_line(&e)),
+        }),
     }
 }
 
@@ -225,9 +194,7 @@ fn find_tensor(model: &InferenceModel, name: &str) -> Result<OutletId, ValidateE
     }
     match model.node_id_by_name(name) {
         Ok(id) => Ok(OutletId::new(id, 0)),
-        Err(_) => Err(ValidateError::UnknownTensor {
-            name: name.to_string(),
-        }),
+        Err(_) => Err(ValidateError::UnknownTensor { name: name.to_string() }),
     }
 }
 
@@ -272,16 +239,10 @@ fn to_tensor(a: &Array) -> Result<Tensor, ValidateError> {
 
 fn from_tensor(name: &str, t: &Tensor) -> Result<Array, ValidateError> {
     fn conv<T: tract_onnx::prelude::Datum + Copy>(t: &Tensor) -> Result<ArrayD<T>, ValidateError> {
-        let view = t
-            .try_as_plain_ram()
-            .map_err(tract("reading an output tensor"))?;
-        let data = view
-            .as_slice::<T>()
-            .map_err(tract("reading an output tensor"))?
-            .to_vec();
-        ArrayD::from_shape_vec(IxDyn(t.shape()), data).map_err(|e| ValidateError::Tract {
-            msg: format!("output tensor shape: {e}"),
-        })
+        let view = t.try_as_plain_ram().map_err(tract("reading an output tensor"))?;
+        let data = view.as_slice::<T>().map_err(tract("reading an output tensor"))?.to_vec();
+        ArrayD::from_shape_vec(IxDyn(t.shape()), data)
+            .map_err(|e| ValidateError::Tract { msg: format!("output tensor shape: {e}") })
     }
     let arr = match t.datum_type() {
         DatumType::F32 => Array::F32(conv::<f32>(t)?),
@@ -297,15 +258,11 @@ fn from_tensor(name: &str, t: &Tensor) -> Result<Array, ValidateError> {
         DatumType::U64 => Array::U64(conv::<u64>(t)?),
         DatumType::Bool => Array::Bool(conv::<bool>(t)?),
         DatumType::TDim => {
-            let cast = t
-                .cast_to::<i64>()
-                .map_err(tract("casting a shape output to int64"))?;
+            let cast = t.cast_to::<i64>().map_err(tract("casting a shape output to int64"))?;
             Array::I64(conv::<i64>(&cast)?)
         }
         other => {
-            return Err(ValidateError::Tract {
-                msg: format!("output `{name}` has unsupported element type {other:?}"),
-            })
+            return Err(ValidateError::Tract { msg: format!("output `{name}` has unsupported element type {other:?}") })
         }
     };
     Ok(arr)

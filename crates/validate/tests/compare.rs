@@ -23,10 +23,7 @@ fn hand_computed_metrics() {
     let r = compare_outputs(&named(a), &named(b), &Thresholds::default());
     let o = &r.outputs[0];
     assert_eq!(r.status, Status::OverThreshold);
-    assert_eq!(
-        (o.name.as_str(), o.dtype.as_str(), o.shape.as_slice()),
-        ("y", "float32", &[2usize, 2][..])
-    );
+    assert_eq!((o.name.as_str(), o.dtype.as_str(), o.shape.as_slice()), ("y", "float32", &[2usize, 2][..]));
     assert!(close(o.max_abs_err, 1.0));
     assert!(close(o.rel_l2_err, 0.2));
     assert!(close(o.cosine, 25.0 / (5.0 * 26f64.sqrt())));
@@ -34,27 +31,12 @@ fn hand_computed_metrics() {
     assert_eq!(o.top1_agreement, Some(0.5));
     assert!(!o.bit_identical && !o.within_threshold);
     // Loose thresholds accept it unless max_abs is set below 1.
-    let loose = Thresholds {
-        max_rel_l2: 0.25,
-        min_cosine: 0.9,
-        max_abs: None,
-    };
-    let r = compare_outputs(
-        &named(f32s(&[4], &[3., 4., 0., 0.])),
-        &named(f32s(&[4], &[3., 4., 0., 1.])),
-        &loose,
-    );
+    let loose = Thresholds { max_rel_l2: 0.25, min_cosine: 0.9, max_abs: None };
+    let r = compare_outputs(&named(f32s(&[4], &[3., 4., 0., 0.])), &named(f32s(&[4], &[3., 4., 0., 1.])), &loose);
     assert_eq!(r.status, Status::Passed);
     assert_eq!(r.outputs[0].top1_agreement, None, "rank 1: no top-1");
-    let strict_abs = Thresholds {
-        max_abs: Some(0.5),
-        ..loose
-    };
-    let r = compare_outputs(
-        &named(f32s(&[4], &[3., 4., 0., 0.])),
-        &named(f32s(&[4], &[3., 4., 0., 1.])),
-        &strict_abs,
-    );
+    let strict_abs = Thresholds { max_abs: Some(0.5), ..loose };
+    let r = compare_outputs(&named(f32s(&[4], &[3., 4., 0., 0.])), &named(f32s(&[4], &[3., 4., 0., 1.])), &strict_abs);
     assert_eq!(r.status, Status::OverThreshold);
 }
 
@@ -80,29 +62,17 @@ fn identical_zero_nan_shape_and_int_cases() {
     assert!(r.outputs[0].bit_identical && !r.outputs[0].within_threshold);
     assert_eq!(r.status, Status::OverThreshold);
     // Shape mismatch.
-    let o = &compare_outputs(
-        &named(f32s(&[2], &[1.0, 2.0])),
-        &named(f32s(&[1, 2], &[1.0, 2.0])),
-        &th,
-    )
-    .outputs[0];
+    let o = &compare_outputs(&named(f32s(&[2], &[1.0, 2.0])), &named(f32s(&[1, 2], &[1.0, 2.0])), &th).outputs[0];
     assert!(o.rel_l2_err.is_infinite() && !o.within_threshold && !o.bit_identical);
     // Integers compare as f64; no top-1 for ints; dtype differences are never bit-identical.
     let i = Array::I64(ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![1, 2]).unwrap());
     let o = &compare_outputs(&named(i.clone()), &named(f32s(&[1, 2], &[1.0, 2.0])), &th).outputs[0];
     assert!(o.within_threshold && !o.bit_identical && o.top1_agreement.is_none());
     // Output count mismatch → over threshold, the missing output reported.
-    let r = compare_outputs(
-        &[("a".into(), i.clone()), ("b".into(), i.clone())],
-        &named(i),
-        &th,
-    );
+    let r = compare_outputs(&[("a".into(), i.clone()), ("b".into(), i.clone())], &named(i), &th);
     assert_eq!((r.status, r.outputs.len()), (Status::OverThreshold, 2));
     // Nothing to compare.
-    assert!(matches!(
-        compare_outputs(&[], &[], &th).status,
-        Status::NotValidated { .. }
-    ));
+    assert!(matches!(compare_outputs(&[], &[], &th).status, Status::NotValidated { .. }));
 }
 
 #[test]

@@ -8,35 +8,23 @@ use std::io::Write;
 use ndarray::{ArrayD, IxDyn};
 use sparsify_validate::npy::{to_npy_bytes, write_npy};
 use sparsify_validate::{
-    load_feed, parse_input_shape, random_feed, split_batches, Array, Dim, Feed, InputDecl,
-    ValidateError,
+    load_feed, parse_input_shape, random_feed, split_batches, Array, Dim, Feed, InputDecl, ValidateError,
 };
 
 fn decl(name: &str, elem_type: i32, dims: Vec<Dim>) -> InputDecl {
-    InputDecl {
-        name: name.into(),
-        elem_type,
-        dims,
-    }
+    InputDecl { name: name.into(), elem_type, dims }
 }
 
 fn two_inputs() -> Vec<InputDecl> {
-    vec![
-        decl("ids", 7, vec![Dim::Named("b".into()), Dim::Unknown]),
-        decl("x", 1, vec![Dim::Fixed(-1), Dim::Fixed(3)]),
-    ]
+    vec![decl("ids", 7, vec![Dim::Named("b".into()), Dim::Unknown]), decl("x", 1, vec![Dim::Fixed(-1), Dim::Fixed(3)])]
 }
 
 fn ids(rows: usize) -> Array {
-    Array::I64(ArrayD::from_shape_fn(IxDyn(&[rows, 2]), |d| {
-        (d[0] * 2 + d[1]) as i64
-    }))
+    Array::I64(ArrayD::from_shape_fn(IxDyn(&[rows, 2]), |d| (d[0] * 2 + d[1]) as i64))
 }
 
 fn xs(rows: usize) -> Array {
-    Array::F32(ArrayD::from_shape_fn(IxDyn(&[rows, 3]), |d| {
-        (d[0] * 3 + d[1]) as f32
-    }))
+    Array::F32(ArrayD::from_shape_fn(IxDyn(&[rows, 3]), |d| (d[0] * 3 + d[1]) as f32))
 }
 
 #[test]
@@ -47,10 +35,7 @@ fn folder_by_name_and_by_index_ignoring_other_files() -> anyhow::Result<()> {
     write_npy(&dir.path().join("ort_output_0.npy"), &xs(1))?;
     std::fs::write(dir.path().join("sample.json"), "{}")?;
     let feed = load_feed(dir.path(), &two_inputs())?;
-    assert_eq!(
-        feed.arrays,
-        vec![("ids".to_string(), ids(5)), ("x".to_string(), xs(5))]
-    );
+    assert_eq!(feed.arrays, vec![("ids".to_string(), ids(5)), ("x".to_string(), xs(5))]);
     Ok(())
 }
 
@@ -76,58 +61,28 @@ fn load_errors_name_the_input() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     write_npy(&dir.path().join("ids.npy"), &ids(2))?;
     let err = load_feed(dir.path(), &two_inputs()).unwrap_err();
-    assert!(
-        matches!(err, ValidateError::Feed { .. }) && err.to_string().contains("`x`"),
-        "{err}"
-    );
+    assert!(matches!(err, ValidateError::Feed { .. }) && err.to_string().contains("`x`"), "{err}");
     // Wrong dtype: f32 data for the int64 input.
     write_npy(&dir.path().join("x.npy"), &xs(2))?;
     write_npy(&dir.path().join("ids.npy"), &xs(2))?;
-    let err = load_feed(dir.path(), &two_inputs())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("`ids`") && err.contains("int64") && err.contains("float32"),
-        "{err}"
-    );
+    let err = load_feed(dir.path(), &two_inputs()).unwrap_err().to_string();
+    assert!(err.contains("`ids`") && err.contains("int64") && err.contains("float32"), "{err}");
     // Wrong rank.
-    write_npy(
-        &dir.path().join("ids.npy"),
-        &Array::I64(ArrayD::zeros(IxDyn(&[2]))),
-    )?;
-    let err = load_feed(dir.path(), &two_inputs())
-        .unwrap_err()
-        .to_string();
+    write_npy(&dir.path().join("ids.npy"), &Array::I64(ArrayD::zeros(IxDyn(&[2]))))?;
+    let err = load_feed(dir.path(), &two_inputs()).unwrap_err().to_string();
     assert!(err.contains("`ids`") && err.contains("rank 2"), "{err}");
     // Wrong fixed dim.
     write_npy(&dir.path().join("ids.npy"), &ids(2))?;
-    write_npy(
-        &dir.path().join("x.npy"),
-        &Array::F32(ArrayD::zeros(IxDyn(&[2, 4]))),
-    )?;
-    let err = load_feed(dir.path(), &two_inputs())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("`x`") && err.contains("axis 1 must be 3"),
-        "{err}"
-    );
+    write_npy(&dir.path().join("x.npy"), &Array::F32(ArrayD::zeros(IxDyn(&[2, 4]))))?;
+    let err = load_feed(dir.path(), &two_inputs()).unwrap_err().to_string();
+    assert!(err.contains("`x`") && err.contains("axis 1 must be 3"), "{err}");
     Ok(())
 }
 
 #[test]
 fn random_feed_is_seeded_and_respects_shapes_and_ranges() -> anyhow::Result<()> {
     let decls = vec![
-        decl(
-            "x",
-            1,
-            vec![
-                Dim::Fixed(-1),
-                Dim::Fixed(3),
-                Dim::Named("?".into()),
-                Dim::Unknown,
-            ],
-        ),
+        decl("x", 1, vec![Dim::Fixed(-1), Dim::Fixed(3), Dim::Named("?".into()), Dim::Unknown]),
         decl("ids", 7, vec![Dim::Named("b".into()), Dim::Fixed(16)]),
         decl("mask", 9, vec![Dim::Fixed(64)]),
         decl("h", 10, vec![Dim::Fixed(8)]),
@@ -150,29 +105,17 @@ fn random_feed_is_seeded_and_respects_shapes_and_ranges() -> anyhow::Result<()> 
     // Override problems.
     let mut bad = BTreeMap::new();
     bad.insert("nope".to_string(), vec![1]);
-    assert!(random_feed(&decls, &bad, 1)
-        .unwrap_err()
-        .to_string()
-        .contains("`nope`"));
+    assert!(random_feed(&decls, &bad, 1).unwrap_err().to_string().contains("`nope`"));
     let mut bad = BTreeMap::new();
     bad.insert("x".to_string(), vec![1, 3]);
-    assert!(random_feed(&decls, &bad, 1)
-        .unwrap_err()
-        .to_string()
-        .contains("rank 4"));
+    assert!(random_feed(&decls, &bad, 1).unwrap_err().to_string().contains("rank 4"));
     Ok(())
 }
 
 #[test]
 fn parse_input_shape_cases() {
-    assert_eq!(
-        parse_input_shape("x=1,3,224,224").unwrap(),
-        ("x".into(), vec![1, 3, 224, 224])
-    );
-    assert_eq!(
-        parse_input_shape(" a:0 = 2, 5 ").unwrap(),
-        ("a:0".into(), vec![2, 5])
-    );
+    assert_eq!(parse_input_shape("x=1,3,224,224").unwrap(), ("x".into(), vec![1, 3, 224, 224]));
+    assert_eq!(parse_input_shape(" a:0 = 2, 5 ").unwrap(), ("a:0".into(), vec![2, 5]));
     assert_eq!(parse_input_shape("a=b=4").unwrap(), ("a=b".into(), vec![4]));
     for (text, needle) in [
         ("x", "name=d0"),
@@ -183,30 +126,20 @@ fn parse_input_shape_cases() {
         ("x=0,3", "positive"),
     ] {
         let err = parse_input_shape(text).unwrap_err().to_string();
-        assert!(
-            err.contains(needle) && err.contains(text.trim()),
-            "{text}: {err}"
-        );
+        assert!(err.contains(needle) && err.contains(text.trim()), "{text}: {err}");
     }
 }
 
 #[test]
 fn split_batches_slices_every_input_the_same() -> anyhow::Result<()> {
-    let feed = Feed {
-        arrays: vec![("ids".into(), ids(5)), ("x".into(), xs(5))],
-    };
+    let feed = Feed { arrays: vec![("ids".into(), ids(5)), ("x".into(), xs(5))] };
     let batches = split_batches(&feed, 2)?;
     assert_eq!(batches.len(), 3);
     assert_eq!(batches[2].arrays[0].1.shape(), &[1, 2]);
-    assert_eq!(
-        batches[1].arrays[1].1.to_f64_vec(),
-        vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
-    );
+    assert_eq!(batches[1].arrays[1].1.to_f64_vec(), vec![6.0, 7.0, 8.0, 9.0, 10.0, 11.0]);
     assert_eq!(split_batches(&feed, 10)?, vec![feed.clone()]);
     assert!(split_batches(&feed, 0).is_err());
-    let ragged = Feed {
-        arrays: vec![("ids".into(), ids(5)), ("x".into(), xs(4))],
-    };
+    let ragged = Feed { arrays: vec![("ids".into(), ids(5)), ("x".into(), xs(4))] };
     let err = split_batches(&ragged, 2).unwrap_err().to_string();
     assert!(err.contains("`x`"), "{err}");
     Ok(())

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use sparsify_validate::npy::read_npy;
 use sparsify_validate::{
-    load_feed, random_feed, run_model, split_batches, validate, ModelSource, Runner, Status,
-    Thresholds, ValidateError,
+    load_feed, random_feed, run_model, split_batches, validate, ModelSource, Runner, Status, Thresholds, ValidateError,
 };
 
 /// Loads the sample feed, runs the model and checks every output against onnxruntime's.
@@ -24,25 +23,10 @@ fn reproduces_ort(model: &str, tol: f64) -> anyhow::Result<()> {
     for (k, (name, got)) in outputs.iter().enumerate() {
         let want = read_npy(&dir.join(format!("sample/ort_output_{k}.npy")))?;
         assert_eq!(got.shape(), want.shape(), "{model} output {k} `{name}`");
-        assert_eq!(
-            got.dtype_name(),
-            want.dtype_name(),
-            "{model} output {k} `{name}`"
-        );
-        let max = got
-            .to_f64_vec()
-            .iter()
-            .zip(want.to_f64_vec())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f64, f64::max);
-        assert!(
-            max <= tol,
-            "{model} output {k} `{name}`: max abs diff {max} > {tol}"
-        );
-        eprintln!(
-            "{model} output {k} `{name}` {:?}: max |tract - ort| = {max:e}",
-            got.shape()
-        );
+        assert_eq!(got.dtype_name(), want.dtype_name(), "{model} output {k} `{name}`");
+        let max = got.to_f64_vec().iter().zip(want.to_f64_vec()).map(|(a, b)| (a - b).abs()).fold(0.0f64, f64::max);
+        assert!(max <= tol, "{model} output {k} `{name}`: max abs diff {max} > {tol}");
+        eprintln!("{model} output {k} `{name}` {:?}: max |tract - ort| = {max:e}", got.shape());
     }
     eprintln!("{model}: {:.2?}", t0.elapsed());
     Ok(())
@@ -82,12 +66,7 @@ fn validate_same_model_passes_bit_identical() -> anyhow::Result<()> {
         let feed = load_feed(&dir.join("sample"), &common::decls(model))?;
         let path = dir.join("model.onnx");
         let bytes = std::fs::read(&path)?;
-        let r = validate(
-            ModelSource::Path(&path),
-            ModelSource::Bytes(&bytes),
-            &feed,
-            &Thresholds::default(),
-        );
+        let r = validate(ModelSource::Path(&path), ModelSource::Bytes(&bytes), &feed, &Thresholds::default());
         assert_eq!(r.status, Status::Passed, "{model}: {r:?}");
         assert!(r.outputs.iter().all(|o| o.bit_identical), "{model}: {r:?}");
         assert_eq!(r.outputs[0].top1_agreement, Some(1.0));
@@ -102,23 +81,13 @@ fn extra_outputs_expose_intermediate_tensors() -> anyhow::Result<()> {
     };
     let feed = load_feed(&dir.join("sample"), &common::decls("digits_mlp"))?;
     let src = ModelSource::Path(&dir.join("model.onnx"));
-    let extras = vec![
-        "/Relu_1_output_0".to_string(),
-        "/fc1/Gemm_output_0".to_string(),
-        "x".to_string(),
-    ];
+    let extras = vec!["/Relu_1_output_0".to_string(), "/fc1/Gemm_output_0".to_string(), "x".to_string()];
     let out = run_model(src, &feed, &extras)?;
     let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(
-        names,
-        ["logits", "/Relu_1_output_0", "/fc1/Gemm_output_0", "x"]
-    );
+    assert_eq!(names, ["logits", "/Relu_1_output_0", "/fc1/Gemm_output_0", "x"]);
     assert_eq!(out[1].1.shape(), &[450, 128]);
     assert_eq!(out[2].1.shape(), &[450, 256]);
-    assert!(
-        out[1].1.to_f64_vec().iter().all(|&v| v >= 0.0),
-        "a ReLU output"
-    );
+    assert!(out[1].1.to_f64_vec().iter().all(|&v| v >= 0.0), "a ReLU output");
     assert_eq!(&out[3].1, feed.get("x").unwrap());
     // The graph output is unchanged by the extra outputs.
     let plain = run_model(src, &feed, &[])?;
@@ -138,11 +107,7 @@ fn runner_runs_calibration_batches_of_different_sizes() -> anyhow::Result<()> {
     let batches = split_batches(&feed, 50)?;
     let extras = vec!["/Relu_output_0".to_string()];
     assert_eq!(batches.len(), 3, "50 + 50 + 28 rows");
-    let runner = Runner::new(
-        ModelSource::Path(&dir.join("model.onnx")),
-        Some(&batches[0]),
-        &extras,
-    )?;
+    let runner = Runner::new(ModelSource::Path(&dir.join("model.onnx")), Some(&batches[0]), &extras)?;
     assert_eq!(runner.output_names().len(), 2);
     let mut rows = 0;
     for b in &batches {
@@ -175,18 +140,13 @@ fn ppocr_random_feed_with_symbolic_dims() -> anyhow::Result<()> {
     assert_eq!(out[0].0, "save_infer_model/scale_0.tmp_1");
     assert_eq!(out[0].1.shape(), &[1, 2]);
     let probs = out[0].1.to_f64_vec();
-    assert!(
-        (probs.iter().sum::<f64>() - 1.0).abs() < 1e-4,
-        "softmax output {probs:?}"
-    );
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4, "softmax output {probs:?}");
     Ok(())
 }
 
 #[test]
 fn garbage_model_is_a_tract_error_and_not_validated() -> anyhow::Result<()> {
-    let garbage: Vec<u8> = (0..4096u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let feed = random_feed(&common_decl(), &BTreeMap::new(), 1)?;
     let err = run_model(ModelSource::Bytes(&garbage), &feed, &[]).unwrap_err();
     assert!(matches!(err, ValidateError::Tract { .. }), "{err:?}");
@@ -194,12 +154,7 @@ fn garbage_model_is_a_tract_error_and_not_validated() -> anyhow::Result<()> {
     let err = run_model(ModelSource::Bytes(&text), &feed, &[]).unwrap_err();
     assert!(matches!(err, ValidateError::Tract { .. }), "{err:?}");
     eprintln!("garbage model error: {err}");
-    let r = validate(
-        ModelSource::Bytes(&garbage),
-        ModelSource::Bytes(&garbage),
-        &feed,
-        &Thresholds::default(),
-    );
+    let r = validate(ModelSource::Bytes(&garbage), ModelSource::Bytes(&garbage), &feed, &Thresholds::default());
     match &r.status {
         Status::NotValidated { reason } => assert!(reason.contains("tract"), "{reason}"),
         other => panic!("expected NotValidated, got {other:?}"),
@@ -208,21 +163,11 @@ fn garbage_model_is_a_tract_error_and_not_validated() -> anyhow::Result<()> {
     if let Some(dir) = common::model_dir("digits_mlp") {
         let feed = load_feed(&dir.join("sample"), &common::decls("digits_mlp"))?;
         let path = dir.join("model.onnx");
-        let r = validate(
-            ModelSource::Path(&path),
-            ModelSource::Bytes(&garbage),
-            &feed,
-            &Thresholds::default(),
-        );
+        let r = validate(ModelSource::Path(&path), ModelSource::Bytes(&garbage), &feed, &Thresholds::default());
         assert!(matches!(r.status, Status::NotValidated { .. }), "{r:?}");
         // Missing model file.
         let missing = dir.join("does_not_exist.onnx");
-        let r = validate(
-            ModelSource::Path(&path),
-            ModelSource::Path(&missing),
-            &feed,
-            &Thresholds::default(),
-        );
+        let r = validate(ModelSource::Path(&path), ModelSource::Path(&missing), &feed, &Thresholds::default());
         assert!(matches!(r.status, Status::NotValidated { .. }), "{r:?}");
     }
     Ok(())
@@ -232,10 +177,7 @@ fn common_decl() -> Vec<sparsify_validate::InputDecl> {
     vec![sparsify_validate::InputDecl {
         name: "x".into(),
         elem_type: 1,
-        dims: vec![
-            sparsify_validate::Dim::Fixed(1),
-            sparsify_validate::Dim::Fixed(4),
-        ],
+        dims: vec![sparsify_validate::Dim::Fixed(1), sparsify_validate::Dim::Fixed(4)],
     }]
 }
 

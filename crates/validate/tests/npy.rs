@@ -23,22 +23,12 @@ fn i64_array() -> Array {
 fn roundtrip_f32_i64_and_others() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let scalar = Array::F32(ArrayD::from_elem(IxDyn(&[]), 7.5f32));
-    let bools = Array::Bool(ArrayD::from_shape_vec(
-        IxDyn(&[2, 2]),
-        vec![true, false, false, true],
-    )?);
+    let bools = Array::Bool(ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![true, false, false, true])?);
     let halfs = Array::F16(ArrayD::from_shape_vec(
         IxDyn(&[3]),
-        vec![
-            half::f16::from_f32(1.5),
-            half::f16::from_f32(-2.0),
-            half::f16::from_f32(0.0),
-        ],
+        vec![half::f16::from_f32(1.5), half::f16::from_f32(-2.0), half::f16::from_f32(0.0)],
     )?);
-    for (i, arr) in [f32_array(), i64_array(), scalar, bools, halfs]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, arr) in [f32_array(), i64_array(), scalar, bools, halfs].into_iter().enumerate() {
         let path = dir.path().join(format!("a{i}.npy"));
         write_npy(&path, &arr)?;
         let bytes = std::fs::read(&path)?;
@@ -54,10 +44,7 @@ fn roundtrip_f32_i64_and_others() -> anyhow::Result<()> {
 fn non_contiguous_array_is_written_in_logical_order() -> anyhow::Result<()> {
     let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1i64, 2, 3, 4, 5, 6])?;
     let t = Array::I64(a.t().to_owned().into_dyn());
-    let back = read_npy_bytes(
-        &to_npy_bytes(&Array::I64(a.t().into_dyn().to_owned())),
-        Path::new("t"),
-    )?;
+    let back = read_npy_bytes(&to_npy_bytes(&Array::I64(a.t().into_dyn().to_owned())), Path::new("t"))?;
     assert_eq!(back, t);
     assert_eq!(back.to_f64_vec(), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     Ok(())
@@ -84,24 +71,15 @@ fn handmade(version: u8, descr: &str, fortran: bool, shape: &str, data: &[u8]) -
 fn reads_v2_v3_fortran_big_endian_and_small_ints() -> anyhow::Result<()> {
     let p = Path::new("mem");
     // v2, Fortran order: F-order data of [[1,2,3],[4,5,6]] is 1,4,2,5,3,6.
-    let data: Vec<u8> = [1i32, 4, 2, 5, 3, 6]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
+    let data: Vec<u8> = [1i32, 4, 2, 5, 3, 6].iter().flat_map(|v| v.to_le_bytes()).collect();
     let a = read_npy_bytes(&handmade(2, "<i4", true, "(2, 3)", &data), p)?;
     assert_eq!(a.shape(), &[2, 3]);
     assert_eq!(a.to_f64_vec(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     assert_eq!(a.dtype_name(), "int32");
     // v3, big-endian f8.
-    let data: Vec<u8> = [0.25f64, -8.0]
-        .iter()
-        .flat_map(|v| v.to_be_bytes())
-        .collect();
+    let data: Vec<u8> = [0.25f64, -8.0].iter().flat_map(|v| v.to_be_bytes()).collect();
     let a = read_npy_bytes(&handmade(3, ">f8", false, "(2,)", &data), p)?;
-    assert_eq!(
-        a,
-        Array::F64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.25, -8.0])?)
-    );
+    assert_eq!(a, Array::F64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.25, -8.0])?));
     // 1-byte and 2-byte types.
     for (descr, name) in [("|u1", "uint8"), ("|i1", "int8"), ("|b1", "bool")] {
         let a = read_npy_bytes(&handmade(1, descr, false, "(1, 2)", &[1, 0]), p)?;
@@ -134,10 +112,7 @@ fn malformed_files_are_errors_not_panics() -> anyhow::Result<()> {
         handmade(7, "<f4", false, "(1,)", &[0; 4]),
     ];
     for b in bad {
-        assert!(matches!(
-            read_npy_bytes(&b, p),
-            Err(ValidateError::Npy { .. })
-        ));
+        assert!(matches!(read_npy_bytes(&b, p), Err(ValidateError::Npy { .. })));
     }
     // Truncated on disk too.
     let dir = tempfile::tempdir()?;
@@ -154,10 +129,8 @@ fn npz_stored_and_deflated() -> anyhow::Result<()> {
     let path = dir.path().join("feed.npz");
     {
         let mut zw = zip::ZipWriter::new(std::fs::File::create(&path)?);
-        let stored = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Stored);
-        let deflated = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
+        let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let deflated = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         zw.start_file("x.npy", stored)?;
         zw.write_all(&to_npy_bytes(&f32_array()))?;
         zw.start_file("ids", deflated)?;
@@ -187,28 +160,13 @@ fn reads_every_shared_sample_file() -> anyhow::Result<()> {
         if !sample.is_dir() {
             continue;
         }
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(sample.join("sample.json"))?)?;
-        for io in json["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .chain(json["outputs"].as_array().unwrap())
-        {
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sample.join("sample.json"))?)?;
+        for io in json["inputs"].as_array().unwrap().iter().chain(json["outputs"].as_array().unwrap()) {
             let arr = read_npy(&sample.join(io["file"].as_str().unwrap()))?;
-            let shape: Vec<usize> = io["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
+            let shape: Vec<usize> =
+                io["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
             assert_eq!(arr.shape(), &shape[..], "{}", io["file"]);
-            assert_eq!(
-                arr.dtype_name(),
-                io["dtype"].as_str().unwrap(),
-                "{}",
-                io["file"]
-            );
+            assert_eq!(arr.dtype_name(), io["dtype"].as_str().unwrap(), "{}", io["file"]);
             count += 1;
         }
     }

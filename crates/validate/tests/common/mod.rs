@@ -8,10 +8,7 @@ use sparsify_validate::{Dim, InputDecl};
 
 /// The shared model folder, or `None` (after printing why) when it is absent.
 pub fn models_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/models"
-    ));
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/models"));
     if dir.join("README.md").exists() {
         Some(dir)
     } else {
@@ -26,11 +23,7 @@ pub fn model_dir(name: &str) -> Option<PathBuf> {
 }
 
 fn decl(name: &str, elem_type: i32, dims: Vec<Dim>) -> InputDecl {
-    InputDecl {
-        name: name.to_string(),
-        elem_type,
-        dims,
-    }
+    InputDecl { name: name.to_string(), elem_type, dims }
 }
 
 fn batch() -> Dim {
@@ -42,30 +35,15 @@ pub fn decls(model: &str) -> Vec<InputDecl> {
     match model {
         "digits_mlp" => vec![decl("x", 1, vec![batch(), Dim::Fixed(64)])],
         "digits_cnn" => {
-            vec![decl(
-                "x",
-                1,
-                vec![batch(), Dim::Fixed(1), Dim::Fixed(8), Dim::Fixed(8)],
-            )]
+            vec![decl("x", 1, vec![batch(), Dim::Fixed(1), Dim::Fixed(8), Dim::Fixed(8)])]
         }
         "char_lm" => vec![decl("tokens", 7, vec![batch(), Dim::Fixed(64)])],
-        "ppocr_cls_mobile_v2" => vec![decl(
-            "x",
-            1,
-            vec![
-                Dim::Fixed(-1),
-                Dim::Fixed(3),
-                Dim::Named("?".into()),
-                Dim::Named("?".into()),
-            ],
-        )],
+        "ppocr_cls_mobile_v2" => {
+            vec![decl("x", 1, vec![Dim::Fixed(-1), Dim::Fixed(3), Dim::Named("?".into()), Dim::Named("?".into())])]
+        }
         "paraphrase_minilm_l3_v2" => vec![
             decl("input_ids", 7, vec![batch(), Dim::Named("sequence".into())]),
-            decl(
-                "attention_mask",
-                7,
-                vec![batch(), Dim::Named("sequence".into())],
-            ),
+            decl("attention_mask", 7, vec![batch(), Dim::Named("sequence".into())]),
         ],
         other => panic!("unknown model {other}"),
     }

@@ -1,0 +1,241 @@
+//! `dead-channel-elim`: remove output channels that are exactly zero, for real (design notes §7).
+//!
+//! - Purpose: a channel whose producer rows (Conv weight axis 0, Gemm/MatMul output axis, depthwise
+//!   rows) and bias are exactly zero is removed from the producers (weights, bias, BatchNorm's four
+//!   parameters, broadcast constants) and from every coupled consumer (Conv input columns, Gemm/MatMul
+//!   reduction rows), through activations, pooling, BatchNorm, residual `Add`/`Sum`/`Mul`/`Where`,
+//!   `Concat`/`Split`/`Slice`, `Flatten`/`Reshape` into Gemm/MatMul and depthwise Conv
+//!   ([`crate::channels`] is the analysis). The model gets smaller and faster in any runtime.
+//! - A zero channel with a non-zero bias, BatchNorm shift or activation at 0 outputs a constant; it is
+//!   removed only when that constant can be folded exactly into every consumer's bias (Gemm, MatMul,
+//!   unpadded Conv; a missing bias is created), else kept with the reason in the notes.
+//! - Never touched: channels reaching a graph output, shared weights, channels under normalizations
+//!   across the channel axis, anything the analysis does not understand (each noted for dead channels).
+//!   Grouped convs lose equal counts per group; a tensor always keeps at least one channel.
+//! - Preconditions: none (a graph without producers is left unchanged).
+//! - Effects: weight values (folded biases), weight shapes, topology (new bias inputs, an `Add` after a
+//!   bias-less MatMul, `group` attributes, shape constants). `value_info` shapes of changed tensors are
+//!   updated; entries that cannot be updated are dropped and named in the notes.
+//! - Report: per layer the channels removed; counters `channels_removed`, `channels_kept_dead`,
+//!   `params_before/after`, `macs_before/after` (per example: symbolic dims count as 1), `biases_folded`.
+//! - Idempotent: the output has no removable dead channel left, so a second run changes nothing.
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `fold` | `true` | fold constant outputs of dead channels into consumer biases (else keep such channels) |
+
+use crate::channels::shapes::{self, Shape};
+use crate::channels::{analyze, fold, plan, slice};
+use sparsify_ir::{Graph, Model, NodeId};
+use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
+use std::collections::BTreeMap;
+
+const OPTIONS: [OptionSpec; 1] =
+    [OptionSpec { name: "fold", default: "true", help: "fold constant outputs of dead channels into consumer biases" }];
+
+pub const INFO: PassInfo = PassInfo {
+    name: "dead-channel-elim",
+    description: "remove exactly-zero channels from producers and all coupled consumers (smaller, faster model)",
+    effects: Effects(Effects::WEIGHT_VALUES.0 | Effects::WEIGHT_SHAPES.0 | Effects::TOPOLOGY.0),
+    options: &OPTIONS,
+    build,
+};
+
+fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
+    Ok(Box::new(DeadChannelElim { fold: opts.take_bool("fold", true)? }))
+}
+
+/// The pass; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadChannelElim {
+    pub fold: bool,
+}
+
+impl Default for DeadChannelElim {
+    fn default() -> Self {
+        DeadChannelElim { fold: true }
+    }
+}
+
+/// Parameter count: elements of every float initializer and float `Constant` node.
+pub fn param_count(g: &Graph) -> usize {
+    let init = g.initializers.iter().filter(|t| t.dtype.is_prunable_float()).map(|t| t.numel().unwrap_or(0));
+    let consts = g
+        .nodes()
+        .filter_map(|(_, n)| n.constant_tensor())
+        .filter(|t| t.dtype.is_prunable_float())
+        .map(|t| t.numel().unwrap_or(0));
+    init.chain(consts).sum()
+}
+
+/// Multiply-accumulates of Conv/Gemm/MatMul with constant weights, per example: weight elements times
+/// output positions, with symbolic or unknown dims (batch, sequence, dynamic H×W) counted as 1.
+pub fn mac_count(g: &Graph) -> u64 {
+    let sh: BTreeMap<String, Shape> = shapes::infer(g);
+    let known = |s: Option<&Shape>, skip_first: bool, drop_last: usize| -> u64 {
+        let Some(s) = s else { return 1 };
+        let end = s.len().saturating_sub(drop_last);
+        s.iter().take(end).skip(usize::from(skip_first)).map(|d| d.unwrap_or(1).max(1) as u64).product()
+    };
+    let mut total = 0u64;
+    for (_, n) in g.nodes() {
+        let w = match n.op_type.as_str() {
+            "Conv" | "Gemm" | "MatMul" => {
+                n.inputs.get(1).and_then(|b| g.constant_source(b)).and_then(|id| g.weight(&id))
+            }
+            _ => None,
+        };
+        let Some(w) = w else { continue };
+        let numel = w.numel().unwrap_or(0) as u64;
+        let out = sh.get(&n.outputs[0]);
+        let positions = match n.op_type.as_str() {
+            "Conv" => out.map_or(1, |s| s.iter().skip(2).map(|d| d.unwrap_or(1).max(1) as u64).product()),
+            "Gemm" => 1,
+            _ => known(out, true, 1),
+        };
+        total += numel * positions;
+    }
+    total
+}
+
+fn layer_name(g: &Graph, id: NodeId) -> String {
+    g.node(id).display_name()
+}
+
+impl Pass for DeadChannelElim {
+    fn name(&self) -> &'static str {
+        INFO.name
+    }
+    fn effects(&self) -> Effects {
+        INFO.effects
+    }
+    fn options(&self) -> Vec<(&'static str, String)> {
+        vec![("fold", self.fold.to_string())]
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
+        let g = &mut model.graph;
+        let a = analyze(g);
+        let p = plan::plan(g, &a, self.fold);
+        let (params0, macs0) = (param_count(g), mac_count(g));
+        // kept dead channels, per producer and reason
+        let mut kept: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        let mut n_kept = 0;
+        for (id, out) in &a.producers {
+            for (c, &x) in a.layouts[out].atoms.iter().enumerate() {
+                if let Some(why) = p.kept.get(&a.find(x)) {
+                    kept.entry((layer_name(g, *id), why.clone())).or_default().push(c);
+                    n_kept += 1;
+                }
+            }
+        }
+        for ((layer, why), chans) in &kept {
+            cx.note(layer.clone(), format!("kept {} dead channel(s) {:?}: {why}", chans.len(), chans));
+        }
+        cx.stat("channels_kept_dead", n_kept as f64);
+        cx.stat("params_before", params0 as f64);
+        cx.stat("macs_before", macs0 as f64);
+        if p.remove.is_empty() {
+            cx.stat("channels_removed", 0.0);
+            cx.stat("params_after", params0 as f64);
+            cx.stat("macs_after", macs0 as f64);
+            return Ok(Changed::No);
+        }
+        let per_layer: Vec<(String, usize, usize)> = a
+            .producers
+            .iter()
+            .map(|(id, out)| {
+                let atoms = &a.layouts[out].atoms;
+                (layer_name(g, *id), atoms.len() - slice::kept(&a, &p, atoms).len(), atoms.len())
+            })
+            .collect();
+        let (extra, folds) = fold::fold(g, &a, &p)?;
+        let mut sites = a.sites.clone();
+        sites.extend(extra);
+        let dropped = slice::apply(g, &a, &p, &sites)?;
+        g.relink();
+        let mut removed = 0;
+        for (layer, r, n) in per_layer.iter().filter(|l| l.1 > 0) {
+            removed += r;
+            cx.note(layer.clone(), format!("removed {r} of {n} output channels ({} left)", n - r));
+        }
+        for d in &dropped {
+            cx.note(d.clone(), "value_info entry dropped: its shape could not be updated");
+        }
+        let (params1, macs1) = (param_count(g), mac_count(g));
+        cx.note(
+            "model",
+            format!(
+                "parameters {params0} -> {params1}, MACs per example {macs0} -> {macs1} (symbolic dims counted as 1)"
+            ),
+        );
+        cx.stat("channels_removed", removed as f64);
+        cx.stat("biases_folded", folds as f64);
+        cx.stat("params_after", params1 as f64);
+        cx.stat("macs_after", macs1 as f64);
+        Ok(Changed::Yes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sparsify_ir::{Node, Tensor, ValueInfo};
+
+    fn mlp(zero_rows: &[usize]) -> Model {
+        let mut w1: Vec<f32> = (0..4 * 3).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut b1 = vec![0.1f32, -0.2, 0.3, 0.05];
+        for &r in zero_rows {
+            w1[r * 3..r * 3 + 3].fill(0.0);
+            b1[r] = 0.0;
+        }
+        let w2: Vec<f32> = (0..2 * 4).map(|i| (i as f32 * 0.71).cos()).collect();
+        let mut g = Graph::new();
+        g.initializers.push(Tensor::from_f32("w1", vec![4, 3], &w1).unwrap());
+        g.initializers.push(Tensor::from_f32("b1", vec![4], &b1).unwrap());
+        g.initializers.push(Tensor::from_f32("w2", vec![2, 4], &w2).unwrap());
+        g.inputs.push(ValueInfo::tensor("x", 1, &[1, 3]));
+        g.outputs.push(ValueInfo::tensor("y", 1, &[1, 2]));
+        g.value_info.push(ValueInfo::tensor("h", 1, &[1, 4]));
+        let mut fc1 = Node::new("Gemm", "fc1", &["x", "w1", "b1"], &["h"]);
+        fc1.set_attr("transB", sparsify_ir::AttrValue::Int(1));
+        let mut fc2 = Node::new("Gemm", "fc2", &["r", "w2"], &["y"]);
+        fc2.set_attr("transB", sparsify_ir::AttrValue::Int(1));
+        let g = g.with_nodes(vec![fc1, Node::new("Relu", "relu", &["h"], &["r"]), fc2]);
+        Model { ir_version: Some(8), opset_import: vec![], graph: g, opaque: vec![] }
+    }
+
+    fn run(m: &mut Model) -> (Changed, Vec<String>) {
+        let mut cache = sparsify_pm::AnalysisCache::default();
+        let mut cx = PassCx::new(&mut cache, None);
+        let c = DeadChannelElim::default().run(m, &mut cx).unwrap();
+        (c, cx.notes.iter().map(|n| format!("{}: {}", n.subject, n.message)).collect())
+    }
+
+    #[test]
+    fn removes_zero_rows_and_matching_columns() {
+        let mut m = mlp(&[1, 3]);
+        let (c, notes) = run(&mut m);
+        assert_eq!(c, Changed::Yes, "{notes:?}");
+        assert_eq!(m.graph.initializer("w1").unwrap().dims, vec![2, 3]);
+        assert_eq!(m.graph.initializer("b1").unwrap().dims, vec![2]);
+        assert_eq!(m.graph.initializer("w2").unwrap().dims, vec![2, 2]);
+        assert_eq!(m.graph.value_info[0].shape.as_ref().unwrap()[1], sparsify_ir::Dim::Value(2));
+        assert!(notes.iter().any(|n| n.contains("fc1: removed 2 of 4")), "{notes:?}");
+        assert_eq!(run(&mut m).0, Changed::No, "idempotent");
+    }
+
+    #[test]
+    fn output_producer_is_never_shrunk() {
+        let mut m = mlp(&[]);
+        let mut w2 = m.graph.initializer("w2").unwrap().to_f64().unwrap();
+        w2.index_axis_mut(ndarray::Axis(0), 0).fill(0.0);
+        m.graph.initializer_mut("w2").unwrap().write_f64(&w2).unwrap();
+        let (c, notes) = run(&mut m);
+        assert_eq!(c, Changed::No);
+        assert!(
+            notes.iter().any(|n| n.contains("fc2: kept 1 dead channel(s) [0]: reaches graph output 'y'")),
+            "{notes:?}"
+        );
+    }
+}

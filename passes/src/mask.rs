@@ -1,0 +1,291 @@
+//! `mask`: zero the lowest-scoring weights, with exact counts (design notes §5).
+//!
+//! - Scores come from the [`WeightScores`] analysis (the `score` pass); without it, |w| with the note
+//!   "no score analysis: using l1". Elements are zeroed with `Tensor::zero_where`, so kept values stay
+//!   bit-identical.
+//! - `granularity=element`: exactly floor(S·n) zeros per comparison group (`scope`): `layer` = the whole
+//!   tensor, `row` = each output channel (along the weight's output axis, every other axis flattened;
+//!   axis 0 for embedding tables), `global` = all selected tensors together. `auto` (the default) means
+//!   `row` when the scores are Wanda's (as in its paper) and `layer` otherwise.
+//! - `granularity=channel`: floor(S·C) whole output channels per tensor, ranked by the L2 norm of the
+//!   channel's scores (sqrt(Σ s²); for l2 scores sqrt(Σ s) = ‖w‖₂), and the matching entries of the
+//!   op's bias (Conv input 2, Gemm C) are zeroed too. The pruned channels are listed in the notes.
+//! - `granularity=coupled` (added by the dead-channel-elim work, see [`crate::channels::mask_coupled`]):
+//!   channels coupled across layers (residual adds, BatchNorm, depthwise convs, consumers) are scored as
+//!   a group — the sum of the norms of every coupled producer row and consumer column — and floor(S·n)
+//!   of each group's n removable channels are pruned (producer rows and biases zeroed), so
+//!   `dead-channel-elim` can remove them. Needs `steps=1`.
+//! - Lowest scores go first; ties prune the higher index first (the lower index is kept); weights that
+//!   are already zero count as pruned and go before everything else, so a group that already has more
+//!   zeros than the target is left as it is.
+//! - `steps=k>1`: gradual post-training pruning: step i targets `schedule`'s sparsity at i of k
+//!   (`linear` S·i/k, `cubic` S·(1−(1−i/k)³)); between steps Wanda scores are recomputed on the partly
+//!   pruned model (recalibration through the calibrator), magnitude scores just lose the pruned entries.
+//!
+//! Effects: weight values. Afterwards the cached scores of pruned elements are 0 and the analysis is
+//! preserved, so a later `nm-legalize` keeps using it. Idempotent: running it on its own output (or
+//! twice) changes nothing. Weights whose axes conflict are skipped for `row`/`channel` (noted).
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `sparsity` | `0.5` | target fraction of zeros, in [0, 1] |
+//! | `granularity` | `element` | `element` \| `channel` (whole output channels and their bias) \| `coupled` (coupled channel groups) |
+//! | `scope` | `auto` | comparison group: `auto` \| `layer` \| `row` \| `global` (channel: `auto` \| `layer`) |
+//! | `steps` | `1` | number of pruning steps |
+//! | `schedule` | `oneshot` | `oneshot` (needs `steps=1`) \| `linear` \| `cubic` |
+//! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are masked |
+
+use crate::schedule::PruningSchedule;
+use crate::scope::{Scope, SCOPE_OPTIONS};
+use crate::score::{compute_scores, ScoreRecipe};
+use crate::scores::WeightScores;
+use crate::util::mask_groups::{apply_mask, plan_targets, Granularity, Group, MaskConfig};
+use crate::util::score_math::Method;
+use sparsify_ir::Model;
+use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
+
+const OPTIONS: [OptionSpec; 9] = [
+    OptionSpec { name: "sparsity", default: "0.5", help: "target fraction of zeros per comparison group, in [0, 1]" },
+    OptionSpec {
+        name: "granularity",
+        default: "element",
+        help: "element | channel (whole output channels + bias) | coupled (coupled channel groups)",
+    },
+    OptionSpec {
+        name: "scope",
+        default: "auto",
+        help: "comparison group: auto (row for wanda, else layer) | layer | row | global",
+    },
+    OptionSpec {
+        name: "steps",
+        default: "1",
+        help: "prune in this many steps (gradual; Wanda is recalibrated between steps)",
+    },
+    OptionSpec {
+        name: "schedule",
+        default: "oneshot",
+        help: "sparsity per step: oneshot (steps=1) | linear | cubic (Zhu & Gupta)",
+    },
+    SCOPE_OPTIONS[0],
+    SCOPE_OPTIONS[1],
+    SCOPE_OPTIONS[2],
+    SCOPE_OPTIONS[3],
+];
+
+pub const INFO: PassInfo = PassInfo {
+    name: "mask",
+    description: "zero the lowest-scoring weights: exact counts per layer, row or globally, or whole channels",
+    effects: Effects::WEIGHT_VALUES,
+    options: &OPTIONS,
+    build,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Schedule {
+    OneShot,
+    Linear,
+    Cubic,
+}
+
+pub struct MaskPass {
+    sparsity: f64,
+    granularity: Granularity,
+    group: Group,
+    steps: usize,
+    schedule: Schedule,
+    scope: Scope,
+    /// `granularity=coupled`: group-aware channel masking (crate::channels::mask_coupled).
+    coupled: bool,
+}
+
+fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
+    let sparsity = opts.take_range("sparsity", 0.5, 0.0, 1.0)?;
+    let gran = opts.take_choice("granularity", &["element", "channel", "coupled"], "element")?;
+    let coupled = gran == "coupled";
+    let granularity = match gran.as_str() {
+        "channel" | "coupled" => Granularity::Channel,
+        _ => Granularity::Element,
+    };
+    let group = match opts.take_choice("scope", &["auto", "layer", "row", "global"], "auto")?.as_str() {
+        "layer" => Group::Layer,
+        "row" => Group::Row,
+        "global" => Group::Global,
+        _ => Group::Auto,
+    };
+    let steps = opts.take_usize("steps", 1)?;
+    let schedule = match opts.take_choice("schedule", &["oneshot", "linear", "cubic"], "oneshot")?.as_str() {
+        "linear" => Schedule::Linear,
+        "cubic" => Schedule::Cubic,
+        _ => Schedule::OneShot,
+    };
+    let scope = Scope::from_options(opts)?;
+    if steps == 0 {
+        return Err(opts.error((0, 0), "mask: option 'steps' must be at least 1"));
+    }
+    if steps > 1 && schedule == Schedule::OneShot {
+        return Err(
+            opts.error((0, 0), "mask: steps > 1 needs schedule=linear or schedule=cubic (oneshot prunes at once)")
+        );
+    }
+    if granularity == Granularity::Channel && matches!(group, Group::Row | Group::Global) {
+        return Err(opts.error(
+            (0, 0),
+            "mask: granularity=channel compares channels within each tensor: use scope=auto or scope=layer",
+        ));
+    }
+    if coupled && steps > 1 {
+        return Err(opts.error((0, 0), "mask: granularity=coupled prunes in one step (steps=1)"));
+    }
+    Ok(Box::new(MaskPass { sparsity, granularity, group, steps, schedule, scope, coupled }))
+}
+
+impl MaskPass {
+    /// Target sparsity after step `i` of `steps` (1-based).
+    fn target_at(&self, i: usize) -> f64 {
+        let end = self.steps as u64;
+        let s = match self.schedule {
+            Schedule::OneShot => self.sparsity * PruningSchedule::OneShot { step: 1 }.sparsity_at(i as u64),
+            Schedule::Linear => PruningSchedule::Gradual {
+                start_step: 0,
+                end_step: end,
+                initial_sparsity: 0.0,
+                final_sparsity: self.sparsity,
+                frequency: 1,
+            }
+            .sparsity_at(i as u64),
+            Schedule::Cubic => PruningSchedule::Cubic { start_step: 0, end_step: end, final_sparsity: self.sparsity }
+                .sparsity_at(i as u64),
+        };
+        if i == self.steps {
+            self.sparsity
+        } else {
+            s
+        }
+    }
+}
+
+impl Pass for MaskPass {
+    fn name(&self) -> &'static str {
+        INFO.name
+    }
+    fn effects(&self) -> Effects {
+        INFO.effects
+    }
+    fn options(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("sparsity", format!("{}", self.sparsity)),
+            (
+                "granularity",
+                match (self.coupled, self.granularity) {
+                    (true, _) => "coupled",
+                    (false, Granularity::Channel) => "channel",
+                    _ => "element",
+                }
+                .to_string(),
+            ),
+            ("scope", self.group.name().to_string()),
+            ("steps", self.steps.to_string()),
+            (
+                "schedule",
+                match self.schedule {
+                    Schedule::OneShot => "oneshot",
+                    Schedule::Linear => "linear",
+                    Schedule::Cubic => "cubic",
+                }
+                .to_string(),
+            ),
+        ];
+        v.extend(self.scope.options());
+        v
+    }
+
+    fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
+        if self.coupled {
+            return crate::channels::mask_coupled(model, cx, self.sparsity, &self.scope);
+        }
+        let method = match cx.analyses.get::<WeightScores>() {
+            Some(s) => s.method.clone(),
+            None => {
+                cx.note("mask", "no score analysis: using l1");
+                "l1".to_string()
+            }
+        };
+        let group = match (self.group, self.granularity) {
+            (Group::Auto, Granularity::Element) if method == "wanda" => Group::Row,
+            (Group::Auto, _) => Group::Layer,
+            (g, _) => g,
+        };
+        let cfg = MaskConfig { granularity: self.granularity, group, l2_scores: method == "l2" };
+        let plan = plan_targets(&model.graph, &self.scope, &cfg);
+        for (name, why) in &plan.skipped {
+            cx.note(name.clone(), format!("skipped: {why}"));
+        }
+        for (name, msg) in plan.notes {
+            cx.note(name, msg);
+        }
+        cx.stat("tensors_skipped", plan.skipped.len() as f64);
+        let targets = plan.targets;
+        if targets.is_empty() {
+            cx.note("mask", "no weight selected");
+            return Ok(Changed::No);
+        }
+        let before: Vec<f64> =
+            targets.iter().map(|t| model.graph.weight(&t.id).map(|w| w.sparsity()).unwrap_or(0.0)).collect();
+        let recipe = cx.analyses.get::<ScoreRecipe>().cloned();
+        let mut added = vec![0usize; targets.len()];
+        let mut outcome = None;
+        let mut changed = false;
+        for step in 1..=self.steps {
+            if step > 1 {
+                if let Some(r) = recipe.as_ref().filter(|r| r.method == Method::Wanda) {
+                    if cx.analyses.get::<WeightScores>().is_some() {
+                        let fresh = compute_scores(model, &r.scope, Method::Wanda, cx.calibrator)?;
+                        cx.analyses.insert(fresh.scores);
+                        cx.stat("recalibrations", 1.0);
+                    }
+                }
+            }
+            let s = self.target_at(step);
+            let scores = cx.analyses.get_mut::<WeightScores>();
+            let out = apply_mask(&mut model.graph, &targets, scores, s, &cfg)?;
+            for (a, o) in added.iter_mut().zip(&out.per_target) {
+                *a += o.zeros_added;
+            }
+            cx.stat("bias_entries_zeroed", out.bias_zeroed as f64);
+            changed |= out.any_changed;
+            outcome = Some(out);
+        }
+        let out = outcome.expect("steps >= 1");
+        for (i, t) in targets.iter().enumerate() {
+            let after = model.graph.weight(&t.id).map(|w| w.sparsity()).unwrap_or(0.0);
+            let o = &out.per_target[i];
+            let mut msg = format!(
+                "method={method} granularity={} group={}: sparsity {:.4} -> {:.4} (+{} zeros)",
+                self.granularity.name(),
+                group.name(),
+                before[i],
+                after,
+                added[i]
+            );
+            if o.score_fallback {
+                msg.push_str("; not in the score analysis: scored by |w|");
+            }
+            if let Some(ch) = &o.channels {
+                msg.push_str(&format!("; zero output channels {ch:?} of {}", o.channel_count));
+                cx.stat("channels_pruned", ch.len() as f64);
+            }
+            cx.note(t.id.name(), msg);
+            cx.stat("elements", o.elements as f64);
+        }
+        cx.stat("tensors_masked", targets.len() as f64);
+        cx.stat("zeros_added", added.iter().sum::<usize>() as f64);
+        cx.stat("steps", self.steps as f64);
+        if changed {
+            cx.preserve::<WeightScores>();
+            cx.preserve::<ScoreRecipe>();
+            Ok(Changed::Yes)
+        } else {
+            Ok(Changed::No)
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! `score`: compute the [`WeightScores`] analysis (one importance value per weight element) that `mask`,
+//! `nm-legalize` and `block-sparsify` consume.
+//!
+//! - `l1` = |w|, `l2` = w², `wanda` = |w_ij| · ‖X_j‖₂ (design notes §5), where j is the element's index
+//!   along the weight's reduction axis and ‖X_j‖₂ the L2 norm of input feature j of the consuming op over
+//!   every calibration row (all leading axes for MatMul/Gemm, batch × spatial positions for Conv input
+//!   channels; for a grouped Conv, feature `group · C/g + j`). The norms come from ONE calibrator call
+//!   (one tract pass over the calibration set) covering every scored weight. The norm is not divided by
+//!   the row count, exactly as the formula reads; per-tensor and per-row decisions do not depend on it.
+//! - A weight shared by consumers with different activations gets the sum of the squared norms (noted).
+//!   For Wanda, weights with an axis conflict, embedding tables, MatMul `A` constants and consumers whose
+//!   activation cannot be used fall back to l1, with a note each.
+//!
+//! Preconditions: `wanda` needs calibration data (`--calib`). Effects: annotations only (the analysis).
+//! Errors: a NaN/Inf weight names the tensor. Idempotent: yes (it only replaces the analysis).
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `method` | `l1` | `l1` \| `l2` \| `wanda` |
+//! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are scored |
+
+use crate::scope::{Scope, SCOPE_OPTIONS};
+use crate::scores::WeightScores;
+use crate::util::score_math::{magnitude, wanda, FeatureMap, Method};
+use sparsify_ir::{Graph, Model, WeightInfo, WeightUse};
+use sparsify_pm::{
+    Analysis, CalibRequest, CalibStat, Calibrator, Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError,
+    PassInfo, PipelineError,
+};
+use std::collections::BTreeMap;
+
+const OPTIONS: [OptionSpec; 5] = [
+    OptionSpec { name: "method", default: "l1", help: "l1 = |w|, l2 = w², wanda = |w|·‖X_j‖₂ (needs --calib)" },
+    SCOPE_OPTIONS[0],
+    SCOPE_OPTIONS[1],
+    SCOPE_OPTIONS[2],
+    SCOPE_OPTIONS[3],
+];
+
+pub const INFO: PassInfo = PassInfo {
+    name: "score",
+    description: "compute per-element importance scores (l1, l2 or Wanda) for the masks that follow",
+    effects: Effects::ANNOTATIONS,
+    options: &OPTIONS,
+    build,
+};
+
+fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
+    let method = opts.take_choice("method", &["l1", "l2", "wanda"], "l1")?;
+    let scope = Scope::from_options(opts)?;
+    Ok(Box::new(ScorePass { method: Method::parse(&method).unwrap_or(Method::L1), scope }))
+}
+
+/// How the cached scores were made, so `mask{steps=k}` can recompute Wanda on the partly pruned model.
+/// Lives and dies with [`WeightScores`] (same invalidation; passes that preserve one preserve both).
+#[derive(Debug, Clone)]
+pub struct ScoreRecipe {
+    pub method: Method,
+    pub scope: Scope,
+}
+
+impl Analysis for ScoreRecipe {
+    const INVALIDATED_BY: Effects = WeightScores::INVALIDATED_BY;
+}
+
+pub struct ScorePass {
+    pub method: Method,
+    pub scope: Scope,
+}
+
+impl Pass for ScorePass {
+    fn name(&self) -> &'static str {
+        INFO.name
+    }
+    fn effects(&self) -> Effects {
+        INFO.effects
+    }
+    fn options(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![("method", self.method.name().to_string())];
+        v.extend(self.scope.options());
+        v
+    }
+    fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
+        let out = compute_scores(model, &self.scope, self.method, cx.calibrator)?;
+        cx.stat("weights_scored", out.scores.scores.len() as f64);
+        cx.stat("wanda_fallback_l1", out.fallbacks as f64);
+        if self.method == Method::Wanda {
+            cx.stat("calib_activations", out.activations as f64);
+        }
+        for (subject, message) in out.notes {
+            cx.note(subject, message);
+        }
+        cx.analyses.insert(out.scores);
+        cx.analyses.insert(ScoreRecipe { method: self.method, scope: self.scope.clone() });
+        Ok(Changed::No)
+    }
+}
+
+/// The result of [`compute_scores`].
+pub struct Computed {
+    pub scores: WeightScores,
+    /// (subject, message) notes: fallbacks and shared-weight decisions.
+    pub notes: Vec<(String, String)>,
+    /// Weights scored with l1 although Wanda was asked for.
+    pub fallbacks: usize,
+    /// Distinct activations collected from the calibrator.
+    pub activations: usize,
+}
+
+/// Score every weight `scope` selects in `model` with `method`.
+pub fn compute_scores(
+    model: &Model,
+    scope: &Scope,
+    method: Method,
+    calibrator: Option<&dyn Calibrator>,
+) -> Result<Computed, PassError> {
+    let g = &model.graph;
+    let mut out = Computed {
+        scores: WeightScores { method: method.name().to_string(), scores: BTreeMap::new() },
+        notes: Vec::new(),
+        fallbacks: 0,
+        activations: 0,
+    };
+    // Plan: which weights use Wanda, and with which activation requests.
+    let mut requests: Vec<CalibRequest> = Vec::new();
+    let mut plans = Vec::new();
+    for sel in scope.select(g) {
+        let t = g.weight(&sel.id).ok_or_else(|| invalid(sel.id.name(), "weight not found"))?;
+        t.check_finite()?;
+        let w = t.to_f32()?;
+        let plan = match (method, &sel.info) {
+            (Method::Wanda, Some(info)) => match wanda_plan(g, info) {
+                Ok(p) => Some(p.into_iter().map(|(req, map)| (request_index(&mut requests, req), map)).collect()),
+                Err(why) => {
+                    out.notes.push((sel.id.name().to_string(), format!("wanda not applicable ({why}): using l1")));
+                    out.fallbacks += 1;
+                    None
+                }
+            },
+            (Method::Wanda, None) => {
+                out.notes.push((sel.id.name().to_string(), "embedding table has no input features: using l1".into()));
+                out.fallbacks += 1;
+                None
+            }
+            _ => None,
+        };
+        plans.push((sel.id, w, plan));
+    }
+    let stats = if requests.is_empty() {
+        Vec::new()
+    } else {
+        let cal = calibrator.ok_or(PassError::NeedsCalibration)?;
+        let stats = cal.collect(model, &requests)?;
+        if stats.len() != requests.len() {
+            return Err(invalid("calibration", "the calibrator answered a different number of requests"));
+        }
+        out.activations = requests.len();
+        stats
+    };
+    for (id, w, plan) in plans {
+        let s = match plan {
+            None => magnitude(&w, method == Method::L2),
+            Some(uses) => {
+                let uses: Vec<(usize, FeatureMap)> = uses;
+                match wanda_for(&w, &uses, &stats, &requests) {
+                    Ok((s, note)) => {
+                        if let Some(n) = note {
+                            out.notes.push((id.name().to_string(), n));
+                        }
+                        s
+                    }
+                    Err(why) => {
+                        out.notes.push((id.name().to_string(), format!("wanda not applicable ({why}): using l1")));
+                        out.fallbacks += 1;
+                        magnitude(&w, false)
+                    }
+                }
+            }
+        };
+        out.scores.scores.insert(id, s);
+    }
+    Ok(out)
+}
+
+fn invalid(subject: &str, message: &str) -> PassError {
+    PassError::Invalid { subject: subject.to_string(), message: message.to_string() }
+}
+
+fn request_index(requests: &mut Vec<CalibRequest>, req: CalibRequest) -> usize {
+    match requests.iter().position(|r| *r == req) {
+        Some(i) => i,
+        None => {
+            requests.push(req);
+            requests.len() - 1
+        }
+    }
+}
+
+/// Per consumer: the activation statistic to request and how weight elements map to its features.
+fn wanda_plan(g: &Graph, info: &WeightInfo) -> Result<Vec<(CalibRequest, FeatureMap)>, String> {
+    if let Some(c) = &info.conflict {
+        return Err(format!("axis conflict: {c}"));
+    }
+    info.uses.iter().map(|u| consumer_activation(g, u)).collect()
+}
+
+/// The data input of the op consuming a weight, its feature axis, and the element → feature map.
+fn consumer_activation(g: &Graph, u: &WeightUse) -> Result<(CalibRequest, FeatureMap), String> {
+    use sparsify_pm::FeatureAxis::{Index, Last};
+    let node = g.node(u.node);
+    let flag = |a: &str| node.attr_int(a).unwrap_or(0) != 0;
+    let (input, axis, conv_groups) = match (node.op_type.as_str(), u.slot) {
+        ("Conv", 1) => (0, Index(1), u.groups),
+        ("ConvTranspose", 1) => (0, Index(1), 1),
+        ("Gemm", 1) => (0, if flag("transA") { Index(0) } else { Last }, 1),
+        ("Gemm", 0) => (1, if flag("transB") { Last } else { Index(0) }, 1),
+        ("MatMul", 1) => (0, Last, 1),
+        (op, slot) => return Err(format!("{op} input {slot} as the weight")),
+    };
+    let tensor = node.inputs.get(input).filter(|s| !s.is_empty()).ok_or("the op has no data input")?;
+    if g.constant_source(tensor).is_some() {
+        return Err(format!("the data input '{tensor}' of '{}' is a constant", u.node_name));
+    }
+    let map = FeatureMap { out_axis: u.out_axis, red_axis: u.red_axis, conv_groups };
+    Ok((CalibRequest::FeatureSqNorm { tensor: tensor.clone(), axis }, map))
+}
+
+fn request_tensor(r: &CalibRequest) -> &str {
+    match r {
+        CalibRequest::FeatureSqNorm { tensor, .. } => tensor,
+        #[allow(unreachable_patterns)]
+        _ => "?",
+    }
+}
+
+/// Wanda scores from the collected statistics; a note when several activations were combined.
+fn wanda_for(
+    w: &ndarray::ArrayD<f32>,
+    uses: &[(usize, FeatureMap)],
+    stats: &[CalibStat],
+    requests: &[CalibRequest],
+) -> Result<(ndarray::ArrayD<f32>, Option<String>), String> {
+    let mut distinct: Vec<usize> = uses.iter().map(|(r, _)| *r).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let mut sq: Option<Vec<f64>> = None;
+    for &r in &distinct {
+        let tensor = request_tensor(&requests[r]);
+        let CalibStat::FeatureSqNorm { sums, rows } = &stats[r] else {
+            return Err(format!("the calibrator answered another statistic for '{tensor}'"));
+        };
+        if *rows == 0 {
+            return Err(format!("no calibration rows reached '{tensor}'"));
+        }
+        if let Some(bad) = sums.iter().find(|v| !v.is_finite()) {
+            return Err(format!("activation '{tensor}' has a non-finite squared norm ({bad})"));
+        }
+        match &mut sq {
+            None => sq = Some(sums.clone()),
+            Some(acc) if acc.len() == sums.len() => acc.iter_mut().zip(sums).for_each(|(a, b)| *a += b),
+            Some(acc) => return Err(format!("consumers see {} and {} features", acc.len(), sums.len())),
+        }
+    }
+    let norms: Vec<f64> = sq.unwrap_or_default().iter().map(|v| v.sqrt()).collect();
+    let s = wanda(w, &uses[0].1, &norms)?;
+    let note = (distinct.len() > 1).then(|| {
+        let names: Vec<String> = distinct.iter().map(|&r| format!("'{}'", request_tensor(&requests[r]))).collect();
+        format!("shared weight: squared activation norms of {} summed", names.join(", "))
+    });
+    Ok((s, note))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sparsify_ir::{Node, Tensor};
+
+    fn model() -> Model {
+        let mut g = Graph::new();
+        g.initializers.push(Tensor::from_f32("w", vec![2, 2], &[1.0, -3.0, 0.0, 2.0]).unwrap());
+        let g = g.with_nodes(vec![Node::new("MatMul", "mm", &["x", "w"], &["y"])]);
+        Model { ir_version: Some(8), opset_import: vec![], graph: g, opaque: vec![] }
+    }
+
+    #[test]
+    fn magnitude_scores_and_wanda_without_calibration() {
+        let m = model();
+        let out = compute_scores(&m, &Scope::default(), Method::L2, None).unwrap();
+        let s = &out.scores.scores[&sparsify_ir::WeightId::Init("w".into())];
+        assert_eq!(s.as_slice().unwrap(), &[1.0, 9.0, 0.0, 4.0]);
+        let e = compute_scores(&m, &Scope::default(), Method::Wanda, None).err().unwrap();
+        assert!(matches!(e, PassError::NeedsCalibration), "{e}");
+    }
+}
