@@ -193,6 +193,6 @@ pub fn feature_sq_norms(a: &Array, axis: FeatureAxis) -> Result<(Vec<f64>, u64),
     for (idx, v) in vals.iter().enumerate() {
         sums[(idx / inner) % f] += v * v;
     }
-    let rows = if f == 0 { 0 } else { (vals.len() / f) as u64 };
+    let rows = vals.len().checked_div(f).unwrap_or(0) as u64;
     Ok((sums, rows))
 }

@@ -85,7 +85,7 @@ fn trt_rule_groups(vals: &[f32], shape: &[usize], axis: usize) -> usize {
     let st = strides(shape)[axis];
     let mut groups = 0;
     for i in 0..vals.len() {
-        if (i / st) % shape[axis] % 4 == 0 {
+        if ((i / st) % shape[axis]).is_multiple_of(4) {
             let nz = (0..4).filter(|k| vals[i + k * st] != 0.0).count();
             assert!(nz <= 2, "group at flat index {i} has {nz} non-zeros");
             groups += 1;
@@ -111,7 +111,8 @@ fn l1_two_four_passes_check_and_the_tensorrt_rule_on_every_model() {
         for d in direct_weights(&m) {
             let t = const_tensor(&m, &d.name).unwrap();
             let shape = t.shape();
-            let eligible = t.dtype.name() == "f32" && shape[d.red_axis] % 4 == 0 && !(d.op == "Conv" && shape[1] == 1);
+            let eligible =
+                t.dtype.name() == "f32" && shape[d.red_axis].is_multiple_of(4) && !(d.op == "Conv" && shape[1] == 1);
             let row = rows.iter().find(|r| r.tensor == d.name).unwrap();
             assert_eq!(row.eligible, eligible, "{name}/{}: {:?}", d.name, row.reason);
             assert!(noted.contains(d.name.as_str()), "{name}/{} has no note: silently skipped", d.name);
@@ -300,7 +301,7 @@ fn wanda_mismatches(name: &str, dir: &Path) -> (usize, usize) {
         .into_iter()
         .filter(|d| {
             let s = const_tensor(&orig, &d.name).unwrap().shape();
-            d.groups == 1 && s[d.red_axis] % 4 == 0
+            d.groups == 1 && s[d.red_axis].is_multiple_of(4)
         })
         .collect();
     let acts: Vec<(String, bool)> = ds.iter().map(|d| (d.input.clone(), d.op == "Conv")).collect();
@@ -316,7 +317,7 @@ fn wanda_mismatches(name: &str, dir: &Path) -> (usize, usize) {
         let st = strides(&shape)[d.red_axis];
         let norms = &sq[&d.input];
         for i in 0..w.len() {
-            if (i / st) % shape[d.red_axis] % 4 != 0 {
+            if !((i / st) % shape[d.red_axis]).is_multiple_of(4) {
                 continue;
             }
             let mut g: Vec<(usize, f64)> = (0..4)

@@ -1,5 +1,6 @@
 //! N:M legalization, the `check` report, block sparsity and channel permutation on models built in
 //! code, each compared with an independent reference written here with plain strided loops.
+#![allow(clippy::type_complexity)] // fixture tables of test cases
 
 use sparsify_ir::{AttrValue, DType, Graph, Model, Node, Tensor, ValueInfo, WeightId};
 use sparsify_passes::nm_check::{all_compliant, check_nm};
@@ -89,7 +90,7 @@ fn ref_nm(w: &[f32], scores: &[f32], shape: &[usize], axis: usize, n: usize, m: 
     let st = strides(shape)[axis];
     let mut out = w.to_vec();
     for i in 0..w.len() {
-        if (i / st) % shape[axis] % m != 0 {
+        if !((i / st) % shape[axis]).is_multiple_of(m) {
             continue;
         }
         let mut members: Vec<usize> = (0..m).map(|k| i + k * st).collect();
@@ -107,7 +108,7 @@ fn ref_violations(w: &[f32], shape: &[usize], axis: usize, n: usize, m: usize) -
     let st = strides(shape)[axis];
     let (mut bad, mut total) = (0, 0);
     for i in 0..w.len() {
-        if (i / st) % shape[axis] % m == 0 {
+        if ((i / st) % shape[axis]).is_multiple_of(m) {
             total += 1;
             if (0..m).filter(|k| w[i + k * st] != 0.0).count() > n {
                 bad += 1;

@@ -54,6 +54,12 @@ fn generate() -> Result<String> {
     Ok(text)
 }
 
+fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sparsify-codegen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     /// The checked-in prost code is exactly what the vendored proto generates (sourcegen-style check).
@@ -65,10 +71,4 @@ mod tests {
             "crates/proto/src/onnx.rs is stale: run `cargo run -p xtask -- codegen`"
         );
     }
-}
-
-fn tempdir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("sparsify-codegen-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

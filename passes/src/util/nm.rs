@@ -7,8 +7,6 @@
 //! `[M, C/g, kH, kW]` with the axis 1 this is "every m input channels of each output channel and kernel
 //! position", TensorRT's rule.
 
-#![allow(clippy::manual_is_multiple_of)] // workspace MSRV 1.85; `is_multiple_of` is stable from 1.87
-
 use sparsify_ir::{DType, Tensor, WeightInfo};
 
 /// The `[outer, axis, inner]` view of a shape.
@@ -38,7 +36,7 @@ impl AxisView {
     /// Calls `f(flat indices of the group)` for every group of `m` along the axis, line by line.
     /// Requires `len % m == 0`.
     pub fn for_each_group(&self, m: usize, mut f: impl FnMut(&[usize])) {
-        debug_assert!(m > 0 && self.len % m == 0);
+        debug_assert!(m > 0 && self.len.is_multiple_of(m));
         let mut idx = vec![0usize; m];
         for l in 0..self.lines() {
             let (base, stride) = self.line(l);
@@ -122,7 +120,7 @@ pub fn nm_eligibility(info: &WeightInfo, t: &Tensor, m: usize, strict: bool) -> 
     }
     // Conv weights hold C/g along the reduction axis already; ConvTranspose holds all C (groups of C/g).
     let per_group = match info.op() {
-        "ConvTranspose" if shape[red] % g != 0 => {
+        "ConvTranspose" if !shape[red].is_multiple_of(g) => {
             return Err(format!("reduction axis {red} has {} channels, not divisible by {g} groups", shape[red]))
         }
         "ConvTranspose" => shape[red] / g,
@@ -136,7 +134,7 @@ pub fn nm_eligibility(info: &WeightInfo, t: &Tensor, m: usize, strict: bool) -> 
         return Err(format!("reduction axis {red} has {per_group} channels{pg}, not a multiple of m={m}"));
     }
     if strict {
-        if shape[out] % 8 != 0 {
+        if !shape[out].is_multiple_of(8) {
             return Err(format!("strict: output axis {out} has {} channels, not a multiple of 8", shape[out]));
         }
         if per_group % 16 != 0 {

@@ -22,8 +22,6 @@
 //! parallel in fixed chunks of [`ROW_CHUNK`] rows, each with the same sequential arithmetic: the result
 //! does not depend on the thread count.
 
-#![allow(clippy::manual_is_multiple_of)] // workspace MSRV 1.85; `is_multiple_of` is stable from 1.87
-
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul;
@@ -87,7 +85,7 @@ pub fn sparsegpt(
         )));
     }
     if let Pattern::NM { n, m } = pattern {
-        if m == 0 || n >= m || cols % m != 0 {
+        if m == 0 || n >= m || !cols.is_multiple_of(m) {
             return Err(ObsError::Shape(format!("{cols} columns cannot form {n}:{m} groups")));
         }
     }

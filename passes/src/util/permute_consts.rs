@@ -2,8 +2,6 @@
 //! its constant through Identity / Cast / Reshape / Unsqueeze (with the shape it has where it is used),
 //! and proving a constant is read only along the route being rewritten.
 
-#![allow(clippy::manual_is_multiple_of)] // workspace MSRV 1.85; `is_multiple_of` is stable from 1.87
-
 use sparsify_ir::{DType, Graph, NodeId, WeightId};
 
 /// A constant operand: its source, the shape it has where it is used, and whether it was reshaped.
@@ -129,7 +127,7 @@ fn reshape(shape: &[usize], spec: &[i64]) -> Option<Vec<usize>> {
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return None;
         }
         out[i] = total / known;

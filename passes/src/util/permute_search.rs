@@ -12,8 +12,6 @@
 //! `p` is removed (`loss[p]` summed over rows, and `floor[p][r]`, the smallest kept value of the
 //! remaining `m-1`); putting value `v` into that hole then adds `max(0, v - floor)`.
 
-#![allow(clippy::manual_is_multiple_of)] // workspace MSRV 1.85; `is_multiple_of` is stable from 1.87
-
 /// The result of [`search`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchResult {
@@ -88,7 +86,7 @@ pub fn search(cols: &[Vec<f32>], n: usize, m: usize, budget: u64) -> SearchResul
     let c = cols.len();
     let rows = cols.first().map_or(0, |v| v.len());
     let identity: Vec<usize> = (0..c).collect();
-    if c == 0 || rows == 0 || n == 0 || n >= m || c % m != 0 || c / m < 2 {
+    if c == 0 || rows == 0 || n == 0 || n >= m || !c.is_multiple_of(m) || c / m < 2 {
         let plain = kept_total(cols, &identity, n, m);
         return SearchResult { perm: identity, plain, permuted: plain, swaps: 0, spent: 0, converged: true };
     }

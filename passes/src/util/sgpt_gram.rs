@@ -7,8 +7,6 @@
 //! so the result does not depend on the machine's thread count. Memory: the k×k accumulators plus one
 //! patch chunk of at most [`CHUNK_ROWS`] rows.
 
-#![allow(clippy::manual_is_multiple_of)] // workspace MSRV 1.85; `is_multiple_of` is stable from 1.87
-
 use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
@@ -142,7 +140,7 @@ impl ConvGeometry {
         if self.strides.len() != r || self.dilations.len() != r || self.pads.len() != 2 * r {
             return Err(format!("Conv attributes do not match the kernel rank {r}: {self:?}"));
         }
-        if self.groups == 0 || shape[1] % self.groups != 0 {
+        if self.groups == 0 || !shape[1].is_multiple_of(self.groups) {
             return Err(format!("{} input channels are not divisible into {} groups", shape[1], self.groups));
         }
         if self.strides.contains(&0) || self.dilations.contains(&0) {

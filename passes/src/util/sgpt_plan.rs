@@ -2,8 +2,6 @@
 //! calibration requests that give its Hessian, the stages of the sequential mode, and the per-weight solve
 //! (Hessian assembly, column permutation for Conv N:M, [`crate::util::obs::sparsegpt`], write-back values).
 
-#![allow(clippy::manual_is_multiple_of)] // workspace MSRV 1.85; `is_multiple_of` is stable from 1.87
-
 use crate::util::obs::{self, Pattern, Solved};
 use sparsify_ir::{AttrValue, Graph, NodeId, WeightId, WeightInfo};
 use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis};
