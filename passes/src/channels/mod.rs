@@ -17,7 +17,7 @@
 //!
 //! [`channel_groups`] exposes the result for group-aware channel scoring.
 
-mod consts;
+pub(crate) mod consts;
 mod coupled;
 pub(crate) mod fold;
 mod graph;

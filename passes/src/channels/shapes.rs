@@ -125,39 +125,9 @@ fn broadcast(shapes: &[&Shape]) -> Shape {
         .collect()
 }
 
-/// Operators whose output has the shape of their first input.
-pub(crate) const SAME_SHAPE: &[&str] = &[
-    "Relu",
-    "LeakyRelu",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Softplus",
-    "Softsign",
-    "Erf",
-    "Gelu",
-    "Mish",
-    "Clip",
-    "Neg",
-    "Abs",
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Reciprocal",
-    "Identity",
-    "Dropout",
-    "Cast",
-    "Floor",
-    "Ceil",
-    "Round",
-    "Sign",
-    "ThresholdedRelu",
-    "Sin",
-    "Cos",
+/// Operators whose output has the shape of their first input, besides the element-wise unary ones
+/// ([`super::consts::UNARY`]).
+pub(crate) const SAME_SHAPE_EXTRA: &[&str] = &[
     "BatchNormalization",
     "Softmax",
     "LogSoftmax",
@@ -173,7 +143,7 @@ fn infer_node(g: &Graph, n: &Node, ins: &[Option<Shape>]) -> Option<Shape> {
         return None;
     }
     match op {
-        _ if SAME_SHAPE.contains(&op) => x,
+        _ if super::consts::UNARY.contains(&op) || SAME_SHAPE_EXTRA.contains(&op) => x,
         "Add" | "Sub" | "Mul" | "Div" | "Pow" | "Max" | "Min" | "Sum" | "Mean" | "PRelu" | "Where" => {
             let all: Option<Vec<Shape>> = ins.iter().cloned().collect();
             all.map(|v| broadcast(&v.iter().collect::<Vec<_>>()))

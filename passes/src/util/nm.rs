@@ -126,7 +126,7 @@ pub fn nm_eligibility(info: &WeightInfo, t: &Tensor, m: usize, strict: bool) -> 
         "ConvTranspose" => shape[red] / g,
         _ => shape[red],
     };
-    if info.op() == "Conv" && per_group == 1 {
+    if info.op() == "Conv" && per_group == 1 && g > 1 {
         return Err("depthwise conv (one input channel per group): nothing to group along the reduction axis".into());
     }
     if per_group % m != 0 {

@@ -43,39 +43,7 @@ pub struct Region {
     pub edits: Vec<Target>,
 }
 
-const UNARY: &[&str] = &[
-    "Relu",
-    "LeakyRelu",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Tanh",
-    "Elu",
-    "Selu",
-    "Celu",
-    "Gelu",
-    "Erf",
-    "Softplus",
-    "Softsign",
-    "Mish",
-    "ThresholdedRelu",
-    "Clip",
-    "Identity",
-    "Neg",
-    "Abs",
-    "Exp",
-    "Log",
-    "Sqrt",
-    "Reciprocal",
-    "Sign",
-    "Floor",
-    "Ceil",
-    "Round",
-    "Sin",
-    "Cos",
-    "Dropout",
-    "Cast",
-];
+use crate::channels::consts::UNARY;
 const BINARY: &[&str] = &["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu"];
 const POOL: &[&str] = &["MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool"];
 
