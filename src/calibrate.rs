@@ -109,18 +109,12 @@ impl Calibrator for TractCalibrator {
                         let v = vals.get_or_insert_with(|| a.to_f64_vec());
                         acc.add_features(v, shape, ax).map_err(err)?;
                     }
-                    CalibRequest::ConvGram { kernel, strides, pads, dilations, groups, .. } => {
-                        let geo = ConvGeometry {
-                            kernel: kernel.clone(),
-                            strides: strides.clone(),
-                            pads: pads.clone(),
-                            dilations: dilations.clone(),
-                            groups: *groups,
-                        };
+                    CalibRequest::ConvGram { .. } => {
+                        let geo = ConvGeometry::of_request(r).expect("a ConvGram request");
                         let shape = a.shape();
                         let channels = *shape.get(1).ok_or_else(|| err(format!("Conv input has shape {shape:?}")))?;
                         if matches!(out[ri], Acc::Empty) {
-                            out[ri] = Acc::Groups(vec![GramAcc::new(geo.patch_len(channels)); (*groups).max(1)]);
+                            out[ri] = Acc::Groups(vec![GramAcc::new(geo.patch_len(channels)); geo.groups.max(1)]);
                         }
                         let Acc::Groups(accs) = &mut out[ri] else { unreachable!("set above") };
                         let v = vals.get_or_insert_with(|| a.to_f64_vec());

@@ -35,14 +35,8 @@ impl Calibrator for InputCalib {
                     let (h, rows) = acc.finish();
                     Ok(CalibStat::Gram { h, k, rows })
                 }
-                CalibRequest::ConvGram { tensor, kernel, strides, pads, dilations, groups } if tensor == "x" => {
-                    let geo = ConvGeometry {
-                        kernel: kernel.clone(),
-                        strides: strides.clone(),
-                        pads: pads.clone(),
-                        dilations: dilations.clone(),
-                        groups: *groups,
-                    };
+                CalibRequest::ConvGram { tensor, groups, .. } if tensor == "x" => {
+                    let geo = ConvGeometry::of_request(r).expect("a ConvGram request");
                     let mut accs = vec![GramAcc::new(geo.patch_len(self.shape[1])); *groups];
                     add_conv_patches(&mut accs, &self.x, &self.shape, &geo).map_err(CalibError)?;
                     let (k, rows) = (accs[0].k(), accs[0].rows());

@@ -127,6 +127,22 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// The geometry a `CalibRequest::ConvGram` asks for (`None` for other request kinds).
+    pub fn of_request(req: &sparsify_pm::CalibRequest) -> Option<ConvGeometry> {
+        match req {
+            sparsify_pm::CalibRequest::ConvGram { kernel, strides, pads, dilations, groups, .. } => {
+                Some(ConvGeometry {
+                    kernel: kernel.clone(),
+                    strides: strides.clone(),
+                    pads: pads.clone(),
+                    dilations: dilations.clone(),
+                    groups: *groups,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Columns of one group's patch for `channels` input channels.
     pub fn patch_len(&self, channels: usize) -> usize {
         channels / self.groups.max(1) * self.kernel.iter().product::<usize>()
