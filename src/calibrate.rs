@@ -1,15 +1,21 @@
 //! Calibration through tract: the current model is encoded in memory, the tensors the passes ask about
 //! are exposed as extra outputs, and statistics are accumulated batch by batch (activations of one batch
 //! at a time are held, never the whole set).
+//!
+//! [`TractCalibrator::plan`] splits calibration samples along each input's own batch axis, found from the
+//! declared shapes (recurrent states passed whole, batch on axis 1, a last short batch, a folder of
+//! samples for fixed-batch models; see `sparsify_validate::calib_batches`) and keeps the decisions as
+//! [`TractCalibrator::notes`] for the run report.
 
 use sparsify_ir::Model;
 use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
 use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
-use sparsify_validate::{Array, Feed, ModelSource, Runner};
+use sparsify_validate::{Array, Feed, InputDecl, ModelSource, Runner};
 
 /// Runs the model over calibration batches in tract.
 pub struct TractCalibrator {
     batches: Vec<Feed>,
+    notes: Vec<String>,
     progress: Option<Progress>,
 }
 
@@ -17,9 +23,26 @@ pub struct TractCalibrator {
 pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
 
 impl TractCalibrator {
-    /// Split `feed` into batches of at most `batch` rows.
+    /// Split `feed` into batches of at most `batch` rows along axis 0 (every input must share it).
     pub fn new(feed: &Feed, batch: usize) -> Result<TractCalibrator, crate::Error> {
-        Ok(TractCalibrator { batches: sparsify_validate::split_batches(feed, batch.max(1))?, progress: None })
+        Ok(TractCalibrator {
+            batches: sparsify_validate::split_batches(feed, batch.max(1))?,
+            notes: Vec::new(),
+            progress: None,
+        })
+    }
+
+    /// Split `samples` into batches of at most `batch` rows along each input's batch axis, found from
+    /// the model's declared inputs (`decls`, e.g. [`crate::input_decls`]); a sample that cannot be split
+    /// runs as given. The decisions are in [`TractCalibrator::notes`].
+    pub fn plan(samples: &[Feed], decls: &[InputDecl], batch: usize) -> Result<TractCalibrator, crate::Error> {
+        let plan = sparsify_validate::plan_batches(samples, decls, batch.max(1))?;
+        Ok(TractCalibrator { batches: plan.batches, notes: plan.notes, progress: None })
+    }
+
+    /// What [`TractCalibrator::plan`] decided (batch axes, inputs passed whole, samples run as given).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Report progress after every batch (the command line draws a bar with it on a terminal).

@@ -1,12 +1,19 @@
 //! `check`: N:M legality report (design notes §6) — changes nothing.
 //!
 //! For every weight the weight analysis finds (Conv, ConvTranspose, Gemm, MatMul; any dtype): whether it
-//! is eligible for N:M (or why not: axis conflict, dtype, depthwise, reduction dim per group not a
-//! multiple of M, strict channel multiples), the axis, and whether it complies with TensorRT's rule — in
+//! is eligible for N:M (or why not: outside the scope, axis conflict, dtype, depthwise, reduction dim per
+//! group not a multiple of M, strict channel multiples), the axis, and whether it complies with
+//! TensorRT's rule — in
 //! every group of M consecutive elements along the reduction axis, for each output channel and kernel
 //! position, at most N non-zeros — with the count and fraction of violating groups.
 //! [`check_nm`] is the library function behind both this pass and the `check` subcommand, whose exit
 //! code is 0 only when [`all_compliant`] holds.
+//!
+//! Scope: only the weights the weight passes select with the same `ops` / `names` / `exclude` are held to
+//! the rule (default `ops=Conv|Gemm|MatMul`, [`crate::scope::DEFAULT_OPS`]); the others are listed as not
+//! eligible with the reason (e.g. "ConvTranspose is not in ops=Conv|Gemm|MatMul"). So the output of
+//! `nm-legalize` always passes `check` with the same n, m, strict and scope: with the defaults, or with
+//! `ops=Conv|Gemm|MatMul|ConvTranspose` on both.
 //!
 //! Preconditions: none. Effects: none (rows go to the pass's notes and counters). Idempotent: yes.
 //! Counters: `weights`, `eligible`, `compliant`, `violating_weights`, `violating_groups`, `total_groups`.
@@ -16,8 +23,10 @@
 //! | `n` | `2` | at most n non-zeros (kept) in every group of m |
 //! | `m` | `4` | group size along the reduction axis |
 //! | `strict` | `false` | eligibility also requires output % 8 == 0 and reduction % 16 == 0 |
+//! | `ops`, `names`, `exclude` | see [`crate::scope`] | which weights are held to the rule |
 
 use crate::nm_legalize::parse_nm;
+use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::util::nm::{nm_eligibility, nm_violations, AxisView};
 use serde::Serialize;
 use sparsify_ir::Model;
@@ -45,8 +54,14 @@ pub struct NmCheckRow {
     pub violating_fraction: f64,
 }
 
-/// Check every weight of `model` against N:M (`n` kept of every `m`).
+/// Check every weight of `model` against N:M (`n` kept of every `m`), with the default scope (the
+/// weights the weight passes select by default).
 pub fn check_nm(model: &Model, n: usize, m: usize, strict: bool) -> Vec<NmCheckRow> {
+    check_nm_scoped(model, n, m, strict, &Scope::default())
+}
+
+/// [`check_nm`] with a scope: weights `scope` leaves out are rows with `eligible: false` and the reason.
+pub fn check_nm_scoped(model: &Model, n: usize, m: usize, strict: bool, scope: &Scope) -> Vec<NmCheckRow> {
     let g = &model.graph;
     let mut rows = Vec::new();
     for w in g.find_weights() {
@@ -65,6 +80,11 @@ pub fn check_nm(model: &Model, n: usize, m: usize, strict: bool) -> Vec<NmCheckR
             total_groups: 0,
             violating_fraction: 0.0,
         };
+        if let Some(why) = scope.left_out(&w) {
+            row.reason = Some(format!("not selected: {why}"));
+            rows.push(row);
+            continue;
+        }
         match nm_eligibility(&w, t, m, strict) {
             Err(why) => row.reason = Some(why),
             Ok(axis) => {
@@ -87,7 +107,7 @@ pub fn all_compliant(rows: &[NmCheckRow]) -> bool {
     rows.iter().all(|r| !r.eligible || r.compliant == Some(true))
 }
 
-const OPTIONS: [OptionSpec; 3] = [
+const OPTIONS: [OptionSpec; 6] = [
     OptionSpec { name: "n", default: "2", help: "at most n non-zeros (kept) in every group of m" },
     OptionSpec { name: "m", default: "4", help: "group size along the reduction axis" },
     OptionSpec {
@@ -95,6 +115,9 @@ const OPTIONS: [OptionSpec; 3] = [
         default: "false",
         help: "eligibility also requires output % 8 == 0, reduction % 16 == 0",
     },
+    SCOPE_OPTIONS[0],
+    SCOPE_OPTIONS[1],
+    SCOPE_OPTIONS[2],
 ];
 
 pub const INFO: PassInfo = PassInfo {
@@ -108,13 +131,23 @@ pub const INFO: PassInfo = PassInfo {
 fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
     let (n, m) = parse_nm(opts, "check")?;
     let strict = opts.take_bool("strict", false)?;
-    Ok(Box::new(Check { n, m, strict }))
+    let mut scope = Scope::default();
+    if let Some(ops) = opts.take_str("ops") {
+        scope.ops = crate::scope::parse_ops(&ops);
+    }
+    if let Some(names) = opts.take_str("names") {
+        scope.names = crate::glob::Glob::new(&names);
+    }
+    scope.exclude = opts.take_str("exclude").filter(|e| !e.is_empty()).map(|e| crate::glob::Glob::new(&e));
+    Ok(Box::new(Check { n, m, strict, scope }))
 }
 
 pub struct Check {
     pub n: usize,
     pub m: usize,
     pub strict: bool,
+    /// Which weights are held to the rule (`embeddings` is not used: tables have no reduction axis).
+    pub scope: Scope,
 }
 
 impl Pass for Check {
@@ -125,10 +158,12 @@ impl Pass for Check {
         INFO.effects
     }
     fn options(&self) -> Vec<(&'static str, String)> {
-        vec![("n", self.n.to_string()), ("m", self.m.to_string()), ("strict", self.strict.to_string())]
+        let mut v = vec![("n", self.n.to_string()), ("m", self.m.to_string()), ("strict", self.strict.to_string())];
+        v.extend(self.scope.options().into_iter().take(3));
+        v
     }
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
-        let rows = check_nm(model, self.n, self.m, self.strict);
+        let rows = check_nm_scoped(model, self.n, self.m, self.strict, &self.scope);
         let (n, m) = (self.n, self.m);
         for key in ["weights", "eligible", "compliant", "violating_weights", "violating_groups", "total_groups"] {
             cx.stat(key, 0.0);

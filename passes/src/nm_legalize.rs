@@ -3,7 +3,9 @@
 //! N:M here means **N kept out of every M** consecutive elements (NVIDIA's meaning; some tools count the
 //! pruned ones instead). Groups run along the weight's reduction (input-channel) axis as the weight
 //! analysis maps it through Transpose/Cast/DequantizeLinear, independently for every output channel and
-//! kernel position: Conv `[M, C/g, kH, kW]` groups along C/g (per group), Gemm/MatMul along K, rank-3+
+//! kernel position: Conv `[M, C/g, kH, kW]` groups along C/g (per group), ConvTranspose
+//! `[C_in, C_out/g, kH, kW]` (only with `ops=...|ConvTranspose`) along C_in (axis 0; C_in/g must be a
+//! multiple of M, so no group of M straddles two conv groups), Gemm/MatMul along K, rank-3+
 //! MatMul weights `[.., K, N]` along axis r-2. In every group the N highest-scoring elements stay and the
 //! rest become zero (`Tensor::zero_where`, kept elements bit-identical). Scores come from a preceding
 //! `score` pass (the `WeightScores` analysis), else |w|. Already-zero elements rank below every non-zero
@@ -101,10 +103,9 @@ pub struct NmCandidates {
 /// The weights `scope` selects, split into eligible (with their N:M axis) and skipped (with the reason).
 /// Unlike [`Scope::select`], non-float weights are kept here so that their skip is reported.
 pub fn nm_candidates(g: &Graph, scope: &Scope, m: usize, strict: bool) -> NmCandidates {
-    let name_ok = |n: &str| scope.names.matches(n) && !scope.exclude.as_ref().is_some_and(|e| e.matches(n));
     let (mut eligible, mut skipped) = (Vec::new(), Vec::new());
     for w in g.find_weights() {
-        if !w.uses.iter().all(|u| scope.ops.contains(&u.op)) || !name_ok(w.id.name()) {
+        if scope.left_out(&w).is_some() {
             continue;
         }
         let Some(t) = g.weight(&w.id) else { continue };

@@ -2,17 +2,23 @@
 //! `exclude` and `embeddings`.
 //!
 //! Defaults: weights of Conv, Gemm and MatMul with at least two dimensions and a float dtype; embedding
-//! tables (Gather data) only with `embeddings=true`; ConvTranspose only when named in `ops`.
+//! tables (Gather data) only with `embeddings=true`; ConvTranspose only when named in `ops`
+//! (`ops=Conv|Gemm|MatMul|ConvTranspose`). The same default ([`DEFAULT_OPS`]) decides which weights the
+//! `check` pass and subcommand hold to N:M, so a pipeline's output always passes `check` with the same
+//! N:M settings and scope.
 
 use crate::glob::Glob;
 use sparsify_ir::{Graph, WeightId, WeightInfo};
 use sparsify_pm::{OptionSpec, Options, PipelineError};
 
+/// The consuming ops every scoped pass (and `check`) selects by default.
+pub const DEFAULT_OPS: &str = "Conv|Gemm|MatMul";
+
 /// Option specs every scoped pass lists (append to the pass's own).
 pub const SCOPE_OPTIONS: [OptionSpec; 4] = [
     OptionSpec {
         name: "ops",
-        default: "Conv|Gemm|MatMul",
+        default: DEFAULT_OPS,
         help: "consuming op types to include, '|'-separated (ConvTranspose too)",
     },
     OptionSpec { name: "names", default: "*", help: "glob over weight names to include ('|' separates alternatives)" },
@@ -31,7 +37,7 @@ pub struct Scope {
 impl Default for Scope {
     fn default() -> Self {
         Scope {
-            ops: vec!["Conv".into(), "Gemm".into(), "MatMul".into()],
+            ops: parse_ops(DEFAULT_OPS),
             names: Glob::new("*"),
             exclude: None,
             embeddings: false,
@@ -50,7 +56,7 @@ impl Scope {
     pub fn from_options(opts: &mut Options<'_>) -> Result<Scope, PipelineError> {
         let mut s = Scope::default();
         if let Some(ops) = opts.take_str("ops") {
-            s.ops = ops.split('|').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+            s.ops = parse_ops(&ops);
         }
         if let Some(n) = opts.take_str("names") {
             s.names = Glob::new(&n);
@@ -70,8 +76,26 @@ impl Scope {
         ]
     }
 
-    fn name_ok(&self, name: &str) -> bool {
+    pub fn name_ok(&self, name: &str) -> bool {
         self.names.matches(name) && !self.exclude.as_ref().is_some_and(|e| e.matches(name))
+    }
+
+    /// Why the scope leaves a (consumer-read) weight out, by its consumers and name only; `None` when
+    /// it is in scope. Dtype and rank are not looked at here.
+    pub fn left_out(&self, w: &WeightInfo) -> Option<String> {
+        if let Some(u) = w.uses.iter().find(|u| !self.ops.contains(&u.op)) {
+            return Some(format!(
+                "{} is not in ops={} (add it with ops={}|{})",
+                u.op,
+                self.ops.join("|"),
+                self.ops.join("|"),
+                u.op
+            ));
+        }
+        if !self.name_ok(w.id.name()) {
+            return Some("name not selected by names/exclude".into());
+        }
+        None
     }
 
     /// The selected weights in graph order: float, rank ≥ 2, consumed by an op in `ops` (every consumer
@@ -80,10 +104,10 @@ impl Scope {
         let mut out = Vec::new();
         for w in g.find_weights() {
             let Some(t) = g.weight(&w.id) else { continue };
-            if !t.dtype.is_prunable_float() || t.dims.len() < 2 || !self.name_ok(w.id.name()) {
+            if !t.dtype.is_prunable_float() || t.dims.len() < 2 {
                 continue;
             }
-            if !w.uses.iter().all(|u| self.ops.contains(&u.op)) {
+            if self.left_out(&w).is_some() {
                 continue;
             }
             out.push(Selected { id: w.id.clone(), info: Some(w) });
@@ -102,4 +126,9 @@ impl Scope {
         }
         out
     }
+}
+
+/// `"Conv|Gemm"` → `["Conv", "Gemm"]` (blanks dropped).
+pub fn parse_ops(text: &str) -> Vec<String> {
+    text.split('|').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect()
 }

@@ -1,5 +1,7 @@
-//! `sparsify-onnx check INPUT [--n 2 --m 4] [--strict] [--json] [--report-only]`: N:M legality per weight
-//! (TensorRT's rule: in every group of M consecutive elements along the reduction axis, at most N non-zeros).
+//! `sparsify-onnx check INPUT [--n 2 --m 4] [--strict] [--ops LIST] [--names GLOB] [--exclude GLOB] [--json]
+//! [--report-only]`: N:M legality per weight (TensorRT's rule: in every group of M consecutive elements along
+//! the reduction axis, at most N non-zeros). The weights held to the rule are those the weight passes
+//! select with the same scope (default ops Conv|Gemm|MatMul), so a pipeline's output passes.
 
 use crate::common::print_table;
 use crate::Outcome;
@@ -18,6 +20,16 @@ pub struct Args {
     /// Also require TensorRT-friendly channel multiples (output % 8, reduction % 16) for eligibility.
     #[arg(long)]
     strict: bool,
+    /// Consuming ops whose weights are held to the rule, '|'-separated (as the passes' `ops=`; add
+    /// ConvTranspose when the pipeline did).
+    #[arg(long, default_value = sparsify_onnx::passes::scope::DEFAULT_OPS)]
+    ops: String,
+    /// Glob over weight names to check (as the passes' `names=`).
+    #[arg(long, default_value = "*")]
+    names: String,
+    /// Glob over weight names to leave out (as the passes' `exclude=`).
+    #[arg(long, default_value = "")]
+    exclude: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -31,7 +43,14 @@ pub fn main(a: Args) -> Result<Outcome> {
         return Ok(Outcome::Usage(format!("--n must be at least 1 and below --m (got n={}, m={})", a.n, a.m)));
     }
     let model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
-    let rows = sparsify_onnx::passes::nm_check::check_nm(&model, a.n, a.m, a.strict);
+    use sparsify_onnx::passes::{glob::Glob, scope};
+    let scope = scope::Scope {
+        ops: scope::parse_ops(&a.ops),
+        names: Glob::new(&a.names),
+        exclude: (!a.exclude.is_empty()).then(|| Glob::new(&a.exclude)),
+        embeddings: false,
+    };
+    let rows = sparsify_onnx::passes::nm_check::check_nm_scoped(&model, a.n, a.m, a.strict, &scope);
     let bad = rows.iter().filter(|r| r.eligible && r.compliant == Some(false)).count();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

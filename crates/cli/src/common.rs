@@ -48,14 +48,19 @@ pub fn thresholds(max_rel_l2: Option<f64>, min_cosine: Option<f64>, max_abs: Opt
     }
 }
 
-/// Print a validation report as a table.
-pub fn print_validation(r: &ValidationReport, th: &Thresholds) {
-    println!("validation in tract (thresholds: rel L2 <= {:e}, cosine >= {})", th.max_rel_l2, th.min_cosine);
+/// Print a validation report as a table. With `th` (a verdict was asked for) each output gets an
+/// ok / OVER status and the report a result line; without (`run --validate` and no thresholds given)
+/// only the fidelity figures are shown.
+pub fn print_validation(r: &ValidationReport, th: Option<&Thresholds>) {
+    match th {
+        Some(th) => println!("validation in tract (thresholds: {})", describe_thresholds(th)),
+        None => println!("validation in tract: how far the outputs moved (no thresholds given, so no verdict)"),
+    }
     let rows: Vec<Vec<String>> = r
         .outputs
         .iter()
         .map(|o| {
-            vec![
+            let mut row = vec![
                 o.name.clone(),
                 format!("{}{:?}", o.dtype, o.shape),
                 format!("{:.3e}", o.max_abs_err),
@@ -63,16 +68,39 @@ pub fn print_validation(r: &ValidationReport, th: &Thresholds) {
                 format!("{:.6}", o.cosine),
                 o.top1_agreement.map(|t| format!("{:.2}%", t * 100.0)).unwrap_or_else(|| "-".into()),
                 if o.bit_identical { "yes".into() } else { "no".into() },
-                if o.within_threshold { "ok".into() } else { "OVER".into() },
-            ]
+            ];
+            if th.is_some() {
+                row.push(if o.within_threshold { "ok".into() } else { "OVER".into() });
+            }
+            row
         })
         .collect();
-    print_table(&["output", "type", "max abs", "rel L2", "cosine", "top-1 agree", "bit-identical", "status"], &rows);
-    match &r.status {
-        Status::Passed => println!("result: passed"),
-        Status::OverThreshold => println!("result: over threshold"),
-        Status::NotValidated { reason } => println!("result: NOT VALIDATED: {reason}"),
+    let mut header = vec!["output", "type", "max abs", "rel L2", "cosine", "top-1 agree", "bit-identical"];
+    if th.is_some() {
+        header.push("status");
     }
+    print_table(&header, &rows);
+    match (&r.status, th) {
+        (Status::NotValidated { reason }, _) => println!("result: NOT VALIDATED: {reason}"),
+        (_, None) => println!("(fidelity figures only: pass --max-rel-l2 / --min-cosine for a verdict)"),
+        (Status::Passed, Some(_)) => println!("result: passed"),
+        (Status::OverThreshold, Some(_)) => println!("result: over threshold"),
+    }
+}
+
+/// The thresholds in force, skipping unbounded ones (`run` enforces only those the user gave).
+fn describe_thresholds(th: &Thresholds) -> String {
+    let mut parts = Vec::new();
+    if th.max_rel_l2.is_finite() {
+        parts.push(format!("rel L2 <= {:e}", th.max_rel_l2));
+    }
+    if th.min_cosine.is_finite() {
+        parts.push(format!("cosine >= {}", th.min_cosine));
+    }
+    if let Some(a) = th.max_abs {
+        parts.push(format!("max abs <= {a:e}"));
+    }
+    parts.join(", ")
 }
 
 /// A plain left-aligned table.

@@ -36,11 +36,15 @@ struct Row {
 pub fn main(a: Args) -> Result<Outcome> {
     let model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
     let g = &model.graph;
+    let default_scope = sparsify_onnx::passes::scope::Scope::default();
     let mut rows = Vec::new();
     for w in g.find_weights() {
         let Some(t) = g.weight(&w.id) else { continue };
         let note = if let Some(c) = &w.conflict {
             Some(c.clone())
+        } else if let Some(why) = default_scope.left_out(&w) {
+            // Same default as the passes and `check`: say how to include it.
+            Some(format!("not pruned or checked by default: {why}"))
         } else if !t.dtype.is_prunable_float() {
             Some(format!("dtype {} is not prunable", t.dtype.name()))
         } else if t.dims.len() < 2 {

@@ -1,10 +1,10 @@
 //! `sparsify-onnx run INPUT -o OUTPUT [--pipeline TEXT] [--calib PATH] [--inputs PATH] [--validate] [--json FILE]`.
 
-use crate::common::{feed_for, print_table, print_validation, thresholds, write_json};
+use crate::common::{feed_for, print_table, print_validation, write_json};
 use crate::Outcome;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sparsify_onnx::validate::Status;
+use sparsify_onnx::validate::{Status, Thresholds, ValidationReport};
 use sparsify_onnx::{ExportOptions, ExternalMode, Pipeline, RunReport, TractCalibrator};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -19,11 +19,11 @@ pub struct Args {
     /// Pipeline text, e.g. 'score{method=l1},mask{sparsity=0.5}'. None or empty: no passes.
     #[arg(short, long, default_value = "")]
     pipeline: String,
-    /// Calibration data for activation-aware passes: a .npz (keys = graph input names) or a folder of
-    /// `<input name>.npy` / `input_<k>.npy` files.
+    /// Calibration data for activation-aware passes: a .npz (keys = graph input names), a folder of
+    /// `<input name>.npy` / `input_<k>.npy` files, or a folder of such folders (one sample each).
     #[arg(long)]
     calib: Option<PathBuf>,
-    /// Rows per calibration batch run in tract.
+    /// Rows per calibration batch run in tract (along each input's batch axis; the last may be smaller).
     #[arg(long, default_value_t = 16)]
     calib_batch: usize,
     /// Inputs for --validate (same formats as --calib); seeded random from declared shapes if absent.
@@ -35,7 +35,8 @@ pub struct Args {
     /// Run original and result in tract on the same inputs and report how far the outputs moved.
     #[arg(long)]
     validate: bool,
-    /// With --validate: fail (exit 3) when an output's relative L2 error exceeds this.
+    /// With --validate: fail (exit 3) when an output's relative L2 error exceeds this. Without this and
+    /// --min-cosine, validation shows the fidelity figures with no verdict.
     #[arg(long)]
     max_rel_l2: Option<f64>,
     /// With --validate: fail (exit 3) when an output's cosine similarity is below this.
@@ -57,7 +58,13 @@ struct JsonOut<'a> {
     input: String,
     output: String,
     report: &'a RunReport,
-    validation: Option<sparsify_onnx::validate::ValidationReport>,
+    /// How the calibration data was run (batch axes, inputs passed whole, files run as given).
+    calibration_notes: Vec<String>,
+    /// The validation report; without thresholds its `status` is "Measured" and outputs carry no
+    /// `within_threshold` (figures only, no verdict).
+    validation: Option<serde_json::Value>,
+    /// The thresholds enforced (only those given on the command line), or null: no verdict asked.
+    thresholds: Option<Thresholds>,
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -80,14 +87,18 @@ pub fn main(a: Args) -> Result<Outcome> {
     let calibrator = match &a.calib {
         Some(p) => {
             let decls = sparsify_onnx::input_decls(&model);
-            let feed = sparsify_onnx::validate::load_feed(p, &decls)
+            let samples = sparsify_onnx::validate::load_samples(p, &decls)
                 .with_context(|| format!("loading calibration data from {}", p.display()))?;
-            let calib = TractCalibrator::new(&feed, a.calib_batch)?;
+            let calib = TractCalibrator::plan(&samples, &decls, a.calib_batch)?;
+            for n in calib.notes() {
+                println!("calibration: {n}");
+            }
             Some(if std::io::stderr().is_terminal() { calib.with_progress(progress_bar()) } else { calib })
         }
         None => None,
     };
     let report = pipeline.run(&mut model, calibrator.as_ref().map(|c| c as &dyn sparsify_onnx::Calibrator))?;
+    let calib_notes: Vec<String> = calibrator.as_ref().map(|c| c.notes().to_vec()).unwrap_or_default();
     let external = match a.external_data.as_str() {
         "always" => ExternalMode::Always,
         "never" => ExternalMode::Never,
@@ -100,13 +111,20 @@ pub fn main(a: Args) -> Result<Outcome> {
 
     let mut outcome = Outcome::Ok;
     let mut validation = None;
+    // A verdict only against thresholds the user gave: the defaults of `validate` are those of an exact
+    // rewrite, which every lossy pipeline is "over".
+    let th = (a.max_rel_l2.is_some() || a.min_cosine.is_some()).then(|| Thresholds {
+        max_rel_l2: a.max_rel_l2.unwrap_or(f64::INFINITY),
+        min_cosine: a.min_cosine.unwrap_or(f64::NEG_INFINITY),
+        max_abs: None,
+    });
     if a.validate {
         let feed = feed_for(&model, a.inputs.as_deref(), &a.input_shape, a.seed)?;
-        let enforce = a.max_rel_l2.is_some() || a.min_cosine.is_some();
-        let th = thresholds(a.max_rel_l2, a.min_cosine, None);
-        let v = sparsify_onnx::validate_files(&a.input, &a.output, &feed, &th);
+        let unbounded = Thresholds { max_rel_l2: f64::INFINITY, min_cosine: f64::NEG_INFINITY, max_abs: None };
+        let v = sparsify_onnx::validate_files(&a.input, &a.output, &feed, th.as_ref().unwrap_or(&unbounded));
         println!();
-        print_validation(&v, &th);
+        print_validation(&v, th.as_ref());
+        let json = validation_json(&v, th.is_some())?;
         match &v.status {
             Status::NotValidated { reason } => {
                 if let Some(j) = &a.json {
@@ -116,22 +134,47 @@ pub fn main(a: Args) -> Result<Outcome> {
                             input: show(&a.input),
                             output: show(&a.output),
                             report: &report,
-                            validation: Some(v.clone()),
+                            calibration_notes: calib_notes.clone(),
+                            validation: Some(json),
+                            thresholds: th,
                         },
                     )?;
                 }
                 bail!("the result was written but could not be validated: {reason}");
             }
-            Status::OverThreshold if enforce => outcome = Outcome::OverThreshold,
-            Status::OverThreshold => println!("(report only: pass --max-rel-l2 / --min-cosine to enforce thresholds)"),
-            Status::Passed => {}
+            Status::OverThreshold if th.is_some() => outcome = Outcome::OverThreshold,
+            _ => {}
         }
-        validation = Some(v);
+        validation = Some(json);
     }
     if let Some(j) = &a.json {
-        write_json(j, &JsonOut { input: show(&a.input), output: show(&a.output), report: &report, validation })?;
+        write_json(
+            j,
+            &JsonOut {
+                input: show(&a.input),
+                output: show(&a.output),
+                report: &report,
+                calibration_notes: calib_notes,
+                validation,
+                thresholds: th,
+            },
+        )?;
     }
     Ok(outcome)
+}
+
+/// The validation report as JSON; without a verdict, status "Measured" and no per-output verdicts.
+fn validation_json(v: &ValidationReport, verdict: bool) -> Result<serde_json::Value> {
+    let mut json = serde_json::to_value(v)?;
+    if !verdict && !matches!(v.status, Status::NotValidated { .. }) {
+        json["status"] = serde_json::Value::from("Measured");
+        if let Some(outs) = json["outputs"].as_array_mut() {
+            for o in outs.iter_mut().filter_map(|o| o.as_object_mut()) {
+                o.remove("within_threshold");
+            }
+        }
+    }
+    Ok(json)
 }
 
 /// A calibration progress bar on stderr (only used when stderr is a terminal).

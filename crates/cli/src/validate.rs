@@ -40,7 +40,7 @@ pub fn main(a: Args) -> Result<Outcome> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_validation(&v, &th);
+        print_validation(&v, Some(&th));
     }
     match v.status {
         Status::Passed => Ok(Outcome::Ok),

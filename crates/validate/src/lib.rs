@@ -6,6 +6,7 @@
 //! It depends on no other sparsify crate: callers describe graph inputs with [`InputDecl`].
 
 mod array;
+pub mod calib_batches;
 pub mod compare;
 mod error;
 pub mod feed;
@@ -14,6 +15,7 @@ mod rng;
 mod tract_adapter;
 
 pub use array::Array;
+pub use calib_batches::{load_samples, plan_batches, BatchPlan};
 pub use compare::{compare_outputs, validate, OutputReport, Status, Thresholds, ValidationReport};
 pub use error::ValidateError;
 pub use feed::{load_feed, parse_input_shape, random_feed, split_batches};

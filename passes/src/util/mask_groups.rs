@@ -77,6 +77,17 @@ pub fn plan_targets(g: &Graph, scope: &Scope, cfg: &MaskConfig) -> Plan {
     let mut plan = Plan { targets: Vec::new(), skipped: Vec::new(), notes: Vec::new() };
     for sel in scope.select(g) {
         let name = sel.id.name().to_string();
+        if let (Granularity::Channel, Some(info)) = (cfg.granularity, &sel.info) {
+            if info.conflict.is_none() && info.op() == "ConvTranspose" && info.groups() > 1 {
+                let why = format!(
+                    "grouped ConvTranspose ({} groups): weight axis 1 holds C_out/g channels, each feeding one output \
+                     channel per group; channel masks need groups=1",
+                    info.groups()
+                );
+                plan.skipped.push((name, why));
+                continue;
+            }
+        }
         let axis = match &sel.info {
             Some(info) => match &info.conflict {
                 Some(c) if needs_axis => {

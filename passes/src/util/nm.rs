@@ -99,7 +99,8 @@ pub fn nm_retained(scores: &[f32], nonzero: &[bool], view: AxisView, n: usize, m
 }
 
 /// The axis N:M groups run along for a weight, or why the weight is not eligible.
-/// Eligible: no axis conflict, dtype f32/f16/bf16, not depthwise, reduction dim per group a multiple of
+/// Eligible: no axis conflict, dtype f32/f16/bf16, not depthwise (Conv or ConvTranspose with one input
+/// channel per group), reduction dim per group (ConvTranspose: C_in / groups) a multiple of
 /// `m`; `strict` also requires output % 8 == 0 and reduction (per group) % 16 == 0 (apex ASP).
 pub fn nm_eligibility(info: &WeightInfo, t: &Tensor, m: usize, strict: bool) -> Result<usize, String> {
     if m == 0 {
@@ -126,7 +127,7 @@ pub fn nm_eligibility(info: &WeightInfo, t: &Tensor, m: usize, strict: bool) -> 
         "ConvTranspose" => shape[red] / g,
         _ => shape[red],
     };
-    if info.op() == "Conv" && per_group == 1 && g > 1 {
+    if per_group == 1 && g > 1 {
         return Err("depthwise conv (one input channel per group): nothing to group along the reduction axis".into());
     }
     if per_group % m != 0 {

@@ -76,6 +76,11 @@ pub fn plan(g: &Graph, info: &WeightInfo, target: Target) -> Result<Plan, String
             transposed = info.red_axis() == 0;
             (rows, cols) = if transposed { (shape[1], shape[0]) } else { (shape[0], shape[1]) };
         }
+        "ConvTranspose" => {
+            return Err("skipped: ConvTranspose: the im2col Gram covers Conv inputs only (a transposed conv's \
+                        output pixel reads a stride-dependent subset of its kernel); use score/mask or nm-legalize"
+                .into())
+        }
         op => return Err(format!("skipped: SparseGPT has no reconstruction for {op} weights")),
     }
     if let Target::NM { m, .. } = target {

@@ -123,5 +123,6 @@ fn abs(v: &[f32]) -> Vec<f32> {
 }
 
 mod blocks;
+mod conv_transpose;
 mod legalize;
 mod permutation;
