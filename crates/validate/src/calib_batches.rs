@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{Axis, Slice};
 
-use crate::array::rewrap_array;
+use crate::array::{rewrap_array, Array};
 use crate::feed::load_feed;
 use crate::{Dim, Feed, InputDecl, ValidateError};
 
