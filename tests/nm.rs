@@ -274,7 +274,11 @@ fn block_sparsify_hits_the_element_sparsity_on_every_model() {
             if (z0 as f64) <= 0.5 * n {
                 assert!(d1 <= 16.0, "{name}/{}: {z1} zeros of {n} ({rows}x{cols})", d.name);
                 if kept_min.1 > 0 {
-                    assert!(d1 <= ((z1 + kept_min.1) as f64 - 0.5 * n).abs() + 1e-9, "{name}/{}: one more block", d.name);
+                    assert!(
+                        d1 <= ((z1 + kept_min.1) as f64 - 0.5 * n).abs() + 1e-9,
+                        "{name}/{}: one more block",
+                        d.name
+                    );
                 }
                 if pruned_max.1 > 0 {
                     assert!(d1 <= ((z1 - pruned_max.1) as f64 - 0.5 * n).abs() + 1e-9, "{name}/{}: one less", d.name);

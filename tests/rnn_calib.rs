@@ -104,9 +104,7 @@ fn rnn_model(cell: Cell, states: States) -> Model {
         States::BatchAxis1 => "p",
     };
     let mut rnn = match cell {
-        Cell::Lstm => {
-            Node::new("LSTM", "rnn", &[rnn_in, "rnn_w", "rnn_r", "rnn_b", "", h, c], &["y", "h_n", "c_n"])
-        }
+        Cell::Lstm => Node::new("LSTM", "rnn", &[rnn_in, "rnn_w", "rnn_r", "rnn_b", "", h, c], &["y", "h_n", "c_n"]),
         Cell::Gru => Node::new("GRU", "rnn", &[rnn_in, "rnn_w", "rnn_r", "rnn_b", "", h], &["y", "h_n"]),
     };
     rnn.set_attr("hidden_size", AttrValue::Int(H as i64));
@@ -146,7 +144,12 @@ fn calib_feed(cell: Cell, states: States) -> Feed {
 }
 
 fn cases() -> Vec<(Cell, States)> {
-    vec![(Cell::Lstm, States::Fixed), (Cell::Gru, States::Fixed), (Cell::Lstm, States::BatchAxis1), (Cell::Gru, States::BatchAxis1)]
+    vec![
+        (Cell::Lstm, States::Fixed),
+        (Cell::Gru, States::Fixed),
+        (Cell::Lstm, States::BatchAxis1),
+        (Cell::Gru, States::BatchAxis1),
+    ]
 }
 
 /// Σ x² per feature (last axis) of a named tensor over whole runs of the given feeds, in tract.
@@ -332,7 +335,8 @@ fn fixed_batch_one_model_calibrates_from_a_folder_of_samples() {
     let cal = TractCalibrator::plan(&samples, &decls, 16).unwrap();
     assert_eq!(cal.batches().len(), 10);
     assert!(cal.notes().iter().any(|n| n.contains("each sample runs as given")), "{:?}", cal.notes());
-    let stats = cal.collect(&m, &[CalibRequest::FeatureSqNorm { tensor: "b".into(), axis: FeatureAxis::Last }]).unwrap();
+    let stats =
+        cal.collect(&m, &[CalibRequest::FeatureSqNorm { tensor: "b".into(), axis: FeatureAxis::Last }]).unwrap();
     let CalibStat::FeatureSqNorm { sums, rows } = &stats[0] else { panic!() };
     assert_eq!(*rows, 10);
     let want = direct_sq(&m, &feeds, "b");

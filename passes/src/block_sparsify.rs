@@ -226,7 +226,11 @@ impl Pass for BlockSparsify {
             let zero_after = (0..nbr * nbc).filter(|&b| cut[b] || stats[b].nonzero == 0).count();
             let nb = nbr * nbc;
             let elements = idx.len();
-            let zero_elements = stats.iter().zip(&cut).map(|(b, &c)| if c { b.elements } else { b.elements - b.nonzero }).sum::<usize>();
+            let zero_elements = stats
+                .iter()
+                .zip(&cut)
+                .map(|(b, &c)| if c { b.elements } else { b.elements - b.nonzero })
+                .sum::<usize>();
             let frac = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
             cx.note(
                 &name,

@@ -36,12 +36,7 @@ pub struct Scope {
 
 impl Default for Scope {
     fn default() -> Self {
-        Scope {
-            ops: parse_ops(DEFAULT_OPS),
-            names: Glob::new("*"),
-            exclude: None,
-            embeddings: false,
-        }
+        Scope { ops: parse_ops(DEFAULT_OPS), names: Glob::new("*"), exclude: None, embeddings: false }
     }
 }
 

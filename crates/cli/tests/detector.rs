@@ -137,7 +137,11 @@ fn nm_legalize_output_passes_check_with_the_same_scope() {
     assert!(!out_err(&o).contains("not validated"), "tract runs it: {}", out_err(&o));
     let o = run(&["check", a.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", out_err(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("2:4 check: 2 eligible weights, 0 not compliant"), "{}", out_err(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("2:4 check: 2 eligible weights, 0 not compliant"),
+        "{}",
+        out_err(&o)
+    );
     let (w, shape) = weight(&a, "up1_w");
     assert!(convt_group_counts(&w, &shape, 1).iter().all(|&c| c == 4), "left dense");
     // Asked about ConvTranspose too, check says what the pipeline did not do.
@@ -176,7 +180,10 @@ fn nm_legalize_output_passes_check_with_the_same_scope() {
     assert_eq!(code, Some(0));
     for name in ["up1_w", "up2_w"] {
         let r = row(&rows, name);
-        assert_eq!((r["eligible"].clone(), r["axis"].clone(), r["compliant"].clone()), (true.into(), 0.into(), true.into()));
+        assert_eq!(
+            (r["eligible"].clone(), r["axis"].clone(), r["compliant"].clone()),
+            (true.into(), 0.into(), true.into())
+        );
     }
     let o = run(&["check", b.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", out_err(&o));

@@ -152,7 +152,10 @@ pub fn plan_batches(samples: &[Feed], decls: &[InputDecl], batch: usize) -> Resu
             .collect();
         for ((name, arr), axis) in feed.arrays.iter().zip(&axes) {
             if axis.is_none() {
-                note(&mut plan, format!("input `{name}` {:?} has no batch axis: passed whole to every batch", arr.shape()));
+                note(
+                    &mut plan,
+                    format!("input `{name}` {:?} has no batch axis: passed whole to every batch", arr.shape()),
+                );
             } else if let Some(a) = axis.filter(|&a| a > 0) {
                 note(&mut plan, format!("input `{name}`: batch axis {a} (from its declared shape)"));
             }
@@ -193,7 +196,9 @@ pub fn plan_batches(samples: &[Feed], decls: &[InputDecl], batch: usize) -> Resu
                 .zip(&axes)
                 .map(|((name, arr), axis)| {
                     let a = match axis {
-                        Some(ax) => rewrap_array!(arr, x => x.slice_axis(Axis(*ax), Slice::from(start..end)).to_owned()),
+                        Some(ax) => {
+                            rewrap_array!(arr, x => x.slice_axis(Axis(*ax), Slice::from(start..end)).to_owned())
+                        }
                         None => arr.clone(),
                     };
                     (name.clone(), a)

@@ -169,9 +169,8 @@ fn masks_on_convtranspose_rows_channels_and_sparsegpt_skip() {
     let mut m = ct_model();
     let ct = values(&m, "ct_w");
     let rep = run(&mut m, &format!("mask{{sparsity=0.5,granularity=channel,names=ct_w|gct_w,{WITH_CT}}}"));
-    let norm = |o: usize| -> f64 {
-        (0..ct.len()).filter(|i| (i / 4) % 3 == o).map(|i| (ct[i] as f64).powi(2)).sum::<f64>()
-    };
+    let norm =
+        |o: usize| -> f64 { (0..ct.len()).filter(|i| (i / 4) % 3 == o).map(|i| (ct[i] as f64).powi(2)).sum::<f64>() };
     let lowest = (0..3).min_by(|&a, &b| norm(a).partial_cmp(&norm(b)).unwrap()).unwrap();
     let after = values(&m, "ct_w");
     for (i, v) in after.iter().enumerate() {
