@@ -158,6 +158,19 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<Element>, PipelineError> {
     }
 }
 
+/// Print parsed elements back as pipeline text (`name{key=value,...}`, values quoted when needed); parsing
+/// the result gives the same names and options.
+pub fn print_pipeline(elements: &[Element]) -> String {
+    let one = |e: &Element| {
+        if e.options.is_empty() {
+            return e.name.clone();
+        }
+        let body: Vec<String> = e.options.iter().map(|(k, v, _)| format!("{k}={}", quote_value(v))).collect();
+        format!("{}{{{}}}", e.name, body.join(","))
+    };
+    elements.iter().map(one).collect::<Vec<_>>().join(",")
+}
+
 /// Quote a value when it would not survive parsing bare.
 pub fn quote_value(v: &str) -> String {
     if v.is_empty() || v.contains([',', '{', '}', '"']) || v.trim() != v {
