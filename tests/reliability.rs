@@ -27,8 +27,7 @@ fn threads_give_byte_identical_results_to_sequential_runs() {
     let sequential: Vec<Vec<u8>> = JOBS.iter().map(|(m, p)| run_job(m, p)).collect();
     // Every job in its own thread at once, twice over (two threads per model: same model, same time).
     let parallel: Vec<Vec<u8>> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            JOBS.iter().chain(JOBS.iter()).map(|(m, p)| s.spawn(move || run_job(m, p))).collect();
+        let handles: Vec<_> = JOBS.iter().chain(JOBS.iter()).map(|(m, p)| s.spawn(move || run_job(m, p))).collect();
         handles.into_iter().map(|h| h.join().expect("a pipeline thread panicked")).collect()
     });
     for (i, (m, _)) in JOBS.iter().enumerate() {
@@ -73,7 +72,8 @@ fn huge_group_sizes_allocate_nothing_and_skip() {
     g.initializers.push(Tensor::from_f32("w", vec![4, 4], &[1.0; 16]).unwrap());
     let g = g.with_nodes(vec![Node::new("MatMul", "mm", &["x", "w"], &["y"])]);
     let mut m = Model { ir_version: Some(8), opset_import: vec![], graph: g, opaque: vec![] };
-    for text in ["nm-legalize{n=1,m=1000000000}", "permute-channels{n=1,m=1000000000}", "block-sparsify{block=65536x65536}"]
+    for text in
+        ["nm-legalize{n=1,m=1000000000}", "permute-channels{n=1,m=1000000000}", "block-sparsify{block=65536x65536}"]
     {
         let report = Pipeline::parse(text).unwrap().run(&mut m, None).unwrap();
         if text.starts_with("nm-legalize") {

@@ -19,4 +19,3 @@ pub fn calib_bytes(data: &[u8]) {
         Err(e) => assert!(!e.to_string().is_empty(), "empty error message"),
     }
 }
-

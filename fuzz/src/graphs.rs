@@ -130,7 +130,11 @@ impl Builder<'_> {
             .map(|_| {
                 let i = self.next_value;
                 self.next_value += 1;
-                let v = if self.values.is_empty() { ((i * 7 + 3) % 11) as i32 - 5 } else { i32::from(self.values[i % self.values.len()]) };
+                let v = if self.values.is_empty() {
+                    ((i * 7 + 3) % 11) as i32 - 5
+                } else {
+                    i32::from(self.values[i % self.values.len()])
+                };
                 v as f32 / 4.0
             })
             .collect()
@@ -171,7 +175,9 @@ impl Builder<'_> {
             }
             Route::Cast => {
                 let bytes: Vec<u8> = vals.iter().flat_map(|&v| f32_to_f16_bits(v).to_le_bytes()).collect();
-                self.g.initializers.push(Tensor::new(name.clone(), DType::F16, idims, Bytes::from(bytes)).expect("f16"));
+                self.g
+                    .initializers
+                    .push(Tensor::new(name.clone(), DType::F16, idims, Bytes::from(bytes)).expect("f16"));
                 self.node("Cast", &[&name], vec![("to", AttrValue::Int(1))])
             }
             Route::Transpose => {
@@ -209,7 +215,17 @@ impl Builder<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn conv(&mut self, x: &str, c: usize, out: usize, k: usize, group: usize, bias: bool, route: Route, dead: u8) -> String {
+    fn conv(
+        &mut self,
+        x: &str,
+        c: usize,
+        out: usize,
+        k: usize,
+        group: usize,
+        bias: bool,
+        route: Route,
+        dead: u8,
+    ) -> String {
         let w = self.weight(&[out, c / group, k, k], 0, dead, route);
         let mut inputs = vec![x.to_string(), w];
         if bias {

@@ -160,7 +160,10 @@ fn read_npz_from<R: Read + std::io::Seek>(reader: R, path: &Path) -> Result<Vec<
             .read_to_end(&mut bytes)
             .map_err(|e| ValidateError::npy(path, format!("member `{name}`: {e}")))?;
         if bytes.len() as u64 > declared {
-            return Err(ValidateError::npy(path, format!("member `{name}` is larger than its declared {declared} bytes")));
+            return Err(ValidateError::npy(
+                path,
+                format!("member `{name}` is larger than its declared {declared} bytes"),
+            ));
         }
         let origin = path.join(&name);
         let arr = read_npy_bytes(&bytes, &origin)?;
