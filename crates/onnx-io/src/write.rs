@@ -284,7 +284,7 @@ mod tests {
             let mut sink = Sink::new(&mut out, 16);
             for i in 0..100u8 {
                 let chunk = sink.chunk_mut();
-                assert!(chunk.len() > 0);
+                assert_ne!(chunk.len(), 0);
                 let n = chunk.len().min(usize::from(i % 7) + 1);
                 let bytes: Vec<u8> = (0..n as u8).map(|k| i.wrapping_mul(31).wrapping_add(k)).collect();
                 chunk[..n].copy_from_slice(&bytes);
