@@ -29,7 +29,7 @@ pub mod calibrate;
 
 pub use calibrate::TractCalibrator;
 pub use sparsify_ir as ir;
-pub use sparsify_onnx_io::{ExportOptions, ExternalMode};
+pub use sparsify_onnx_io::{write_file_atomic, AtomicFile, ExportOptions, ExternalMode};
 pub use sparsify_passes as passes;
 /// The seed library API for code that embeds the library (e.g. a training loop): importance scores,
 /// unstructured and N:M masks over `ndarray` weights, and pruning schedules.

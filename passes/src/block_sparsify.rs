@@ -62,16 +62,22 @@ pub const INFO: PassInfo = PassInfo {
 fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
     let text = opts.take_str("block").unwrap_or_else(|| "4x4".into());
     let block = parse_block(&text).ok_or_else(|| {
-        opts.error((0, 0), format!("block-sparsify: option 'block' must be RxC with R, C ≥ 1, got '{text}'"))
+        opts.error(
+            (0, 0),
+            format!("block-sparsify: option 'block' must be RxC with 1 ≤ R, C ≤ {MAX_BLOCK}, got '{text}'"),
+        )
     })?;
     let sparsity = opts.take_range("sparsity", 0.5, 0.0, 1.0)?;
     Ok(Box::new(BlockSparsify { block, sparsity, scope: Scope::from_options(opts)? }))
 }
 
+/// The largest block side accepted (larger blocks are refused when the pipeline is parsed).
+pub const MAX_BLOCK: usize = 1 << 16;
+
 fn parse_block(text: &str) -> Option<(usize, usize)> {
     let (r, c) = text.trim().split_once(['x', 'X'])?;
     let (r, c) = (r.trim().parse::<usize>().ok()?, c.trim().parse::<usize>().ok()?);
-    (r > 0 && c > 0).then_some((r, c))
+    ((1..=MAX_BLOCK).contains(&r) && (1..=MAX_BLOCK).contains(&c)).then_some((r, c))
 }
 
 pub struct BlockSparsify {

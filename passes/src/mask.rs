@@ -98,6 +98,9 @@ pub struct MaskPass {
     coupled: bool,
 }
 
+/// The most pruning steps accepted (each step re-scores every weight).
+pub const MAX_STEPS: usize = 1000;
+
 fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
     let sparsity = opts.take_range("sparsity", 0.5, 0.0, 1.0)?;
     let gran = opts.take_choice("granularity", &["element", "channel", "coupled"], "element")?;
@@ -119,8 +122,8 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
         _ => Schedule::OneShot,
     };
     let scope = Scope::from_options(opts)?;
-    if steps == 0 {
-        return Err(opts.error((0, 0), "mask: option 'steps' must be at least 1"));
+    if steps == 0 || steps > MAX_STEPS {
+        return Err(opts.error((0, 0), format!("mask: option 'steps' must be between 1 and {MAX_STEPS}, got {steps}")));
     }
     if steps > 1 && schedule == Schedule::OneShot {
         return Err(

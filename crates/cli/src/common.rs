@@ -26,16 +26,10 @@ pub fn feed_for(model: &Model, inputs: Option<&Path>, shapes: &[String], seed: u
     }
 }
 
-/// Write JSON atomically (temporary file, then rename).
+/// Write JSON atomically (temporary file beside it, then rename; nothing left behind on failure).
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    sparsify_onnx::write_file_atomic(path, text.as_bytes())?;
     Ok(())
 }
 

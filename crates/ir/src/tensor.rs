@@ -74,12 +74,19 @@ impl Tensor {
         TensorError::Invalid { name: self.name.clone(), what: what.into() }
     }
 
-    /// Number of elements, or an error for negative dims or overflow.
+    /// Number of elements, or an error for negative dims or overflow. Zero dims do not hide huge ones: the
+    /// product of the non-zero dims must fit too, so every partial product of the shape (strides, views)
+    /// fits in `usize`.
     pub fn numel(&self) -> Result<usize, TensorError> {
         let mut n: usize = 1;
+        let mut nonzero: usize = 1;
         for &d in &self.dims {
             let d = usize::try_from(d).map_err(|_| self.invalid(format!("negative dimension {d}")))?;
-            n = n.checked_mul(d).ok_or_else(|| self.invalid("element count overflows"))?;
+            n = n.saturating_mul(d);
+            nonzero = nonzero
+                .checked_mul(d.max(1))
+                .filter(|&p| p <= isize::MAX as usize)
+                .ok_or_else(|| self.invalid(format!("shape {:?} overflows the address space", self.dims)))?;
         }
         Ok(n)
     }
@@ -95,7 +102,12 @@ impl Tensor {
             DType::String => None,
             // int4 / uint4 / float4: two elements a byte.
             DType::Other(21) | DType::Other(22) | DType::Other(25) | DType::Other(26) => Some(n.div_ceil(2)),
-            d => d.size().map(|s| n * s),
+            d => match d.size() {
+                Some(s) => Some(n.checked_mul(s).ok_or_else(|| {
+                    self.invalid(format!("shape {:?} of {} overflows the address space", self.dims, d.name()))
+                })?),
+                None => None,
+            },
         })
     }
 

@@ -1,6 +1,11 @@
 //! Atomic, streaming writes: the protobuf is encoded straight into a temporary file in the target folder
 //! (large byte fields go from the source map to the file without an intermediate copy), external data is
 //! written beside it, and both are renamed into place only when everything succeeded.
+//!
+//! [`AtomicFile`] / [`write_file_atomic`] are the reusable pieces (the CLI writes its JSON and HTML
+//! reports with them): a temporary file created exclusively beside the destination, removed on any
+//! failure (full disk, file-size limit, a panic unwinding), synced and renamed over the destination only
+//! on success — so the destination is either the old file, untouched, or the complete new one.
 
 use crate::export::{build, has_external, weight_bytes, ExportOptions, ExternalMode, ExternalPlan, PROTO_LIMIT};
 use crate::IoError;
@@ -11,19 +16,24 @@ use sparsify_ir::Model;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 const CHUNK: usize = 1 << 20;
 
-/// A `BufMut` that writes to a file through a 1 MiB buffer.
-struct Sink {
-    file: File,
+/// A `BufMut` that writes to a file through a buffer of `chunk` bytes (1 MiB). Write errors are kept and
+/// reported by [`Sink::finish`] (prost's encoder cannot fail midway).
+struct Sink<W: Write> {
+    file: W,
+    chunk: usize,
     buf: Vec<u8>,
     err: Option<std::io::Error>,
 }
 
-impl Sink {
-    fn new(file: File) -> Sink {
-        Sink { file, buf: Vec::with_capacity(CHUNK), err: None }
+impl<W: Write> Sink<W> {
+    fn new(file: W, chunk: usize) -> Sink<W> {
+        let chunk = chunk.max(1);
+        Sink { file, chunk, buf: Vec::with_capacity(chunk), err: None }
     }
     fn flush_buf(&mut self) {
         if self.err.is_none() && !self.buf.is_empty() {
@@ -35,23 +45,33 @@ impl Sink {
     }
     fn finish(mut self) -> std::io::Result<()> {
         self.flush_buf();
-        if let Some(e) = self.err.take() {
-            return Err(e);
+        match self.err.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        self.file.sync_all()
     }
 }
 
-// SAFETY: `chunk_mut` hands out the vector's spare capacity and `advance_mut` only extends the length over
-// bytes the caller has just initialised, as the trait requires.
-unsafe impl BufMut for Sink {
+// SAFETY: the trait's contract is that `chunk_mut` returns writable memory the caller may initialise and
+// `advance_mut(cnt)` is called only after the first `cnt` bytes of that chunk were initialised.
+// - `chunk_mut` returns exactly `buf`'s spare capacity (`spare_capacity_mut`), never initialised memory
+//   we still read, and it is never empty: when `len == capacity` the buffer is flushed (cleared) first,
+//   and the capacity is at least `chunk >= 1` (`clear` keeps it; nothing else reallocates the buffer
+//   except `extend_from_slice` in `put_slice`, which only grows it).
+// - `advance_mut(cnt)` extends the length over those `cnt` just-initialised bytes; `set_len` is sound
+//   because `len + cnt <= capacity` (the caller wrote at most `chunk_mut().len()` bytes) and they are
+//   initialised. The assert turns a caller breaking the contract into a panic instead of UB.
+// Miri runs these paths: `write::tests::sink_*` (`cargo +nightly miri test -p sparsify-onnx-io --lib sink`).
+unsafe impl<W: Write> BufMut for Sink<W> {
     fn remaining_mut(&self) -> usize {
         isize::MAX as usize - self.buf.len()
     }
     unsafe fn advance_mut(&mut self, cnt: usize) {
         let len = self.buf.len() + cnt;
-        self.buf.set_len(len);
-        if self.buf.len() >= CHUNK {
+        assert!(len <= self.buf.capacity(), "advance_mut past the chunk");
+        // SAFETY: see the impl comment: `len <= capacity` and the bytes up to `len` are initialised.
+        unsafe { self.buf.set_len(len) };
+        if self.buf.len() >= self.chunk {
             self.flush_buf();
         }
     }
@@ -62,7 +82,7 @@ unsafe impl BufMut for Sink {
         UninitSlice::uninit(self.buf.spare_capacity_mut())
     }
     fn put_slice(&mut self, src: &[u8]) {
-        if src.len() >= CHUNK {
+        if src.len() >= self.chunk {
             self.flush_buf();
             if self.err.is_none() {
                 if let Err(e) = self.file.write_all(src) {
@@ -70,7 +90,7 @@ unsafe impl BufMut for Sink {
                 }
             }
         } else {
-            if self.buf.len() + src.len() > CHUNK {
+            if self.buf.len() + src.len() > self.chunk {
                 self.flush_buf();
             }
             self.buf.extend_from_slice(src);
@@ -78,26 +98,121 @@ unsafe impl BufMut for Sink {
     }
 }
 
-/// Removes the temporary files unless disarmed.
-struct Temps(Vec<PathBuf>);
-impl Drop for Temps {
+/// A file written atomically: content goes to a temporary file created exclusively beside `dest`;
+/// [`AtomicFile::commit`] syncs it and renames it over `dest`. Dropped without a commit (an error, a
+/// panic), the temporary file is removed and `dest` is untouched.
+pub struct AtomicFile {
+    file: File,
+    tmp: PathBuf,
+    dest: PathBuf,
+    done: bool,
+}
+
+impl AtomicFile {
+    /// Create the temporary file `.<name>.tmp-<pid>-<n>` in `dest`'s folder (`n` unique in the process,
+    /// so threads and processes never share one).
+    pub fn create(dest: &Path) -> Result<AtomicFile, IoError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let werr = |source| IoError::Write { path: dest.to_path_buf(), source };
+        if dest.is_dir() {
+            return Err(IoError::Refused { path: dest.into(), why: "it is a directory".into() });
+        }
+        let name = dest
+            .file_name()
+            .ok_or_else(|| IoError::Refused { path: dest.into(), why: "no file name".into() })?
+            .to_string_lossy()
+            .into_owned();
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let tmp = dest.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
+            match File::options().write(true).create_new(true).open(&tmp) {
+                Ok(file) => return Ok(AtomicFile { file, tmp, dest: dest.to_path_buf(), done: false }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(werr(e)),
+            }
+        }
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// The destination path.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Flush the content to disk (done by [`AtomicFile::commit`] too).
+    pub fn sync(&mut self) -> Result<(), IoError> {
+        self.file.sync_all().map_err(|source| IoError::Write { path: self.dest.clone(), source })
+    }
+
+    /// Flush to disk and rename over the destination.
+    pub fn commit(mut self) -> Result<(), IoError> {
+        self.sync()?;
+        self.rename()
+    }
+
+    fn rename(mut self) -> Result<(), IoError> {
+        std::fs::rename(&self.tmp, &self.dest).map_err(|source| IoError::Write { path: self.dest.clone(), source })?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
 }
 
-fn temp_beside(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+/// Write `bytes` to `path` atomically (see [`AtomicFile`]).
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    let mut f = AtomicFile::create(path)?;
+    f.file().write_all(bytes).map_err(|source| IoError::Write { path: path.into(), source })?;
+    f.commit()
+}
+
+/// An exclusive lock on renaming a model and its external data file into place, so two processes
+/// saving to the same path at once never leave one's model beside the other's data. A lock file left by
+/// a killed process is taken over after `STALE`.
+struct RenameLock(PathBuf);
+
+const STALE: Duration = Duration::from_secs(10);
+
+impl RenameLock {
+    fn acquire(dest: &Path) -> Result<RenameLock, IoError> {
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = dest.with_file_name(format!(".{name}.lock"));
+        let start = Instant::now();
+        loop {
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(_) => return Ok(RenameLock(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let age = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| SystemTime::now().duration_since(t).ok());
+                    if age.is_some_and(|a| a > STALE) || start.elapsed() > STALE {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(source) => return Err(IoError::Write { path: dest.into(), source }),
+            }
+        }
+    }
+}
+
+impl Drop for RenameLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), IoError> {
-    let werr = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| IoError::Write { path: p, source }
-    };
     if path.is_dir() {
         return Err(IoError::Refused { path: path.into(), why: "it is a directory".into() });
     }
@@ -121,30 +236,101 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(
     if len > PROTO_LIMIT {
         return Err(IoError::TooLarge { bytes: len });
     }
-    let mut temps = Temps(Vec::new());
+    let werr = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| IoError::Write { path: p, source }
+    };
     let data_path = path.with_file_name(&data_name);
-    let data_tmp = temp_beside(&data_path);
+    let mut data = None;
     if !plan.chunks.is_empty() {
-        temps.0.push(data_tmp.clone());
-        let mut f = File::create(&data_tmp).map_err(werr(&data_path))?;
+        let mut f = AtomicFile::create(&data_path)?;
         let mut pos = 0u64;
         for (offset, bytes) in &plan.chunks {
             let pad = (offset - pos) as usize;
-            f.write_all(&vec![0u8; pad]).map_err(werr(&data_path))?;
-            f.write_all(bytes).map_err(werr(&data_path))?;
+            f.file().write_all(&vec![0u8; pad]).map_err(werr(&data_path))?;
+            f.file().write_all(bytes).map_err(werr(&data_path))?;
             pos = offset + bytes.len() as u64;
         }
-        f.sync_all().map_err(werr(&data_path))?;
+        data = Some(f);
     }
-    let tmp = temp_beside(path);
-    temps.0.push(tmp.clone());
-    let mut sink = Sink::new(File::create(&tmp).map_err(werr(path))?);
+    let mut out = AtomicFile::create(path)?;
+    let mut sink = Sink::new(out.file(), CHUNK);
     proto.encode(&mut sink).map_err(|e| IoError::Write { path: path.into(), source: std::io::Error::other(e) })?;
     sink.finish().map_err(werr(path))?;
-    if !plan.chunks.is_empty() {
-        std::fs::rename(&data_tmp, &data_path).map_err(werr(&data_path))?;
+    match data {
+        Some(mut data) => {
+            data.sync()?;
+            out.sync()?;
+            let _lock = RenameLock::acquire(path)?;
+            data.rename()?;
+            out.rename()
+        }
+        None => out.commit(),
     }
-    std::fs::rename(&tmp, path).map_err(werr(path))?;
-    temps.0.clear();
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The `Sink` tests are the ones Miri runs: `cargo +nightly miri test -p sparsify-onnx-io --lib sink`.
+    use super::*;
+
+    /// Bytes written through `chunk_mut`/`advance_mut` (the unsafe paths) and `put_slice`, across many
+    /// flushes of a small buffer, arrive in order and complete.
+    #[test]
+    fn sink_chunk_writes_arrive_in_order() {
+        let mut out = Vec::new();
+        let mut expect = Vec::new();
+        {
+            let mut sink = Sink::new(&mut out, 16);
+            for i in 0..100u8 {
+                let chunk = sink.chunk_mut();
+                assert_ne!(chunk.len(), 0);
+                let n = chunk.len().min(usize::from(i % 7) + 1);
+                let bytes: Vec<u8> = (0..n as u8).map(|k| i.wrapping_mul(31).wrapping_add(k)).collect();
+                chunk[..n].copy_from_slice(&bytes);
+                // SAFETY: the first `n` bytes of the chunk were just initialised.
+                unsafe { sink.advance_mut(n) };
+                expect.extend_from_slice(&bytes);
+                let long: Vec<u8> = vec![i; usize::from(i % 40)];
+                sink.put_slice(&long);
+                expect.extend_from_slice(&long);
+            }
+            sink.finish().unwrap();
+        }
+        assert_eq!(out, expect);
+    }
+
+    /// A prost message encoded through the sink equals `encode_to_vec`.
+    #[test]
+    fn sink_prost_encoding_matches_encode_to_vec() {
+        let t = sparsify_onnx_proto::TensorProto {
+            name: Some("w".into()),
+            dims: vec![3, 5],
+            float_data: (0..15).map(|i| i as f32 * 0.5).collect(),
+            raw_data: Some(bytes::Bytes::from((0..40u8).collect::<Vec<u8>>())),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut sink = Sink::new(&mut out, 8);
+        t.encode(&mut sink).unwrap();
+        sink.finish().unwrap();
+        assert_eq!(out, t.encode_to_vec());
+    }
+
+    /// A write error is kept and reported by `finish`, not lost.
+    #[test]
+    fn sink_reports_write_errors() {
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut sink = Sink::new(Full, 4);
+        sink.put_slice(b"0123456789");
+        assert_eq!(sink.finish().unwrap_err().to_string(), "disk full");
+    }
 }

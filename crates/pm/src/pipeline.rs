@@ -76,8 +76,9 @@ impl<'a> Cursor<'a> {
                         self.pos += 1;
                         return Ok((out, self.pos));
                     }
-                    Some('\\') if self.text[self.pos + 1..].starts_with('"') => {
-                        out.push('"');
+                    // `\"` is a quote and `\\` a backslash; any other backslash is literal.
+                    Some('\\') if self.text[self.pos + 1..].starts_with(['"', '\\']) => {
+                        out.push(self.text[self.pos + 1..].chars().next().unwrap_or('"'));
                         self.pos += 2;
                     }
                     Some(c) => {
@@ -158,10 +159,23 @@ pub fn parse_pipeline(text: &str) -> Result<Vec<Element>, PipelineError> {
     }
 }
 
+/// Print parsed elements back as pipeline text (`name{key=value,...}`, values quoted when needed); parsing
+/// the result gives the same names and options.
+pub fn print_pipeline(elements: &[Element]) -> String {
+    let one = |e: &Element| {
+        if e.options.is_empty() {
+            return e.name.clone();
+        }
+        let body: Vec<String> = e.options.iter().map(|(k, v, _)| format!("{k}={}", quote_value(v))).collect();
+        format!("{}{{{}}}", e.name, body.join(","))
+    };
+    elements.iter().map(one).collect::<Vec<_>>().join(",")
+}
+
 /// Quote a value when it would not survive parsing bare.
 pub fn quote_value(v: &str) -> String {
     if v.is_empty() || v.contains([',', '{', '}', '"']) || v.trim() != v {
-        format!("\"{}\"", v.replace('"', "\\\""))
+        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
     } else {
         v.to_string()
     }
@@ -179,6 +193,15 @@ mod tests {
         assert_eq!(p[1].options[1].0, "m");
         assert_eq!(p[1].options[1].1, "4");
         assert!(p[2].options.is_empty());
+    }
+
+    #[test]
+    fn quoted_values_round_trip_backslashes() {
+        // Found by the `pipeline` fuzz target: a quoted value ending in a backslash printed as `"...\"`.
+        for v in ["r\"\\", "a\\", "\\\"", "x,\\y"] {
+            let text = format!("a{{x={}}}", quote_value(v));
+            assert_eq!(parse_pipeline(&text).unwrap()[0].options[0].1, v, "{text}");
+        }
     }
 
     #[test]

@@ -237,7 +237,20 @@ fn describe_dims(dims: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// The most elements one generated random input may have (1 GiB of f32): declared shapes beyond this are
+/// refused before anything is allocated.
+pub const MAX_RANDOM_ELEMENTS: usize = 1 << 28;
+
 fn random_array(name: &str, elem_type: i32, shape: &[usize], rng: &mut SplitMix64) -> Result<Array, ValidateError> {
+    // Zero dims do not hide huge ones: ndarray refuses shapes whose non-zero dims overflow.
+    let fits =
+        shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1))).is_some_and(|n| n <= MAX_RANDOM_ELEMENTS);
+    if !fits {
+        return Err(ValidateError::feed(format!(
+            "input `{name}`: declared shape {shape:?} is too large to generate random data for (over {MAX_RANDOM_ELEMENTS} \
+             elements): give --inputs or a smaller --input-shape"
+        )));
+    }
     let n: usize = shape.iter().product();
     let dim = IxDyn(shape);
     macro_rules! fill {

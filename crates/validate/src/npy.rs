@@ -133,8 +133,17 @@ pub fn to_npy_bytes(array: &Array) -> Vec<u8> {
 /// Reads every `.npy` member of a `.npz` archive; names lose their `.npy` suffix.
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, ValidateError> {
     let file = std::fs::File::open(path).map_err(|e| ValidateError::io(path, e))?;
+    read_npz_from(file, path)
+}
+
+/// Reads a `.npz` archive held in memory; `origin` only names the data in error messages.
+pub fn read_npz_bytes(bytes: &[u8], origin: &Path) -> Result<Vec<(String, Array)>, ValidateError> {
+    read_npz_from(std::io::Cursor::new(bytes), origin)
+}
+
+fn read_npz_from<R: Read + std::io::Seek>(reader: R, path: &Path) -> Result<Vec<(String, Array)>, ValidateError> {
     let zerr = |e: zip::result::ZipError| ValidateError::npy(path, format!("bad .npz archive: {e}"));
-    let mut archive = zip::ZipArchive::new(file).map_err(zerr)?;
+    let mut archive = zip::ZipArchive::new(reader).map_err(zerr)?;
     let mut out = Vec::new();
     for i in 0..archive.len() {
         let mut member = archive.by_index(i).map_err(zerr)?;
@@ -142,8 +151,20 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Array)>, ValidateError> {
             continue;
         }
         let name = member.name().to_string();
+        // Read no more than the member declares (a lying header cannot make a small archive inflate
+        // without bound); no allocation is sized from the declared size itself.
+        let declared = member.size();
         let mut bytes = Vec::new();
-        member.read_to_end(&mut bytes).map_err(|e| ValidateError::npy(path, format!("member `{name}`: {e}")))?;
+        (&mut member)
+            .take(declared.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|e| ValidateError::npy(path, format!("member `{name}`: {e}")))?;
+        if bytes.len() as u64 > declared {
+            return Err(ValidateError::npy(
+                path,
+                format!("member `{name}` is larger than its declared {declared} bytes"),
+            ));
+        }
         let origin = path.join(&name);
         let arr = read_npy_bytes(&bytes, &origin)?;
         let key = name.strip_suffix(".npy").unwrap_or(&name).to_string();
