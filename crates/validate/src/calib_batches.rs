@@ -206,7 +206,7 @@ pub fn plan_batches(samples: &[Feed], decls: &[InputDecl], batch: usize) -> Resu
                 .collect();
             plan.batches.push(Feed { arrays });
         }
-        if rows % batch != 0 && rows > batch {
+        if !rows.is_multiple_of(batch) && rows > batch {
             note(&mut plan, format!("{rows} rows in batches of {batch}: the last batch has {}", rows % batch));
         }
     }
