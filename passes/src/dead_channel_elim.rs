@@ -114,9 +114,12 @@ impl Pass for DeadChannelElim {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
+        let stage = cx.stage("dead-channel-elim: analyse, plan, fold, slice", 4);
         let g = &mut model.graph;
         let a = analyze(g);
+        stage.inc(1);
         let p = plan::plan(g, &a, self.fold);
+        stage.inc(1);
         let (params0, macs0) = (param_count(g), mac_count(g));
         // kept dead channels, per producer and reason
         let mut kept: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
@@ -150,9 +153,11 @@ impl Pass for DeadChannelElim {
             })
             .collect();
         let (extra, folds) = fold::fold(g, &a, &p)?;
+        stage.inc(1);
         let mut sites = a.sites.clone();
         sites.extend(extra);
         let dropped = slice::apply(g, &a, &p, &sites)?;
+        stage.inc(1);
         g.relink();
         let mut removed = 0;
         for (layer, r, n) in per_layer.iter().filter(|l| l.1 > 0) {

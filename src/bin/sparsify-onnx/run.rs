@@ -1,12 +1,12 @@
-//! `sparsify-onnx run INPUT -o OUTPUT [--pipeline TEXT] [--calib PATH] [--inputs PATH] [--validate] [--json FILE]`.
+//! `sparsify-onnx run INPUT -o OUTPUT [--pipeline TEXT] [--calib PATH] [--inputs PATH] [--validate] [--json FILE]
+//! [--report FILE.html] [--quiet]`.
 
 use crate::common::{feed_for, print_table, print_validation, thresholds, write_json};
-use crate::Outcome;
+use crate::{progress, report, Outcome};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use sparsify_onnx::validate::Status;
 use sparsify_onnx::{ExportOptions, ExternalMode, Pipeline, RunReport, TractCalibrator};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -44,6 +44,13 @@ pub struct Args {
     /// Write the run report (and validation) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report (pipeline and timing, per-layer charts, legality, validation,
+    /// what was skipped) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bars (they are drawn only when stdout and stderr are terminals anyway).
+    #[arg(short, long)]
+    quiet: bool,
     /// External data for the output: auto (as the input, or when over 2 GiB), always, never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     external_data: String,
@@ -77,17 +84,25 @@ pub fn main(a: Args) -> Result<Outcome> {
         bail!("the output '{}' is the input file: refusing to overwrite the input", a.output.display());
     }
     let mut model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
+    let bars = progress::wanted(a.quiet).then(progress::Bars::new);
     let calibrator = match &a.calib {
         Some(p) => {
             let decls = sparsify_onnx::input_decls(&model);
             let feed = sparsify_onnx::validate::load_feed(p, &decls)
                 .with_context(|| format!("loading calibration data from {}", p.display()))?;
             let calib = TractCalibrator::new(&feed, a.calib_batch)?;
-            Some(if std::io::stderr().is_terminal() { calib.with_progress(progress_bar()) } else { calib })
+            Some(match &bars {
+                Some(b) => calib.with_progress(progress::calibration(b.clone())),
+                None => calib,
+            })
         }
         None => None,
     };
-    let report = pipeline.run(&mut model, calibrator.as_ref().map(|c| c as &dyn sparsify_onnx::Calibrator))?;
+    let calibrator = calibrator.as_ref().map(|c| c as &dyn sparsify_onnx::Calibrator);
+    let report = match &bars {
+        Some(b) => pipeline.run_with_progress(&mut model, calibrator, b.as_ref())?,
+        None => pipeline.run(&mut model, calibrator)?,
+    };
     let external = match a.external_data.as_str() {
         "always" => ExternalMode::Always,
         "never" => ExternalMode::Never,
@@ -120,6 +135,7 @@ pub fn main(a: Args) -> Result<Outcome> {
                         },
                     )?;
                 }
+                write_html(&a, &model, &report, Some(&v), enforce)?;
                 bail!("the result was written but could not be validated: {reason}");
             }
             Status::OverThreshold if enforce => outcome = Outcome::OverThreshold,
@@ -128,27 +144,27 @@ pub fn main(a: Args) -> Result<Outcome> {
         }
         validation = Some(v);
     }
+    let enforce = a.max_rel_l2.is_some() || a.min_cosine.is_some();
+    write_html(&a, &model, &report, validation.as_ref(), enforce)?;
     if let Some(j) = &a.json {
         write_json(j, &JsonOut { input: show(&a.input), output: show(&a.output), report: &report, validation })?;
     }
     Ok(outcome)
 }
 
-/// A calibration progress bar on stderr (only used when stderr is a terminal).
-fn progress_bar() -> sparsify_onnx::calibrate::Progress {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} batches")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Box::new(move |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        if done == total {
-            bar.finish_and_clear();
-            bar.reset();
-        }
-    })
+/// `--report FILE.html`, written atomically.
+fn write_html(
+    a: &Args,
+    model: &sparsify_onnx::ir::Model,
+    report: &RunReport,
+    validation: Option<&sparsify_onnx::validate::ValidationReport>,
+    enforced: bool,
+) -> Result<()> {
+    let Some(path) = &a.report else { return Ok(()) };
+    let page = report::Page { input: &a.input, output: &a.output, report, model, validation, enforced };
+    report::write(path, &page).with_context(|| format!("writing the report {}", path.display()))?;
+    println!("wrote report {}", path.display());
+    Ok(())
 }
 
 fn show(p: &Path) -> String {
