@@ -40,7 +40,8 @@ pub fn hbars(title: &str, labels: &[String], series: &[Series<'_>], x_max: f64, 
             .margin(margin_px)
             .x_label_area_size(x_axis_px)
             .y_label_area_size(330)
-            .build_cartesian_2d(0f64..x_max, (0..rows).into_segmented())?;
+            // `rows` segments: plotters' integer ranges include their end.
+            .build_cartesian_2d(0f64..x_max, (0..rows - 1).into_segmented())?;
         chart
             .configure_mesh()
             .disable_y_mesh()

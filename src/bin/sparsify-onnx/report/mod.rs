@@ -155,7 +155,8 @@ fn metrics_section(h: &mut String, r: &RunReport) -> Result<()> {
         // In weight-table order, then any other subject.
         let mut labels: Vec<String> =
             r.weights.iter().filter(|w| per_weight.contains_key(&w.name)).map(|w| w.name.clone()).collect();
-        labels.extend(per_weight.keys().filter(|k| !labels.contains(k)).cloned().collect::<Vec<_>>());
+        let others: Vec<String> = per_weight.keys().filter(|k| !labels.contains(k)).cloned().collect();
+        labels.extend(others);
         let values: Vec<f64> = labels.iter().map(|l| per_weight[l]).collect();
         let max = values.iter().cloned().filter(|v| v.is_finite()).fold(0.0, f64::max) * 1.05;
         let svg = hbars(metric, &labels, &[Series { name: metric, color: METRIC, values }], max, metric)?;
