@@ -95,7 +95,7 @@ fn report_for(name: &str, pipeline: &str, extra: &[&str]) -> (String, String) {
     let html = tmp.path().join("report.html");
     let out = tmp.path().join("out.onnx");
     let mut args = vec![
-        "run",
+        "run".to_string(),
         m.join("model.onnx").to_str().unwrap().to_string(),
         "-o".into(),
         out.to_str().unwrap().to_string(),

@@ -47,6 +47,8 @@ pub fn hbars(title: &str, labels: &[String], series: &[Series<'_>], x_max: f64, 
             .disable_y_mesh()
             .y_labels(rows)
             .y_label_style(("sans-serif", 11))
+            .x_label_style(("sans-serif", 12))
+            .axis_desc_style(("sans-serif", 13))
             .y_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(k) if *k < rows => short.get(rows - 1 - k).cloned().unwrap_or_default(),
                 _ => String::new(),

@@ -35,7 +35,7 @@ pub fn write(path: &Path, page: &Page<'_>) -> Result<()> {
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1140px;\
 color:#1a202c;padding:0 12px}h1{font-size:24px}h2{font-size:19px;border-bottom:1px solid #cbd5e0;padding-bottom:4px;\
-margin-top:32px}table{border-collapse:collapse;font-size:13px;margin:8px 0}th,td{border:1px solid #e2e8f0;\
+margin-top:32px}table{border-collapse:collapse;font-size:13px;margin:8px 0;max-width:100%}td{overflow-wrap:anywhere}th,td{border:1px solid #e2e8f0;\
 padding:3px 8px;text-align:left;vertical-align:top}th{background:#edf2f7}td.num{text-align:right;\
 font-variant-numeric:tabular-nums}pre{background:#f7fafc;border:1px solid #e2e8f0;padding:8px;white-space:pre-wrap;\
 word-break:break-all}.ok{color:#276749}.bad{color:#c53030;font-weight:600}.muted{color:#718096}\
