@@ -120,11 +120,7 @@ fn report_for(name: &str, pipeline: &str, extra: &[&str]) -> (String, String) {
 #[test]
 fn report_is_well_formed_self_contained_and_names_every_weight() {
     for (name, pipeline, extra) in [
-        (
-            "ppocr_cls_mobile_v2",
-            "score{method=l1},nm-legalize{n=2,m=4}",
-            vec!["--validate", "--inputs", "{M}/sample"],
-        ),
+        ("ppocr_cls_mobile_v2", "score{method=l1},nm-legalize{n=2,m=4}", vec!["--validate", "--inputs", "{M}/sample"]),
         ("char_lm", "score{method=l2},mask{sparsity=0.5}", vec![]),
         ("digits_mlp", "sparsegpt{sparsity=0.5}", vec!["--calib", "{M}/calib"]),
     ] {

@@ -96,13 +96,8 @@ fn pipeline_section(h: &mut String, r: &RunReport) -> Result<()> {
     let labels: Vec<String> = r.passes.iter().enumerate().map(|(i, p)| format!("{} {}", i + 1, p.pass)).collect();
     let times: Vec<f64> = r.passes.iter().map(|p| p.millis).collect();
     let max = times.iter().cloned().fold(0.0, f64::max) * 1.05;
-    let svg = hbars(
-        "Time per pass",
-        &labels,
-        &[Series { name: "time", color: AFTER, values: times }],
-        max,
-        "milliseconds",
-    )?;
+    let svg =
+        hbars("Time per pass", &labels, &[Series { name: "time", color: AFTER, values: times }], max, "milliseconds")?;
     h.push_str(&svg);
     h.push('\n');
     Ok(())
@@ -190,9 +185,7 @@ fn legality_section(h: &mut String, p: &Page<'_>) -> Result<()> {
                 Cell::text(&r.axis.map(|a| a.to_string()).unwrap_or_else(|| "-".into())),
                 match r.compliant {
                     Some(true) => Cell::class("yes", "ok"),
-                    Some(false) => {
-                        Cell::class(&format!("NO ({:.1}% of groups)", r.violating_fraction * 100.0), "bad")
-                    }
+                    Some(false) => Cell::class(&format!("NO ({:.1}% of groups)", r.violating_fraction * 100.0), "bad"),
                     None => Cell::text("-"),
                 },
                 Cell::text(r.reason.as_deref().unwrap_or("")),
@@ -251,7 +244,9 @@ fn validation_section(h: &mut String, p: &Page<'_>) -> Result<()> {
     if let Status::NotValidated { reason } = &v.status {
         writeln!(h, "<p class=\"bad\">Not validated: {}</p>", esc(reason))?;
     } else if !p.enforced {
-        h.push_str("<p>Fidelity of the transformed model against the original (no thresholds given: no verdict).</p>\n");
+        h.push_str(
+            "<p>Fidelity of the transformed model against the original (no thresholds given: no verdict).</p>\n",
+        );
     } else if v.status == Status::Passed {
         h.push_str("<p class=\"ok\">Every output is within the thresholds.</p>\n");
     } else {
@@ -292,9 +287,10 @@ fn skipped_section(h: &mut String, r: &RunReport) -> Result<()> {
         .passes
         .iter()
         .flat_map(|p| {
-            p.notes.iter().filter(|n| is_skip(&n.message)).map(move |n| {
-                vec![Cell::text(&p.pass), Cell::code(&n.subject), Cell::text(&n.message)]
-            })
+            p.notes
+                .iter()
+                .filter(|n| is_skip(&n.message))
+                .map(move |n| vec![Cell::text(&p.pass), Cell::code(&n.subject), Cell::text(&n.message)])
         })
         .collect();
     if rows.is_empty() {
