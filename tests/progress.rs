@@ -62,7 +62,7 @@ fn assert_complete(log: &[(String, u64, u64)], label: &str) {
 fn long_passes_report_stages_ticked_to_their_total() {
     let (log, batches) = stages(
         "digits_cnn",
-        "score{method=wanda},mask{sparsity=0.5,steps=2},nm-legalize{n=2,m=4,permute=true},dead-channel-elim",
+        "score{method=wanda},mask{sparsity=0.5,steps=2,schedule=linear},nm-legalize{n=2,m=4,permute=true},dead-channel-elim",
     );
     for label in ["mask: steps", "nm-legalize: weights", "permutation search: weights"] {
         assert_complete(&log, label);

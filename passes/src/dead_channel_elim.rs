@@ -139,6 +139,7 @@ impl Pass for DeadChannelElim {
         cx.stat("params_before", params0 as f64);
         cx.stat("macs_before", macs0 as f64);
         if p.remove.is_empty() {
+            stage.inc(2); // nothing to fold or slice
             cx.stat("channels_removed", 0.0);
             cx.stat("params_after", params0 as f64);
             cx.stat("macs_after", macs0 as f64);
