@@ -39,7 +39,7 @@ pub use sparsify_passes::seed::{
     generate_nm_mask, generate_unstructured_mask, Importance, ImportanceScores, Layer, MagnitudeImportance,
     PruningError, SparsityMask, SparsityPattern, WandaImportance,
 };
-pub use sparsify_pm::{weight_table, Calibrator, RunReport, WeightRow};
+pub use sparsify_pm::{weight_table, Calibrator, Progress, RunReport, Stage, WeightRow};
 pub use sparsify_validate as validate;
 
 use sparsify_ir::{Dim, Model};
@@ -100,6 +100,17 @@ impl Pipeline {
     /// Run on `model`. Passes that need activations use `calibrator` (see [`TractCalibrator`]).
     pub fn run(&self, model: &mut Model, calibrator: Option<&dyn Calibrator>) -> Result<RunReport, Error> {
         Ok(self.manager.run(model, RunEnv { calibrator, verify_each: true })?)
+    }
+
+    /// [`Pipeline::run`], reporting the long loops inside passes (per weight, per solver stage) to
+    /// `progress`. Calibration batches report through [`TractCalibrator::with_progress`].
+    pub fn run_with_progress(
+        &self,
+        model: &mut Model,
+        calibrator: Option<&dyn Calibrator>,
+        progress: &dyn Progress,
+    ) -> Result<RunReport, Error> {
+        Ok(self.manager.run_with_progress(model, RunEnv { calibrator, verify_each: true }, Some(progress))?)
     }
 }
 

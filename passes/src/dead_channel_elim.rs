@@ -114,9 +114,12 @@ impl Pass for DeadChannelElim {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
+        let stage = cx.stage("dead-channel-elim: analyse, plan, fold, slice", 4);
         let g = &mut model.graph;
         let a = analyze(g);
+        stage.inc(1);
         let p = plan::plan(g, &a, self.fold);
+        stage.inc(1);
         let (params0, macs0) = (param_count(g), mac_count(g));
         // kept dead channels, per producer and reason
         let mut kept: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
@@ -136,6 +139,7 @@ impl Pass for DeadChannelElim {
         cx.stat("params_before", params0 as f64);
         cx.stat("macs_before", macs0 as f64);
         if p.remove.is_empty() {
+            stage.inc(2); // nothing to fold or slice
             cx.stat("channels_removed", 0.0);
             cx.stat("params_after", params0 as f64);
             cx.stat("macs_after", macs0 as f64);
@@ -150,9 +154,11 @@ impl Pass for DeadChannelElim {
             })
             .collect();
         let (extra, folds) = fold::fold(g, &a, &p)?;
+        stage.inc(1);
         let mut sites = a.sites.clone();
         sites.extend(extra);
         let dropped = slice::apply(g, &a, &p, &sites)?;
+        stage.inc(1);
         g.relink();
         let mut removed = 0;
         for (layer, r, n) in per_layer.iter().filter(|l| l.1 > 0) {

@@ -204,7 +204,10 @@ impl Pass for MaskPass {
 
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
         if self.coupled {
-            return crate::channels::mask_coupled(model, cx, self.sparsity, &self.scope);
+            let stage = cx.stage("mask (coupled channels)", 1);
+            let changed = crate::channels::mask_coupled(model, cx, self.sparsity, &self.scope);
+            stage.inc(1);
+            return changed;
         }
         let method = match cx.analyses.get::<WeightScores>() {
             Some(s) => s.method.clone(),
@@ -238,6 +241,7 @@ impl Pass for MaskPass {
         let mut added = vec![0usize; targets.len()];
         let mut outcome = None;
         let mut changed = false;
+        let stage = cx.stage("mask: steps", self.steps);
         for step in 1..=self.steps {
             if step > 1 {
                 if let Some(r) = recipe.as_ref().filter(|r| r.method == Method::Wanda) {
@@ -257,6 +261,7 @@ impl Pass for MaskPass {
             cx.stat("bias_entries_zeroed", out.bias_zeroed as f64);
             changed |= out.any_changed;
             outcome = Some(out);
+            stage.inc(1);
         }
         let out = outcome.expect("steps >= 1");
         for (i, t) in targets.iter().enumerate() {

@@ -158,7 +158,9 @@ impl Pass for NmLegalize {
             cx.stat("retained_score_permuted", permuted);
         }
         let (mut legalized, mut already, mut zeros) = (0usize, 0usize, 0usize);
+        let stage = cx.stage("nm-legalize: weights", eligible.len());
         for (info, axis) in &eligible {
+            stage.inc(1);
             let cache = cx.analyses.get::<WeightScores>();
             let w = weight_scores(&model.graph, cache, &info.id)?;
             let view = AxisView::new(&w.shape, *axis);

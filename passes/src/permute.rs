@@ -152,7 +152,9 @@ pub fn permute_for_nm(
     let mut done: BTreeSet<NodeId> = BTreeSet::new();
     let mut changed = false;
     let index = WeightIndex::new(&model.graph);
+    let stage = cx.stage("permutation search: weights", eligible.len());
     for (info, _) in eligible {
+        stage.inc(1);
         let name = info.id.name();
         if info.shared() {
             cx.note(name, format!("not permuted: shared by {} consumers", info.uses.len()));

@@ -187,6 +187,7 @@ impl Pass for SparseGpt {
             Mode::Sequential => sgpt_plan::stages(&plans),
         };
         let mut changed = Changed::No;
+        let bar = cx.stage("sparsegpt: weights", plans.len());
         for stage in stages.iter().filter(|s| !s.is_empty()) {
             // One calibration run per stage, each distinct request asked once.
             let mut requests: Vec<CalibRequest> = Vec::new();
@@ -220,7 +221,9 @@ impl Pass for SparseGpt {
                     let t = g.weight(&plan.id).ok_or("weight vanished")?;
                     let vals = t.to_f64().map_err(|e| e.to_string())?;
                     let vals = vals.as_slice().ok_or("non-contiguous weight")?;
-                    sgpt_plan::solve(plan, vals, &hs, self.target, self.blocksize, self.damp)
+                    let solved = sgpt_plan::solve(plan, vals, &hs, self.target, self.blocksize, self.damp);
+                    bar.inc(1);
+                    solved
                 })
                 .collect();
             cx.stat("solve seconds", t0.elapsed().as_secs_f64());
@@ -266,7 +269,9 @@ fn report(cx: &mut PassCx<'_>, name: &str, solved: &[Solved], damp: f64, element
     if dead > 0 {
         cx.note(name, format!("{dead} input(s) never active on the calibration data: their weights were zeroed"));
     }
-    cx.stat("reconstruction loss", solved.iter().map(|s| s.loss).sum());
+    let loss: f64 = solved.iter().map(|s| s.loss).sum();
+    cx.stat("reconstruction loss", loss);
+    cx.weight_metric("sparsegpt reconstruction loss", name, loss);
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod manager;
 pub mod options;
 pub mod pass;
 pub mod pipeline;
+pub mod progress;
 pub mod report;
 
 pub use analysis::{Analysis, AnalysisCache};
@@ -18,4 +19,5 @@ pub use manager::{PassManager, PmError, RunEnv};
 pub use options::{OptionSpec, Options};
 pub use pass::{Changed, Effects, Pass, PassCx, PassError, PassInfo, Registry};
 pub use pipeline::{parse_pipeline, Element, PipelineError};
+pub use progress::{NoStage, Progress, Stage};
 pub use report::{weight_table, Note, PassStats, RunReport, WeightRow};

@@ -7,6 +7,7 @@ use crate::calib::Calibrator;
 use crate::options::Options;
 use crate::pass::{Changed, Effects, Pass, PassCx, PassError, Registry};
 use crate::pipeline::{parse_pipeline, quote_value, PipelineError};
+use crate::progress::Progress;
 use crate::report::{totals, weight_table, PassStats, RunReport};
 use sparsify_ir::verify::{verify, VerifyError};
 use sparsify_ir::Model;
@@ -86,6 +87,16 @@ impl PassManager {
 
     /// Run every pass in order on `model`.
     pub fn run(&self, model: &mut Model, env: RunEnv<'_>) -> Result<RunReport, PmError> {
+        self.run_with_progress(model, env, None)
+    }
+
+    /// [`PassManager::run`], reporting each pass and the long loops inside passes to `progress`.
+    pub fn run_with_progress(
+        &self,
+        model: &mut Model,
+        env: RunEnv<'_>,
+        progress: Option<&dyn Progress>,
+    ) -> Result<RunReport, PmError> {
         let before = weight_table(model);
         if env.verify_each {
             let errors = verify(&model.graph);
@@ -98,14 +109,14 @@ impl PassManager {
         for (index, pass) in self.passes.iter().enumerate() {
             let fp = Fingerprint::of(model);
             let start = Instant::now();
-            let mut cx = PassCx::new(&mut cache, env.calibrator);
+            let mut cx = PassCx::new(&mut cache, env.calibrator).with_progress(progress);
             let changed = pass.run(model, &mut cx).map_err(|source| PmError::Failed {
                 pass: pass.name().to_string(),
                 index: index + 1,
                 source,
             })?;
             let millis = start.elapsed().as_secs_f64() * 1e3;
-            let PassCx { counters, notes, preserved, .. } = cx;
+            let PassCx { counters, notes, weight_metrics, preserved, .. } = cx;
             if env.verify_each {
                 let errors = verify(&model.graph);
                 if !errors.is_empty() {
@@ -123,6 +134,7 @@ impl PassManager {
                 changed: changed == Changed::Yes,
                 counters,
                 notes,
+                weight_metrics,
             });
         }
         let after = weight_table(model);

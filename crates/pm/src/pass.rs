@@ -4,6 +4,7 @@ use crate::analysis::AnalysisCache;
 use crate::calib::{CalibError, Calibrator};
 use crate::options::{OptionSpec, Options};
 use crate::pipeline::PipelineError;
+use crate::progress::{NoStage, Progress, Stage};
 use crate::report::Note;
 use sparsify_ir::{Model, TensorError};
 use std::collections::BTreeMap;
@@ -60,12 +61,44 @@ pub struct PassCx<'a> {
     pub calibrator: Option<&'a dyn Calibrator>,
     pub counters: BTreeMap<String, f64>,
     pub notes: Vec<Note>,
+    /// Per-weight measurements (metric name → weight → value), e.g. a reconstruction error; the HTML
+    /// report charts each metric per layer.
+    pub weight_metrics: BTreeMap<String, BTreeMap<String, f64>>,
     pub(crate) preserved: Vec<&'static str>,
+    pub(crate) progress: Option<&'a dyn Progress>,
 }
 
 impl<'a> PassCx<'a> {
     pub fn new(analyses: &'a mut AnalysisCache, calibrator: Option<&'a dyn Calibrator>) -> PassCx<'a> {
-        PassCx { analyses, calibrator, counters: BTreeMap::new(), notes: Vec::new(), preserved: Vec::new() }
+        PassCx {
+            analyses,
+            calibrator,
+            counters: BTreeMap::new(),
+            notes: Vec::new(),
+            weight_metrics: BTreeMap::new(),
+            preserved: Vec::new(),
+            progress: None,
+        }
+    }
+
+    /// Report progress of long work to `progress` (see [`PassCx::stage`]).
+    pub fn with_progress(mut self, progress: Option<&'a dyn Progress>) -> PassCx<'a> {
+        self.progress = progress;
+        self
+    }
+
+    /// Start a progress stage of `total` steps (a weight, a solver stage); tick it with `inc(1)`, end it
+    /// by dropping it. Free when nobody listens.
+    pub fn stage(&self, label: &str, total: usize) -> Box<dyn Stage> {
+        match self.progress {
+            Some(p) => p.stage(label, total as u64),
+            None => Box::new(NoStage),
+        }
+    }
+
+    /// Record a per-weight measurement (e.g. `reconstruction loss` of one weight).
+    pub fn weight_metric(&mut self, metric: &str, weight: &str, value: f64) {
+        self.weight_metrics.entry(metric.to_string()).or_default().insert(weight.to_string(), value);
     }
 
     /// Add to a named counter (shown in the statistics table).

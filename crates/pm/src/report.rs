@@ -19,6 +19,9 @@ pub struct PassStats {
     pub changed: bool,
     pub counters: BTreeMap<String, f64>,
     pub notes: Vec<Note>,
+    /// Per-weight measurements a pass made (metric → weight → value), see `PassCx::weight_metric`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub weight_metrics: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 /// One weight (or embedding table) and its sparsity.

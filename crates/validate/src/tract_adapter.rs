@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use half::f16;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, OutletId, TValue,
     TVec, Tensor, TractError, TypedRunnableModel,
@@ -215,6 +215,7 @@ fn datum_type(a: &Array) -> DatumType {
     }
 }
 
+/// Inputs: one copy from the (borrowed, reused) feed into tract's aligned storage.
 fn to_tensor(a: &Array) -> Result<Tensor, ValidateError> {
     fn conv<T: tract_onnx::prelude::Datum + Copy>(a: &ArrayD<T>) -> Result<Tensor, ValidateError> {
         let std = a.as_standard_layout();
@@ -237,12 +238,11 @@ fn to_tensor(a: &Array) -> Result<Tensor, ValidateError> {
     }
 }
 
+/// Outputs: tract and this crate share one ndarray version, so tract's view of the output is copied once
+/// straight into an owned array (tract's storage is its own aligned buffer, so it cannot be adopted).
 fn from_tensor(name: &str, t: &Tensor) -> Result<Array, ValidateError> {
     fn conv<T: tract_onnx::prelude::Datum + Copy>(t: &Tensor) -> Result<ArrayD<T>, ValidateError> {
-        let view = t.try_as_plain_ram().map_err(tract("reading an output tensor"))?;
-        let data = view.as_slice::<T>().map_err(tract("reading an output tensor"))?.to_vec();
-        ArrayD::from_shape_vec(IxDyn(t.shape()), data)
-            .map_err(|e| ValidateError::Tract { msg: format!("output tensor shape: {e}") })
+        Ok(t.to_plain_array_view::<T>().map_err(tract("reading an output tensor"))?.to_owned())
     }
     let arr = match t.datum_type() {
         DatumType::F32 => Array::F32(conv::<f32>(t)?),

@@ -29,7 +29,13 @@ pub fn feed_for(model: &Model, inputs: Option<&Path>, shapes: &[String], seed: u
 /// Write JSON atomically (temporary file beside it, then rename; nothing left behind on failure).
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";
-    sparsify_onnx::write_file_atomic(path, text.as_bytes())?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Write a file atomically (the library's writer: temporary file in the same folder, synced, then
+/// renamed; nothing is left at `path` nor a temporary file if writing fails).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    sparsify_onnx::write_file_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn model(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models").join(name)
 }
 
 fn run(args: &[&str]) -> Output {

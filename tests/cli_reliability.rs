@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 const BIN: &str = env!("CARGO_BIN_EXE_sparsify-onnx");
 
 fn model(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/models").join(name).join("model.onnx")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models").join(name).join("model.onnx")
 }
 
 /// Run the binary with a file-size limit of `blocks` × 512 bytes (dash's `ulimit -f` unit).

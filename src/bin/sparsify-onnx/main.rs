@@ -1,4 +1,5 @@
-//! `sparsify-onnx`: the command line. The only crate that knows argv, the terminal and exit codes.
+//! `sparsify-onnx`: the command line (the root package's binary, feature `cli`). The only code that knows
+//! argv, the terminal and exit codes.
 //!
 //! Exit codes: 0 ok, 1 error, 2 usage (including bad pipeline text), 3 validation over its threshold
 //! (for `check`: an eligible weight that is not N:M compliant).
@@ -7,6 +8,8 @@ mod check;
 mod common;
 mod inspect;
 mod list_passes;
+mod progress;
+mod report;
 mod run;
 mod validate;
 

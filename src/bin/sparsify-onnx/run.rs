@@ -1,12 +1,12 @@
-//! `sparsify-onnx run INPUT -o OUTPUT [--pipeline TEXT] [--calib PATH] [--inputs PATH] [--validate] [--json FILE]`.
+//! `sparsify-onnx run INPUT -o OUTPUT [--pipeline TEXT] [--calib PATH] [--inputs PATH] [--validate] [--json FILE]
+//! [--report FILE.html] [--quiet]`.
 
 use crate::common::{feed_for, print_table, print_validation, write_json};
-use crate::Outcome;
+use crate::{progress, report, Outcome};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use sparsify_onnx::validate::{Status, Thresholds, ValidationReport};
 use sparsify_onnx::{ExportOptions, ExternalMode, Pipeline, RunReport, TractCalibrator};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -45,6 +45,13 @@ pub struct Args {
     /// Write the run report (and validation) as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a self-contained HTML report (pipeline and timing, per-layer charts, legality, validation,
+    /// what was skipped) to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// No progress bars (they are drawn only when stdout and stderr are terminals anyway).
+    #[arg(short, long)]
+    quiet: bool,
     /// External data for the output: auto (as the input, or when over 2 GiB), always, never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     external_data: String,
@@ -84,6 +91,7 @@ pub fn main(a: Args) -> Result<Outcome> {
         bail!("the output '{}' is the input file: refusing to overwrite the input", a.output.display());
     }
     let mut model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
+    let bars = progress::wanted(a.quiet).then(progress::Bars::new);
     let calibrator = match &a.calib {
         Some(p) => {
             let decls = sparsify_onnx::input_decls(&model);
@@ -93,12 +101,19 @@ pub fn main(a: Args) -> Result<Outcome> {
             for n in calib.notes() {
                 println!("calibration: {n}");
             }
-            Some(if std::io::stderr().is_terminal() { calib.with_progress(progress_bar()) } else { calib })
+            Some(match &bars {
+                Some(b) => calib.with_progress(progress::calibration(b.clone())),
+                None => calib,
+            })
         }
         None => None,
     };
-    let report = pipeline.run(&mut model, calibrator.as_ref().map(|c| c as &dyn sparsify_onnx::Calibrator))?;
     let calib_notes: Vec<String> = calibrator.as_ref().map(|c| c.notes().to_vec()).unwrap_or_default();
+    let calibrator = calibrator.as_ref().map(|c| c as &dyn sparsify_onnx::Calibrator);
+    let report = match &bars {
+        Some(b) => pipeline.run_with_progress(&mut model, calibrator, b.as_ref())?,
+        None => pipeline.run(&mut model, calibrator)?,
+    };
     let external = match a.external_data.as_str() {
         "always" => ExternalMode::Always,
         "never" => ExternalMode::Never,
@@ -111,6 +126,8 @@ pub fn main(a: Args) -> Result<Outcome> {
 
     let mut outcome = Outcome::Ok;
     let mut validation = None;
+    let mut checked = None;
+    let enforce = a.max_rel_l2.is_some() || a.min_cosine.is_some();
     // A verdict only against thresholds the user gave: the defaults of `validate` are those of an exact
     // rewrite, which every lossy pipeline is "over".
     let th = (a.max_rel_l2.is_some() || a.min_cosine.is_some()).then(|| Thresholds {
@@ -140,13 +157,16 @@ pub fn main(a: Args) -> Result<Outcome> {
                         },
                     )?;
                 }
+                write_html(&a, &model, &report, Some(&v), enforce)?;
                 bail!("the result was written but could not be validated: {reason}");
             }
             Status::OverThreshold if th.is_some() => outcome = Outcome::OverThreshold,
             _ => {}
         }
         validation = Some(json);
+        checked = Some(v);
     }
+    write_html(&a, &model, &report, checked.as_ref(), enforce)?;
     if let Some(j) = &a.json {
         write_json(
             j,
@@ -177,21 +197,19 @@ fn validation_json(v: &ValidationReport, verdict: bool) -> Result<serde_json::Va
     Ok(json)
 }
 
-/// A calibration progress bar on stderr (only used when stderr is a terminal).
-fn progress_bar() -> sparsify_onnx::calibrate::Progress {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} batches")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    Box::new(move |done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        if done == total {
-            bar.finish_and_clear();
-            bar.reset();
-        }
-    })
+/// `--report FILE.html`, written atomically.
+fn write_html(
+    a: &Args,
+    model: &sparsify_onnx::ir::Model,
+    report: &RunReport,
+    validation: Option<&sparsify_onnx::validate::ValidationReport>,
+    enforced: bool,
+) -> Result<()> {
+    let Some(path) = &a.report else { return Ok(()) };
+    let page = report::Page { input: &a.input, output: &a.output, report, model, validation, enforced };
+    report::write(path, &page).with_context(|| format!("writing the report {}", path.display()))?;
+    println!("wrote report {}", path.display());
+    Ok(())
 }
 
 fn show(p: &Path) -> String {

@@ -11,7 +11,7 @@ fn bin() -> Command {
 }
 
 fn model(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/models").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models").join(name)
 }
 
 fn run(args: &[&str]) -> Output {
