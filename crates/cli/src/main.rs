@@ -8,6 +8,7 @@ mod common;
 mod inspect;
 mod list_passes;
 mod run;
+mod sensitivity;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Command {
     Check(check::Args),
     /// List the passes, their descriptions and options.
     ListPasses,
+    /// Per prunable weight: output error on calibration data when only it is pruned, at several sparsities.
+    Sensitivity(sensitivity::Args),
 }
 
 /// How a command ended, mapped to the exit code.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => validate::main(a),
         Command::Check(a) => check::main(a),
         Command::ListPasses => list_passes::main(),
+        Command::Sensitivity(a) => sensitivity::main(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod options;
 pub mod pass;
 pub mod pipeline;
 pub mod report;
+pub mod snapshot;
 
 pub use analysis::{Analysis, AnalysisCache};
 pub use calib::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
@@ -18,4 +19,5 @@ pub use manager::{PassManager, PmError, RunEnv};
 pub use options::{OptionSpec, Options};
 pub use pass::{Changed, Effects, Pass, PassCx, PassError, PassInfo, Registry};
 pub use pipeline::{parse_pipeline, Element, PipelineError};
+pub use snapshot::DenseSnapshot;
 pub use report::{weight_table, Note, PassStats, RunReport, WeightRow};
