@@ -353,7 +353,7 @@ mod tests {
         let m = InputMean::Features(vec![10.0, 100.0]);
         assert_eq!(output_shift(&[2, 3], 1, 0, &before, &after, &m).unwrap(), vec![10.0, 500.0, 600.0]);
         // Gemm transB=1 W [N=3, K=2] (out axis 0).
-        assert_eq!(output_shift(&[3, 2], 0, 1, &before, &after, &m).unwrap(), vec![10.0, 0.0, 1100.0]);
+        assert_eq!(output_shift(&[3, 2], 0, 1, &before, &after, &m).unwrap(), vec![10.0, 0.0, 650.0]);
         // Conv [M=2, C/g=1, 1, 1] with two groups: each output reads its own group's mean.
         let m = InputMean::Patches(vec![vec![2.0], vec![3.0]]);
         assert_eq!(output_shift(&[2, 1, 1, 1], 0, 1, &[1.0, 1.0], &[0.0, 1.0], &m).unwrap(), vec![2.0, 0.0]);
