@@ -71,13 +71,7 @@ fn cnn() -> Model {
     gemm.set_attr("beta", AttrValue::Float(0.5));
     model(
         g,
-        vec![
-            c1,
-            Node::new("Relu", "relu", &["a"], &["r"]),
-            c2,
-            Node::new("Flatten", "flat", &["b"], &["f"]),
-            gemm,
-        ],
+        vec![c1, Node::new("Relu", "relu", &["a"], &["r"]), c2, Node::new("Flatten", "flat", &["b"], &["f"]), gemm],
     )
 }
 
@@ -126,7 +120,10 @@ fn exact_on_built_models_with_constant_inputs() {
     pipeline("score{method=l1},mask{sparsity=0.5},bias-correct", &mut m, &cal);
     let ops: Vec<String> = m.graph.nodes().map(|(_, n)| n.op_type.clone()).collect();
     assert_eq!(ops, ["MatMul", "Add", "Relu", "MatMul", "Add"]);
-    assert_ne!(m.graph.initializer("c1").unwrap().to_f64().unwrap(), mlp().graph.initializer("c1").unwrap().to_f64().unwrap());
+    assert_ne!(
+        m.graph.initializer("c1").unwrap().to_f64().unwrap(),
+        mlp().graph.initializer("c1").unwrap().to_f64().unwrap()
+    );
     let mut m = cnn();
     let feed = constant_feed(&[2, 2, 6, 6], 1);
     pipeline("score{method=l1},mask{sparsity=0.5},bias-correct", &mut m, &TractCalibrator::new(&feed, 2).unwrap());
@@ -247,10 +244,9 @@ fn accuracy(bytes: &[u8], x: &Path, y: &Path, input: &str) -> f64 {
 /// and the task accuracy (digits_cnn: test set; ppocr: the 16 sample labels).
 #[test]
 fn lowers_the_error_of_wanda_on_the_cnns() {
-    for (name, x, y) in [
-        ("digits_cnn", "test_x.npy", "test_y.npy"),
-        ("ppocr_cls_mobile_v2", "sample/input_0.npy", "sample/labels.npy"),
-    ] {
+    for (name, x, y) in
+        [("digits_cnn", "test_x.npy", "test_y.npy"), ("ppocr_cls_mobile_v2", "sample/input_0.npy", "sample/labels.npy")]
+    {
         let dir = common::bundled(name);
         let dense = load(&dir.join("model.onnx")).unwrap();
         let decls = input_decls(&dense);

@@ -146,7 +146,9 @@ fn check_ria(name: &str, dir: &Path, a: f64) -> (usize, usize, f64) {
             gap = gap.max((only_pass - only_ref).abs() / only_pass.abs().max(1e-30));
         }
     }
-    println!("ria reference {name} (a={a}): {differ} of {total} decisions differ, largest relative score gap {gap:.2e}");
+    println!(
+        "ria reference {name} (a={a}): {differ} of {total} decisions differ, largest relative score gap {gap:.2e}"
+    );
     (differ, total, gap)
 }
 

@@ -136,7 +136,10 @@ impl Pass for BiasCorrect {
             let shape = now.shape();
             for u in &info.uses {
                 if u.op == "ConvTranspose" {
-                    notes.push((name.clone(), format!("'{}': ConvTranspose bias correction is not implemented", u.node_name)));
+                    notes.push((
+                        name.clone(),
+                        format!("'{}': ConvTranspose bias correction is not implemented", u.node_name),
+                    ));
                     continue;
                 }
                 if u.route.iter().any(|r| r == "Cast") {
@@ -183,8 +186,7 @@ impl Pass for BiasCorrect {
         }
         let dense_means: Vec<Result<InputMean, String>> = stats.iter().map(InputMean::from_stat).collect();
         let order: Vec<Vec<usize>> = if self.sequential {
-            let ops: Vec<_> =
-                jobs.iter().map(|j| (j.use_.node, requests[j.request].tensor().to_string())).collect();
+            let ops: Vec<_> = jobs.iter().map(|j| (j.use_.node, requests[j.request].tensor().to_string())).collect();
             stages(&model.graph, &ops)
         } else {
             vec![(0..jobs.len()).collect()]

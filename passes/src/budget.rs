@@ -74,7 +74,9 @@ impl Budget {
             None => None,
             Some(v) => match v.parse::<f64>() {
                 Ok(e) if e > 0.0 && e.is_finite() => Some(e),
-                _ => return Err(opts.error((0, 0), format!("mask: option 'max_error' must be a number > 0, got '{v}'"))),
+                _ => {
+                    return Err(opts.error((0, 0), format!("mask: option 'max_error' must be a number > 0, got '{v}'")))
+                }
             },
         };
         let min = opts.take_range("min_sparsity", 0.0, 0.0, 1.0)?;
@@ -287,7 +289,13 @@ impl Ctx<'_> {
 }
 
 /// Run `mask` with a budget: choose per-layer sparsities, then apply them to `model`.
-pub fn run(b: &Budget, model: &mut Model, cx: &mut PassCx<'_>, sparsity: f64, scope: &Scope) -> Result<Changed, PassError> {
+pub fn run(
+    b: &Budget,
+    model: &mut Model,
+    cx: &mut PassCx<'_>,
+    sparsity: f64,
+    scope: &Scope,
+) -> Result<Changed, PassError> {
     let cal_opt: Option<&dyn Calibrator> = cx.calibrator;
     let method = cx.analyses.get::<WeightScores>().map(|s| s.method.clone()).unwrap_or_else(|| "l1".into());
     let cfg = MaskConfig { granularity: Granularity::Element, group: Group::Layer, l2_scores: method == "l2" };
@@ -312,12 +320,8 @@ pub fn run(b: &Budget, model: &mut Model, cx: &mut PassCx<'_>, sparsity: f64, sc
     let curves: Option<Curves> = match b.allocate {
         Allocate::Uniform | Allocate::Owl => None,
         Allocate::Sensitivity => {
-            let layers: Vec<_> = ctx
-                .targets
-                .iter()
-                .zip(&sizes)
-                .map(|(t, s)| (t.id.clone(), String::new(), s.0))
-                .collect();
+            let layers: Vec<_> =
+                ctx.targets.iter().zip(&sizes).map(|(t, s)| (t.id.clone(), String::new(), s.0)).collect();
             let cal = cal_opt.ok_or(PassError::NeedsCalibration)?;
             let recipe = format!("mask/{method}/layer");
             let c = measure(&dense, cal, &output, &recipe, &layers, &b.levels, |s| {
@@ -405,7 +409,8 @@ pub fn run(b: &Budget, model: &mut Model, cx: &mut PassCx<'_>, sparsity: f64, sc
     let mut changed = false;
     let mut zeros = 0usize;
     for (i, t) in ctx.targets.iter().enumerate() {
-        let out = apply_mask(&mut model.graph, std::slice::from_ref(t), cx.analyses.get_mut::<WeightScores>(), per[i], &cfg)?;
+        let out =
+            apply_mask(&mut model.graph, std::slice::from_ref(t), cx.analyses.get_mut::<WeightScores>(), per[i], &cfg)?;
         changed |= out.any_changed;
         let after = model.graph.weight(&t.id).map(|w| w.numel().unwrap_or(0) - w.nnz()).unwrap_or(0);
         zeros += after;

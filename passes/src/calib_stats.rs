@@ -16,8 +16,8 @@
 
 use crate::util::sgpt_gram::ConvGeometry;
 use sparsify_ir::{AttrValue, Graph, NodeId, WeightUse};
-use std::collections::BTreeSet;
 use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis};
+use std::collections::BTreeSet;
 
 /// Σ x over every row of an activation whose features lie along `axis` of `shape` (C order), and the
 /// number of rows.
@@ -124,7 +124,9 @@ pub fn mean_request(g: &Graph, u: &WeightUse, shape: &[usize]) -> Result<CalibRe
     let node = g.node(u.node);
     let (input, axis) = match (u.op.as_str(), u.slot) {
         ("Conv", 1) => (0, None),
-        ("Gemm", 1) => (0, Some(if node.attr_int("transA").unwrap_or(0) != 0 { FeatureAxis::Index(0) } else { FeatureAxis::Last })),
+        ("Gemm", 1) => {
+            (0, Some(if node.attr_int("transA").unwrap_or(0) != 0 { FeatureAxis::Index(0) } else { FeatureAxis::Last }))
+        }
         ("MatMul", 1) => (0, Some(FeatureAxis::Last)),
         (op, slot) => return Err(format!("{op} reading the weight as input {slot} has no per-channel bias")),
     };

@@ -78,7 +78,10 @@ pub fn default_output(g: &Graph) -> Result<String, PassError> {
         .iter()
         .find(|o| matches!(o.elem_type, Some(1) | Some(10) | Some(11) | Some(16)) || o.elem_type.is_none())
         .map(|o| o.name.clone())
-        .ok_or_else(|| PassError::Invalid { subject: "sensitivity".into(), message: "the model has no float output".into() })
+        .ok_or_else(|| PassError::Invalid {
+            subject: "sensitivity".into(),
+            message: "the model has no float output".into(),
+        })
 }
 
 /// The calibration-set values of `output` in `model`.
@@ -231,7 +234,12 @@ fn measure_keyed(
         layers: layers
             .iter()
             .zip(errors)
-            .map(|((id, op, n), errors)| LayerCurve { weight: id.name().to_string(), op: op.clone(), elements: *n, errors })
+            .map(|((id, op, n), errors)| LayerCurve {
+                weight: id.name().to_string(),
+                op: op.clone(),
+                elements: *n,
+                errors,
+            })
             .collect(),
         runs,
     };
@@ -263,7 +271,10 @@ pub fn parse_levels(text: &str) -> Result<Vec<f64>, String> {
 
 /// A Markdown table: one row per layer, one column per level.
 pub fn table(c: &Curves) -> String {
-    let mut s = format!("| weight | op | elements | {} |\n", c.levels.iter().map(|l| format!("{l}")).collect::<Vec<_>>().join(" | "));
+    let mut s = format!(
+        "| weight | op | elements | {} |\n",
+        c.levels.iter().map(|l| format!("{l}")).collect::<Vec<_>>().join(" | ")
+    );
     s.push_str(&format!("|---|---|---|{}\n", "---|".repeat(c.levels.len())));
     for l in &c.layers {
         let e: Vec<String> = l.errors.iter().map(|e| format!("{e:.4}")).collect();

@@ -107,8 +107,7 @@ impl Pass for Sensitivity {
         cx.stat("layers", curves.layers.len() as f64);
         cx.stat("tract_runs", curves.runs as f64);
         for l in &curves.layers {
-            let e: Vec<String> =
-                curves.levels.iter().zip(&l.errors).map(|(s, e)| format!("{s}: {e:.4}")).collect();
+            let e: Vec<String> = curves.levels.iter().zip(&l.errors).map(|(s, e)| format!("{s}: {e:.4}")).collect();
             cx.note(l.weight.clone(), format!("rel L2 of '{}' when pruned alone — {}", curves.output, e.join(", ")));
         }
         cx.note("sensitivity", table(&curves));

@@ -67,11 +67,20 @@ pub fn main(a: Args) -> Result<Outcome> {
             remember(c.clone());
         }
     }
-    let pass = Sensitivity { template: a.pipeline_template.clone(), levels, output: a.output.clone(), scope: Scope::default() };
+    let pass = Sensitivity {
+        template: a.pipeline_template.clone(),
+        levels,
+        output: a.output.clone(),
+        scope: Scope::default(),
+    };
     let start = Instant::now();
     let curves = pass.analyze(&model, &cal)?;
     let secs = start.elapsed().as_secs_f64();
-    println!("sensitivity of '{}' (rel. L2 of output '{}' on the calibration set, one weight pruned at a time)", a.model.display(), curves.output);
+    println!(
+        "sensitivity of '{}' (rel. L2 of output '{}' on the calibration set, one weight pruned at a time)",
+        a.model.display(),
+        curves.output
+    );
     println!("template: {}", curves.recipe);
     print!("{}", table(&curves));
     if curves.runs == 0 {

@@ -19,5 +19,5 @@ pub use manager::{PassManager, PmError, RunEnv};
 pub use options::{OptionSpec, Options};
 pub use pass::{Changed, Effects, Pass, PassCx, PassError, PassInfo, Registry};
 pub use pipeline::{parse_pipeline, Element, PipelineError};
-pub use snapshot::DenseSnapshot;
 pub use report::{weight_table, Note, PassStats, RunReport, WeightRow};
+pub use snapshot::DenseSnapshot;
