@@ -8,6 +8,7 @@
 //! [`TractCalibrator::notes`] for the run report.
 
 use sparsify_ir::Model;
+use sparsify_passes::calib_stats::{conv_patch_sums, feature_sums};
 use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
 use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
 use sparsify_validate::{Array, Feed, InputDecl, ModelSource, Runner};
@@ -17,6 +18,7 @@ pub struct TractCalibrator {
     batches: Vec<Feed>,
     notes: Vec<String>,
     progress: Option<Progress>,
+    fingerprint: u64,
 }
 
 /// Called after each calibration batch with (batches done, batches in this sweep).
@@ -25,11 +27,8 @@ pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
 impl TractCalibrator {
     /// Split `feed` into batches of at most `batch` rows along axis 0 (every input must share it).
     pub fn new(feed: &Feed, batch: usize) -> Result<TractCalibrator, crate::Error> {
-        Ok(TractCalibrator {
-            batches: sparsify_validate::split_batches(feed, batch.max(1))?,
-            notes: Vec::new(),
-            progress: None,
-        })
+        let batches = sparsify_validate::split_batches(feed, batch.max(1))?;
+        Ok(TractCalibrator { fingerprint: fingerprint(&batches), batches, notes: Vec::new(), progress: None })
     }
 
     /// Split `samples` into batches of at most `batch` rows along each input's batch axis, found from
@@ -37,7 +36,12 @@ impl TractCalibrator {
     /// runs as given. The decisions are in [`TractCalibrator::notes`].
     pub fn plan(samples: &[Feed], decls: &[InputDecl], batch: usize) -> Result<TractCalibrator, crate::Error> {
         let plan = sparsify_validate::plan_batches(samples, decls, batch.max(1))?;
-        Ok(TractCalibrator { batches: plan.batches, notes: plan.notes, progress: None })
+        Ok(TractCalibrator {
+            fingerprint: fingerprint(&plan.batches),
+            batches: plan.batches,
+            notes: plan.notes,
+            progress: None,
+        })
     }
 
     /// What [`TractCalibrator::plan`] decided (batch axes, inputs passed whole, samples run as given).
@@ -81,11 +85,32 @@ impl TractCalibrator {
     }
 }
 
+/// A hash of the batches (names, shapes, value bits), never 0.
+fn fingerprint(batches: &[Feed]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for b in batches {
+        for (name, a) in &b.arrays {
+            name.hash(&mut h);
+            a.shape().hash(&mut h);
+            a.dtype_name().hash(&mut h);
+            for v in a.to_f64_vec() {
+                v.to_bits().hash(&mut h);
+            }
+        }
+    }
+    h.finish().max(1)
+}
+
 impl Calibrator for TractCalibrator {
+    fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError> {
         let mut names: Vec<String> = Vec::new();
         for r in requests {
-            let tensor = request_tensor(r);
+            let tensor = r.tensor();
             if !names.iter().any(|n| n == tensor) {
                 names.push(tensor.to_string());
             }
@@ -94,7 +119,7 @@ impl Calibrator for TractCalibrator {
         self.for_each_activation(model, &names, |i, a| {
             let mut vals: Option<Vec<f64>> = None;
             for (ri, r) in requests.iter().enumerate() {
-                let tensor = request_tensor(r);
+                let tensor = r.tensor();
                 if tensor != names[i] {
                     continue;
                 }
@@ -143,6 +168,66 @@ impl Calibrator for TractCalibrator {
                         let v = vals.get_or_insert_with(|| a.to_f64_vec());
                         add_conv_patches(accs, v, shape, &geo).map_err(err)?;
                     }
+                    CalibRequest::FeatureSum { axis, .. } => {
+                        let ax = feature_axis(a.shape(), *axis).map_err(err)?;
+                        let v = vals.get_or_insert_with(|| a.to_f64_vec());
+                        let (sums, rows) = feature_sums(v, a.shape(), ax).map_err(err)?;
+                        match &mut out[ri] {
+                            Acc::Sum(acc, n) => {
+                                if acc.len() != sums.len() {
+                                    return Err(err("feature count changed between batches".into()));
+                                }
+                                acc.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
+                                *n += rows;
+                            }
+                            slot => *slot = Acc::Sum(sums, rows),
+                        }
+                    }
+                    CalibRequest::ConvPatchSum { kernel, strides, pads, dilations, groups, .. } => {
+                        let geo = ConvGeometry {
+                            kernel: kernel.clone(),
+                            strides: strides.clone(),
+                            pads: pads.clone(),
+                            dilations: dilations.clone(),
+                            groups: *groups,
+                        };
+                        let v = vals.get_or_insert_with(|| a.to_f64_vec());
+                        let (sums, rows) = conv_patch_sums(v, a.shape(), &geo).map_err(err)?;
+                        match &mut out[ri] {
+                            Acc::GroupSum(acc, n) => {
+                                if acc.len() != sums.len() || acc.iter().zip(&sums).any(|(a, b)| a.len() != b.len()) {
+                                    return Err(err("Conv input channels changed between batches".into()));
+                                }
+                                for (a, b) in acc.iter_mut().zip(&sums) {
+                                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                                }
+                                *n += rows;
+                            }
+                            slot => *slot = Acc::GroupSum(sums, rows),
+                        }
+                    }
+                    CalibRequest::Values { .. } => {
+                        let shape = a.shape().to_vec();
+                        let v: Vec<f32> = match a {
+                            Array::F32(x) => x.iter().copied().collect(),
+                            other => other.to_f64_vec().into_iter().map(|x| x as f32).collect(),
+                        };
+                        match &mut out[ri] {
+                            Acc::Values(acc, s) => {
+                                if s.len() != shape.len() || s.is_empty() || s[1..] != shape[1..] {
+                                    return Err(err(format!("shape changed between batches: {s:?} vs {shape:?}")));
+                                }
+                                s[0] += shape[0];
+                                acc.extend(v);
+                            }
+                            slot => {
+                                if shape.is_empty() {
+                                    return Err(err("a scalar cannot be concatenated over batches".into()));
+                                }
+                                *slot = Acc::Values(v, shape)
+                            }
+                        }
+                    }
                 }
             }
             Ok(())
@@ -151,12 +236,13 @@ impl Calibrator for TractCalibrator {
     }
 }
 
-/// The activation a request reads.
-fn request_tensor(r: &CalibRequest) -> &str {
-    match r {
-        CalibRequest::FeatureSqNorm { tensor, .. }
-        | CalibRequest::Gram { tensor, .. }
-        | CalibRequest::ConvGram { tensor, .. } => tensor,
+/// The index of a feature axis in `shape`.
+fn feature_axis(shape: &[usize], axis: FeatureAxis) -> Result<usize, String> {
+    match axis {
+        _ if shape.is_empty() => Err("activation is a scalar".into()),
+        FeatureAxis::Last => Ok(shape.len() - 1),
+        FeatureAxis::Index(i) if i < shape.len() => Ok(i),
+        FeatureAxis::Index(i) => Err(format!("feature axis {i} out of range for shape {shape:?}")),
     }
 }
 
@@ -166,6 +252,9 @@ enum Acc {
     SqNorm(Vec<f64>, u64),
     Gram(GramAcc),
     Groups(Vec<GramAcc>),
+    Sum(Vec<f64>, u64),
+    GroupSum(Vec<Vec<f64>>, u64),
+    Values(Vec<f32>, Vec<usize>),
 }
 
 impl Acc {
@@ -182,6 +271,12 @@ impl Acc {
                 let rows = accs.first().map_or(0, |a| a.rows());
                 CalibStat::GroupGrams { h: accs.into_iter().map(|a| a.finish().0).collect(), k, rows }
             }
+            (Acc::Sum(sums, rows), _) => CalibStat::FeatureSum { sums, rows },
+            (Acc::GroupSum(sums, rows), _) => CalibStat::GroupSums { sums, rows },
+            (Acc::Values(values, shape), _) => CalibStat::Values { values, shape },
+            (Acc::Empty, CalibRequest::FeatureSum { .. }) => CalibStat::FeatureSum { sums: Vec::new(), rows: 0 },
+            (Acc::Empty, CalibRequest::ConvPatchSum { .. }) => CalibStat::GroupSums { sums: Vec::new(), rows: 0 },
+            (Acc::Empty, CalibRequest::Values { .. }) => CalibStat::Values { values: Vec::new(), shape: Vec::new() },
             (Acc::Empty, CalibRequest::FeatureSqNorm { .. }) => CalibStat::FeatureSqNorm { sums: Vec::new(), rows: 0 },
             (Acc::Empty, CalibRequest::Gram { .. }) => CalibStat::Gram { h: Vec::new(), k: 0, rows: 0 },
             (Acc::Empty, CalibRequest::ConvGram { .. }) => CalibStat::GroupGrams { h: Vec::new(), k: 0, rows: 0 },

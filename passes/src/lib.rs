@@ -3,10 +3,14 @@
 //! Shared pieces: [`scope`] (which weights a pass touches), [`scores`] (the score analysis that masks
 //! consume), [`glob`] (name patterns).
 
+pub mod bias_correct;
 pub mod block_sparsify;
+pub mod budget;
+pub mod calib_stats;
 pub mod channels;
 pub mod dead_channel_elim;
 pub mod glob;
+pub mod layer_sensitivity;
 pub mod mask;
 pub mod nm_check;
 pub mod nm_legalize;
@@ -16,6 +20,7 @@ pub mod scope;
 pub mod score;
 pub mod scores;
 pub mod seed;
+pub mod sensitivity;
 pub mod sparsegpt;
 pub mod util;
 
@@ -33,5 +38,7 @@ pub fn registry() -> Registry {
     r.register(mask::INFO);
     r.register(sparsegpt::INFO);
     r.register(dead_channel_elim::INFO);
+    r.register(bias_correct::INFO);
+    r.register(sensitivity::INFO);
     r
 }

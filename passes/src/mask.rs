@@ -33,8 +33,10 @@
 //! | `scope` | `auto` | comparison group: `auto` \| `layer` \| `row` \| `global` (channel: `auto` \| `layer`) |
 //! | `steps` | `1` | number of pruning steps |
 //! | `schedule` | `oneshot` | `oneshot` (needs `steps=1`) \| `linear` \| `cubic` |
+//! | `allocate`, `max_error`, `min_sparsity`, `max_sparsity`, `levels` | see [`crate::budget`] | sparsity budgets (sensitivity allocation, error bound) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are masked |
 
+use crate::budget::{Budget, BUDGET_OPTIONS};
 use crate::schedule::PruningSchedule;
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::{compute_scores, ScoreRecipe};
@@ -44,7 +46,7 @@ use crate::util::score_math::Method;
 use sparsify_ir::Model;
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
 
-const OPTIONS: [OptionSpec; 9] = [
+const OPTIONS: [OptionSpec; 14] = [
     OptionSpec { name: "sparsity", default: "0.5", help: "target fraction of zeros per comparison group, in [0, 1]" },
     OptionSpec {
         name: "granularity",
@@ -66,6 +68,11 @@ const OPTIONS: [OptionSpec; 9] = [
         default: "oneshot",
         help: "sparsity per step: oneshot (steps=1) | linear | cubic (Zhu & Gupta)",
     },
+    BUDGET_OPTIONS[0],
+    BUDGET_OPTIONS[1],
+    BUDGET_OPTIONS[2],
+    BUDGET_OPTIONS[3],
+    BUDGET_OPTIONS[4],
     SCOPE_OPTIONS[0],
     SCOPE_OPTIONS[1],
     SCOPE_OPTIONS[2],
@@ -96,6 +103,8 @@ pub struct MaskPass {
     scope: Scope,
     /// `granularity=coupled`: group-aware channel masking (crate::channels::mask_coupled).
     coupled: bool,
+    /// `allocate=sensitivity` / `max_error` (crate::budget).
+    budget: Option<Budget>,
 }
 
 /// The most pruning steps accepted (each step re-scores every weight).
@@ -121,7 +130,11 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
         "cubic" => Schedule::Cubic,
         _ => Schedule::OneShot,
     };
+    let budget = Budget::from_options(opts)?;
     let scope = Scope::from_options(opts)?;
+    if budget.is_some() && (granularity != Granularity::Element || steps > 1) {
+        return Err(opts.error((0, 0), "mask: allocate=sensitivity / max_error need granularity=element and steps=1"));
+    }
     if steps == 0 || steps > MAX_STEPS {
         return Err(opts.error((0, 0), format!("mask: option 'steps' must be between 1 and {MAX_STEPS}, got {steps}")));
     }
@@ -139,7 +152,7 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
     if coupled && steps > 1 {
         return Err(opts.error((0, 0), "mask: granularity=coupled prunes in one step (steps=1)"));
     }
-    Ok(Box::new(MaskPass { sparsity, granularity, group, steps, schedule, scope, coupled }))
+    Ok(Box::new(MaskPass { sparsity, granularity, group, steps, schedule, scope, coupled, budget }))
 }
 
 impl MaskPass {
@@ -198,11 +211,17 @@ impl Pass for MaskPass {
                 .to_string(),
             ),
         ];
+        if let Some(b) = &self.budget {
+            v.extend(b.options());
+        }
         v.extend(self.scope.options());
         v
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
+        if let Some(b) = &self.budget {
+            return crate::budget::run(b, model, cx, self.sparsity, &self.scope);
+        }
         if self.coupled {
             let stage = cx.stage("mask (coupled channels)", 1);
             let changed = crate::channels::mask_coupled(model, cx, self.sparsity, &self.scope);

@@ -213,6 +213,10 @@ pub fn permute_for_nm(
         cx.stat("regions_permuted", 1.0);
         changed = true;
     }
+    if changed {
+        // The dense reference no longer matches the channel order (bias-correct then refuses).
+        cx.analyses.remove::<sparsify_pm::DenseSnapshot>();
+    }
     Ok(changed)
 }
 

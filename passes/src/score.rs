@@ -11,12 +11,18 @@
 //!   For Wanda, weights with an axis conflict, embedding tables, MatMul `A` constants and consumers whose
 //!   activation cannot be used fall back to l1, with a note each.
 //!
-//! Preconditions: `wanda` needs calibration data (`--calib`). Effects: annotations only (the analysis).
+//! - `ria` = (|w|/Σ_row|w| + |w|/Σ_col|w|)·‖X_j‖₂^a (RIA, Zhang et al. 2024; rows = output channels,
+//!   columns = the elements reading one input, see [`crate::util::ria`]), from the same one-sweep norms
+//!   as Wanda, with Wanda's fallbacks. `mask` compares RIA scores per layer by default (`scope=auto`).
+//!   `mask{steps>1}` does not recompute RIA between steps (it keeps the first scores).
+//!
+//! Preconditions: `wanda` and `ria` need calibration data (`--calib`). Effects: annotations only (the analysis).
 //! Errors: a NaN/Inf weight names the tensor. Idempotent: yes (it only replaces the analysis).
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `method` | `l1` | `l1` \| `l2` \| `wanda` |
+//! | `method` | `l1` | `l1` \| `l2` \| `wanda` \| `ria` |
+//! | `a` | `0.5` | RIA: exponent of the activation norm (only with `method=ria`) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are scored |
 
 use crate::scope::{Scope, SCOPE_OPTIONS};
@@ -29,8 +35,13 @@ use sparsify_pm::{
 };
 use std::collections::BTreeMap;
 
-const OPTIONS: [OptionSpec; 5] = [
-    OptionSpec { name: "method", default: "l1", help: "l1 = |w|, l2 = w², wanda = |w|·‖X_j‖₂ (needs --calib)" },
+const OPTIONS: [OptionSpec; 6] = [
+    OptionSpec {
+        name: "method",
+        default: "l1",
+        help: "l1 = |w|, l2 = w², wanda = |w|·‖X_j‖₂, ria = relative importance · ‖X_j‖₂^a (wanda, ria need --calib)",
+    },
+    OptionSpec { name: "a", default: "0.5", help: "RIA: exponent of the activation norm (method=ria only)" },
     SCOPE_OPTIONS[0],
     SCOPE_OPTIONS[1],
     SCOPE_OPTIONS[2],
@@ -46,9 +57,20 @@ pub const INFO: PassInfo = PassInfo {
 };
 
 fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
-    let method = opts.take_choice("method", &["l1", "l2", "wanda"], "l1")?;
+    let method = opts.take_choice("method", &["l1", "l2", "wanda", "ria"], "l1")?;
+    let method = Method::parse(&method).unwrap_or(Method::L1);
+    let ria_a = match opts.take_str("a") {
+        None => 0.5,
+        Some(_) if method != Method::Ria => {
+            return Err(opts.error((0, 0), "score: option 'a' applies to method=ria only"))
+        }
+        Some(v) => match v.parse::<f64>() {
+            Ok(a) if a.is_finite() && a >= 0.0 => a,
+            _ => return Err(opts.error((0, 0), format!("score: option 'a' must be a number >= 0, got '{v}'"))),
+        },
+    };
     let scope = Scope::from_options(opts)?;
-    Ok(Box::new(ScorePass { method: Method::parse(&method).unwrap_or(Method::L1), scope }))
+    Ok(Box::new(ScorePass { method, scope, ria_a }))
 }
 
 /// How the cached scores were made, so `mask{steps=k}` can recompute Wanda on the partly pruned model.
@@ -66,6 +88,8 @@ impl Analysis for ScoreRecipe {
 pub struct ScorePass {
     pub method: Method,
     pub scope: Scope,
+    /// RIA's exponent `a`.
+    pub ria_a: f64,
 }
 
 impl Pass for ScorePass {
@@ -77,14 +101,17 @@ impl Pass for ScorePass {
     }
     fn options(&self) -> Vec<(&'static str, String)> {
         let mut v = vec![("method", self.method.name().to_string())];
+        if self.method == Method::Ria {
+            v.push(("a", self.ria_a.to_string()));
+        }
         v.extend(self.scope.options());
         v
     }
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
-        let out = compute_scores(model, &self.scope, self.method, cx.calibrator)?;
+        let out = compute_scores_with(model, &self.scope, self.method, self.ria_a, cx.calibrator)?;
         cx.stat("weights_scored", out.scores.scores.len() as f64);
         cx.stat("wanda_fallback_l1", out.fallbacks as f64);
-        if self.method == Method::Wanda {
+        if matches!(self.method, Method::Wanda | Method::Ria) {
             cx.stat("calib_activations", out.activations as f64);
         }
         for (subject, message) in out.notes {
@@ -107,13 +134,25 @@ pub struct Computed {
     pub activations: usize,
 }
 
-/// Score every weight `scope` selects in `model` with `method`.
+/// Score every weight `scope` selects in `model` with `method` (RIA with a = 0.5).
 pub fn compute_scores(
     model: &Model,
     scope: &Scope,
     method: Method,
     calibrator: Option<&dyn Calibrator>,
 ) -> Result<Computed, PassError> {
+    compute_scores_with(model, scope, method, 0.5, calibrator)
+}
+
+/// [`compute_scores`] with RIA's exponent `ria_a`.
+pub fn compute_scores_with(
+    model: &Model,
+    scope: &Scope,
+    method: Method,
+    ria_a: f64,
+    calibrator: Option<&dyn Calibrator>,
+) -> Result<Computed, PassError> {
+    let activation_aware = matches!(method, Method::Wanda | Method::Ria);
     let g = &model.graph;
     let mut out = Computed {
         scores: WeightScores { method: method.name().to_string(), scores: BTreeMap::new() },
@@ -129,7 +168,7 @@ pub fn compute_scores(
         t.check_finite()?;
         let w = t.to_f32()?;
         let plan = match (method, &sel.info) {
-            (Method::Wanda, Some(info)) => match wanda_plan(g, info) {
+            (_, Some(info)) if activation_aware => match wanda_plan(g, info) {
                 Ok(p) => Some(p.into_iter().map(|(req, map)| (request_index(&mut requests, req), map)).collect()),
                 Err(why) => {
                     out.notes.push((sel.id.name().to_string(), format!("wanda not applicable ({why}): using l1")));
@@ -137,7 +176,7 @@ pub fn compute_scores(
                     None
                 }
             },
-            (Method::Wanda, None) => {
+            (_, None) if activation_aware => {
                 out.notes.push((sel.id.name().to_string(), "embedding table has no input features: using l1".into()));
                 out.fallbacks += 1;
                 None
@@ -162,7 +201,7 @@ pub fn compute_scores(
             None => magnitude(&w, method == Method::L2),
             Some(uses) => {
                 let uses: Vec<(usize, FeatureMap)> = uses;
-                match wanda_for(&w, &uses, &stats, &requests) {
+                match wanda_for(&w, &uses, &stats, &requests, method, ria_a) {
                     Ok((s, note)) => {
                         if let Some(n) = note {
                             out.notes.push((id.name().to_string(), n));
@@ -239,6 +278,8 @@ fn wanda_for(
     uses: &[(usize, FeatureMap)],
     stats: &[CalibStat],
     requests: &[CalibRequest],
+    method: Method,
+    ria_a: f64,
 ) -> Result<(ndarray::ArrayD<f32>, Option<String>), String> {
     let mut distinct: Vec<usize> = uses.iter().map(|(r, _)| *r).collect();
     distinct.sort_unstable();
@@ -262,7 +303,10 @@ fn wanda_for(
         }
     }
     let norms: Vec<f64> = sq.unwrap_or_default().iter().map(|v| v.sqrt()).collect();
-    let s = wanda(w, &uses[0].1, &norms)?;
+    let s = match method {
+        Method::Ria => crate::util::ria::ria(w, &uses[0].1, &norms, ria_a)?,
+        _ => wanda(w, &uses[0].1, &norms)?,
+    };
     let note = (distinct.len() > 1).then(|| {
         let names: Vec<String> = distinct.iter().map(|&r| format!("'{}'", request_tensor(&requests[r]))).collect();
         format!("shared weight: squared activation norms of {} summed", names.join(", "))

@@ -34,6 +34,36 @@ pub enum CalibRequest {
         dilations: Vec<usize>,
         groups: usize,
     },
+    /// Σ x_j per feature j of `tensor` along `axis`, summed over every other axis (the calibration mean
+    /// is sums / rows): the input means of bias correction.
+    FeatureSum { tensor: String, axis: FeatureAxis },
+    /// Per group, Σ p over the im2col patches p of a Conv input (same geometry and column order as
+    /// [`CalibRequest::ConvGram`]): the mean patch of a Conv, zero padding included.
+    ConvPatchSum {
+        tensor: String,
+        kernel: Vec<usize>,
+        strides: Vec<usize>,
+        pads: Vec<usize>,
+        dilations: Vec<usize>,
+        groups: usize,
+    },
+    /// Every value of `tensor` over the whole calibration set, batches concatenated along axis 0 (for
+    /// output-error measurements such as the sensitivity analysis; small tensors only).
+    Values { tensor: String },
+}
+
+impl CalibRequest {
+    /// The activation the request reads.
+    pub fn tensor(&self) -> &str {
+        match self {
+            CalibRequest::FeatureSqNorm { tensor, .. }
+            | CalibRequest::Gram { tensor, .. }
+            | CalibRequest::ConvGram { tensor, .. }
+            | CalibRequest::FeatureSum { tensor, .. }
+            | CalibRequest::ConvPatchSum { tensor, .. }
+            | CalibRequest::Values { tensor } => tensor,
+        }
+    }
 }
 
 /// The answer to one request.
@@ -46,6 +76,14 @@ pub enum CalibStat {
     /// Answer to [`CalibRequest::ConvGram`]: one k×k row-major Σ p pᵀ per group (k = C/groups · Πkernel),
     /// and the number of patches (batch × output positions) summed.
     GroupGrams { h: Vec<Vec<f64>>, k: usize, rows: u64 },
+    /// Answer to [`CalibRequest::FeatureSum`]: Σ x_j per feature, and the rows summed.
+    FeatureSum { sums: Vec<f64>, rows: u64 },
+    /// Answer to [`CalibRequest::ConvPatchSum`]: one Σ p per group (length C/groups · Πkernel), and the
+    /// patches summed (batch × output positions).
+    GroupSums { sums: Vec<Vec<f64>>, rows: u64 },
+    /// Answer to [`CalibRequest::Values`]: the values (f32, C order) and the shape, axis 0 = every
+    /// calibration row.
+    Values { values: Vec<f32>, shape: Vec<usize> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,4 +93,8 @@ pub struct CalibError(pub String);
 pub trait Calibrator: Sync {
     /// Collect the requested statistics by running `model` over the calibration data.
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError>;
+    /// A hash of the calibration data, for caches of measured results (0 = unknown: do not cache).
+    fn fingerprint(&self) -> u64 {
+        0
+    }
 }

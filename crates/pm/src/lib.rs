@@ -12,6 +12,7 @@ pub mod pass;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
+pub mod snapshot;
 
 pub use analysis::{Analysis, AnalysisCache};
 pub use calib::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
@@ -21,3 +22,4 @@ pub use pass::{Changed, Effects, Pass, PassCx, PassError, PassInfo, Registry};
 pub use pipeline::{parse_pipeline, Element, PipelineError};
 pub use progress::{NoStage, Progress, Stage};
 pub use report::{weight_table, Note, PassStats, RunReport, WeightRow};
+pub use snapshot::DenseSnapshot;

@@ -105,6 +105,9 @@ impl PassManager {
             }
         }
         let mut cache = AnalysisCache::default();
+        if self.passes.iter().any(|p| p.needs_dense_snapshot()) {
+            cache.insert(crate::DenseSnapshot { model: model.clone() });
+        }
         let mut stats = Vec::new();
         for (index, pass) in self.passes.iter().enumerate() {
             let fp = Fingerprint::of(model);

@@ -129,6 +129,11 @@ pub trait Pass: Send + Sync {
     /// Every option with its value (defaults made explicit), in a fixed order: the canonical text.
     fn options(&self) -> Vec<(&'static str, String)>;
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError>;
+    /// True when the pass needs the model as it entered the pipeline ([`crate::DenseSnapshot`]); the
+    /// manager then records it before the first pass.
+    fn needs_dense_snapshot(&self) -> bool {
+        false
+    }
 }
 
 /// A registered pass: its name, description, option specs and builder.

@@ -6,6 +6,7 @@ pub mod obs;
 pub mod permute_consts;
 pub mod permute_region;
 pub mod permute_search;
+pub mod ria;
 pub mod score_math;
 pub mod select;
 pub mod sgpt_gram;

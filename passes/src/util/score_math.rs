@@ -15,6 +15,8 @@ pub enum Method {
     L2,
     /// |w_ij| · ‖X_j‖₂
     Wanda,
+    /// Relative importance and activations (`util::ria`).
+    Ria,
 }
 
 impl Method {
@@ -23,6 +25,7 @@ impl Method {
             Method::L1 => "l1",
             Method::L2 => "l2",
             Method::Wanda => "wanda",
+            Method::Ria => "ria",
         }
     }
 
@@ -31,6 +34,7 @@ impl Method {
             "l1" => Some(Method::L1),
             "l2" => Some(Method::L2),
             "wanda" => Some(Method::Wanda),
+            "ria" => Some(Method::Ria),
             _ => None,
         }
     }

@@ -148,7 +148,7 @@ impl ConvGeometry {
         channels / self.groups.max(1) * self.kernel.iter().product::<usize>()
     }
 
-    fn check(&self, shape: &[usize]) -> Result<Vec<usize>, String> {
+    pub(crate) fn check(&self, shape: &[usize]) -> Result<Vec<usize>, String> {
         let r = self.kernel.len();
         if shape.len() != r + 2 {
             return Err(format!("Conv input has shape {shape:?}, expected rank {} (N, C and {r} spatial)", r + 2));

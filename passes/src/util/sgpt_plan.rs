@@ -185,7 +185,7 @@ pub fn hessians(plan: &Plan, stats: &[&CalibStat]) -> Result<Vec<Vec<f64>>, Stri
         let (hs, sk, n): (Vec<&Vec<f64>>, usize, u64) = match s {
             CalibStat::Gram { h, k, rows } => (vec![h], *k, *rows),
             CalibStat::GroupGrams { h, k, rows } => (h.iter().collect(), *k, *rows),
-            CalibStat::FeatureSqNorm { .. } => return Err("calibrator answered with the wrong statistic".into()),
+            _ => return Err("calibrator answered with the wrong statistic".into()),
         };
         if sk != k || hs.len() != plan.groups || hs.iter().any(|h| h.len() != k * k) {
             return Err(format!("activation has {sk} features per group, the weight reduces over {k}"));

@@ -11,6 +11,7 @@ mod list_passes;
 mod progress;
 mod report;
 mod run;
+mod sensitivity;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Check(check::Args),
     /// List the passes, their descriptions and options.
     ListPasses,
+    /// Per prunable weight: output error on calibration data when only it is pruned, at several sparsities.
+    Sensitivity(sensitivity::Args),
 }
 
 /// How a command ended, mapped to the exit code.
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => validate::main(a),
         Command::Check(a) => check::main(a),
         Command::ListPasses => list_passes::main(),
+        Command::Sensitivity(a) => sensitivity::main(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

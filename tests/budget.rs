@@ -1,0 +1,128 @@
+//! Sensitivity curves and sparsity budgets on the bundled models: a curve entry equals the error of a
+//! model pruned in that one layer by an ordinary pipeline, measured here in tract; the cache answers
+//! repeats without running tract; `allocate=sensitivity` hits the global count exactly; `max_error`
+//! keeps the validated calibration error within the bound.
+
+mod common;
+
+use sparsify_onnx::ir::Model;
+use sparsify_onnx::passes::layer_sensitivity::Curves;
+use sparsify_onnx::passes::scope::Scope;
+use sparsify_onnx::passes::sensitivity::Sensitivity;
+use sparsify_onnx::validate::{self, Feed, ModelSource, Thresholds};
+use sparsify_onnx::{input_decls, load, to_bytes, Calibrator, Pipeline, TractCalibrator};
+
+fn setup(name: &str) -> (Model, Feed, TractCalibrator) {
+    let dir = common::bundled(name);
+    let m = load(&dir.join("model.onnx")).unwrap();
+    let calib = validate::load_feed(&dir.join("calib"), &input_decls(&m)).unwrap();
+    let cal = TractCalibrator::new(&calib, 16).unwrap();
+    (m, calib, cal)
+}
+
+/// Relative L2 of the first output of `b` vs `a` on `feed`, measured directly in tract.
+fn rel_l2(a: &Model, b: &Model, feed: &Feed) -> f64 {
+    let run = |m: &Model| validate::run_model(ModelSource::Bytes(&to_bytes(m).unwrap()), feed, &[]).unwrap();
+    validate::compare_outputs(&run(a), &run(b), &Thresholds::default()).outputs[0].rel_l2_err
+}
+
+fn targeted_elements(m: &Model) -> (usize, usize) {
+    let g = &m.graph;
+    let mut n = 0;
+    let mut z = 0;
+    for w in Scope::default().select(g) {
+        if w.info.is_none() {
+            continue;
+        }
+        let t = g.weight(&w.id).unwrap();
+        n += t.numel().unwrap();
+        z += t.numel().unwrap() - t.nnz();
+    }
+    (n, z)
+}
+
+#[test]
+fn curve_entries_equal_single_layer_pruning_and_are_cached() {
+    let (m, calib, cal) = setup("digits_mlp");
+    let pass = Sensitivity {
+        template: "score{method=wanda},mask{sparsity=$S,scope=layer}".into(),
+        levels: vec![0.5, 0.9],
+        output: None,
+        scope: Scope::default(),
+    };
+    let curves: Curves = pass.analyze(&m, &cal).unwrap();
+    assert_eq!(curves.layers.len(), 3);
+    assert_eq!(curves.runs, 6);
+    for l in &curves.layers {
+        // Each layer alone, pruned by an ordinary pipeline restricted to it, measured here.
+        for (i, s) in [0.5, 0.9].iter().enumerate() {
+            let mut one = m.clone();
+            let text = format!("score{{method=wanda,names={0}}},mask{{sparsity={s},scope=layer,names={0}}}", l.weight);
+            Pipeline::parse(&text).unwrap().run(&mut one, Some(&cal as &dyn Calibrator)).unwrap();
+            let direct = rel_l2(&m, &one, &calib);
+            println!("{} at {s}: curve {:.6}, direct {direct:.6}", l.weight, l.errors[i]);
+            assert!((l.errors[i] - direct).abs() <= 1e-4 * direct.max(1e-3), "{} at {s}", l.weight);
+        }
+        assert!(l.errors[1] > l.errors[0], "{}: 90% should hurt more than 50%", l.weight);
+    }
+    let again = pass.analyze(&m, &cal).unwrap();
+    assert_eq!(again.runs, 0, "the repeat should come from the cache");
+    assert_eq!(again.layers, curves.layers);
+}
+
+#[test]
+fn allocate_sensitivity_hits_the_global_count() {
+    for name in ["digits_cnn", "char_lm"] {
+        let (m0, _, cal) = setup(name);
+        let mut m = m0.clone();
+        let rep = Pipeline::parse("score{method=wanda},mask{sparsity=0.6,allocate=sensitivity,levels=0.5|0.75|0.9}")
+            .unwrap()
+            .run(&mut m, Some(&cal as &dyn Calibrator))
+            .unwrap();
+        let (n, z0) = targeted_elements(&m0);
+        let (_, z) = targeted_elements(&m);
+        let want = ((0.6 * n as f64).floor() as usize).max(z0);
+        println!("{name}: {z} zeros of {n} (want {want}); {:?}", rep.passes[1].counters);
+        assert_eq!(z, want, "{name}");
+        // Not uniform: some layer is below and some above 60%.
+        let per: Vec<f64> = Scope::default()
+            .select(&m.graph)
+            .iter()
+            .filter(|w| w.info.is_some())
+            .map(|w| m.graph.weight(&w.id).unwrap().sparsity())
+            .collect();
+        assert!(per.iter().any(|s| *s < 0.55) && per.iter().any(|s| *s > 0.65), "{name}: {per:?}");
+    }
+}
+
+#[test]
+fn max_error_stays_within_the_bound_on_calibration_data() {
+    for (name, e) in [("digits_mlp", 0.1), ("digits_cnn", 0.2)] {
+        for alloc in ["uniform", "sensitivity"] {
+            let (m0, calib, cal) = setup(name);
+            let mut m = m0.clone();
+            let text = format!("score{{method=wanda}},mask{{max_error={e},allocate={alloc}}}");
+            let rep = Pipeline::parse(&text).unwrap().run(&mut m, Some(&cal as &dyn Calibrator)).unwrap();
+            let err = rel_l2(&m0, &m, &calib);
+            let s = rep.totals_weights.sparsity_after;
+            println!("{name} {alloc} max_error={e}: sparsity {s:.4}, calibration rel L2 {err:.4}");
+            assert!(err <= e + 1e-6, "{name} {alloc}: {err} > {e}");
+            assert!(s > 0.1, "{name} {alloc}: only {s}");
+        }
+    }
+}
+
+#[test]
+fn bad_budget_options_are_refused() {
+    for bad in [
+        "mask{allocate=sometimes}",
+        "mask{max_error=0}",
+        "mask{max_error=abc}",
+        "mask{allocate=sensitivity,granularity=channel}",
+        "mask{allocate=sensitivity,min_sparsity=0.8,max_sparsity=0.5}",
+        "sensitivity{template=\"mask{sparsity=0.5}\"}",
+        "sensitivity{levels=0}",
+    ] {
+        assert!(Pipeline::parse(bad).is_err(), "{bad}");
+    }
+}
