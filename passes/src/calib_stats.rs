@@ -14,7 +14,7 @@
 //!
 //! Used by `bias-correct`; issues 12/15 build on the same requests (means, Grams).
 
-use crate::util::sgpt_gram::ConvGeometry;
+use crate::util::sgpt_gram::{patch_offsets, ConvGeometry};
 use sparsify_ir::{AttrValue, Graph, NodeId, WeightUse};
 use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis};
 use std::collections::BTreeSet;
@@ -42,35 +42,14 @@ pub fn feature_sums(vals: &[f64], shape: &[usize], axis: usize) -> Result<(Vec<f
 /// number of patches (N × output positions).
 pub fn conv_patch_sums(vals: &[f64], shape: &[usize], geo: &ConvGeometry) -> Result<(Vec<Vec<f64>>, u64), String> {
     let out = geo.check(shape)?;
-    let r = geo.kernel.len();
     let (batch, channels) = (shape[0], shape[1]);
     let cg = channels / geo.groups;
     let kpos: usize = geo.kernel.iter().product();
     let spatial: usize = shape[2..].iter().product();
     let npos: usize = out.iter().product();
     // For each kernel position q, the flat input positions read by the output positions (padding skipped).
-    let mut reads: Vec<Vec<usize>> = vec![Vec::new(); kpos];
-    let mut opos = vec![0usize; r];
-    for _ in 0..npos {
-        let mut kp = vec![0usize; r];
-        for read in reads.iter_mut() {
-            let mut flat = 0usize;
-            let mut inside = true;
-            for a in 0..r {
-                let i = (opos[a] * geo.strides[a] + kp[a] * geo.dilations[a]) as isize - geo.pads[a] as isize;
-                if i < 0 || i as usize >= shape[2 + a] {
-                    inside = false;
-                    break;
-                }
-                flat = flat * shape[2 + a] + i as usize;
-            }
-            if inside {
-                read.push(flat);
-            }
-            increment(&mut kp, &geo.kernel);
-        }
-        increment(&mut opos, &out);
-    }
+    let offset = patch_offsets(shape, geo, &out);
+    let reads: Vec<Vec<usize>> = (0..kpos).map(|q| (0..npos).filter_map(|p| offset[p * kpos + q]).collect()).collect();
     let mut sums = vec![vec![0f64; cg * kpos]; geo.groups];
     for b in 0..batch {
         for c in 0..channels {
@@ -82,16 +61,6 @@ pub fn conv_patch_sums(vals: &[f64], shape: &[usize], geo: &ConvGeometry) -> Res
         }
     }
     Ok((sums, (batch * npos) as u64))
-}
-
-fn increment(idx: &mut [usize], dims: &[usize]) {
-    for a in (0..idx.len()).rev() {
-        idx[a] += 1;
-        if idx[a] < dims[a] {
-            return;
-        }
-        idx[a] = 0;
-    }
 }
 
 /// The Conv geometry of a node (its weight has `kernel` spatial dims and `groups` groups); `auto_pad`

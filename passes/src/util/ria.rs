@@ -10,19 +10,14 @@
 //! axes) — across output channels. ‖X_j‖₂ is Wanda's activation norm (`score_math::wanda`); a zero row
 //! or column sum (all its weights zero) contributes 0.
 
-use crate::util::score_math::{channel_of_each, stride, FeatureMap};
+use crate::util::score_math::{channel_of_each, check_norms, stride, FeatureMap};
 use ndarray::ArrayD;
 
 /// RIA scores of `w` given the consumer's feature norms ‖X_j‖₂ (not squared) and the exponent `a`.
 pub fn ria(w: &ArrayD<f32>, map: &FeatureMap, norms: &[f64], a: f64) -> Result<ArrayD<f32>, String> {
     let shape = w.shape().to_vec();
+    check_norms(map, &shape, norms)?;
     let want = map.features(&shape);
-    if norms.len() != want {
-        return Err(format!("the activation has {} features but the weight reduces over {want}", norms.len()));
-    }
-    if let Some(bad) = norms.iter().position(|v| !v.is_finite() || *v < 0.0) {
-        return Err(format!("activation norm of feature {bad} is {}", norms[bad]));
-    }
     let feat = map.feature_of_each(&shape)?;
     let out = channel_of_each(&shape, map.out_axis);
     // Index of each element among the axes other than output and reduction.

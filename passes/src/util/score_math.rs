@@ -99,16 +99,22 @@ pub fn magnitude(w: &ArrayD<f32>, squared: bool) -> ArrayD<f32> {
     }
 }
 
-/// Wanda scores |w| · ‖X_j‖₂ given the feature norms ‖X_j‖₂ (not squared), computed in f64.
-pub fn wanda(w: &ArrayD<f32>, map: &FeatureMap, norms: &[f64]) -> Result<ArrayD<f32>, String> {
-    let shape = w.shape().to_vec();
-    let want = map.features(&shape);
+/// The activation norms ‖X_j‖₂ fit the weight (one per reduced feature) and are finite and ≥ 0.
+pub fn check_norms(map: &FeatureMap, shape: &[usize], norms: &[f64]) -> Result<(), String> {
+    let want = map.features(shape);
     if norms.len() != want {
         return Err(format!("the activation has {} features but the weight reduces over {want}", norms.len()));
     }
     if let Some(bad) = norms.iter().position(|v| !v.is_finite() || *v < 0.0) {
         return Err(format!("activation norm of feature {bad} is {}", norms[bad]));
     }
+    Ok(())
+}
+
+/// Wanda scores |w| · ‖X_j‖₂ given the feature norms ‖X_j‖₂ (not squared), computed in f64.
+pub fn wanda(w: &ArrayD<f32>, map: &FeatureMap, norms: &[f64]) -> Result<ArrayD<f32>, String> {
+    let shape = w.shape().to_vec();
+    check_norms(map, &shape, norms)?;
     let feat = map.feature_of_each(&shape)?;
     let w = w.as_standard_layout();
     let vals: Vec<f32> = w.iter().zip(&feat).map(|(&x, &j)| ((x.abs() as f64) * norms[j]) as f32).collect();

@@ -179,7 +179,6 @@ impl ConvGeometry {
 /// accumulator per group (`accs.len() == groups`, each of size C/g · Πkernel).
 pub fn add_conv_patches(accs: &mut [GramAcc], vals: &[f64], shape: &[usize], geo: &ConvGeometry) -> Result<(), String> {
     let out = geo.check(shape)?;
-    let r = geo.kernel.len();
     let (batch, channels) = (shape[0], shape[1]);
     let cg = channels / geo.groups;
     let kpos: usize = geo.kernel.iter().product();
@@ -189,28 +188,7 @@ pub fn add_conv_patches(accs: &mut [GramAcc], vals: &[f64], shape: &[usize], geo
     }
     let spatial: usize = shape[2..].iter().product();
     let npos: usize = out.iter().product();
-    // offset[p * kpos + q]: flat spatial input index read by output position p at kernel position q, or
-    // None in the padding.
-    let mut offset: Vec<Option<usize>> = Vec::with_capacity(npos * kpos);
-    let mut opos = vec![0usize; r];
-    for _ in 0..npos {
-        let mut kp = vec![0usize; r];
-        for _ in 0..kpos {
-            let mut flat = 0usize;
-            let mut inside = true;
-            for a in 0..r {
-                let i = (opos[a] * geo.strides[a] + kp[a] * geo.dilations[a]) as isize - geo.pads[a] as isize;
-                if i < 0 || i as usize >= shape[2 + a] {
-                    inside = false;
-                    break;
-                }
-                flat = flat * shape[2 + a] + i as usize;
-            }
-            offset.push(inside.then_some(flat));
-            increment(&mut kp, &geo.kernel);
-        }
-        increment(&mut opos, &out);
-    }
+    let offset = patch_offsets(shape, geo, &out);
     let mut buf = Vec::with_capacity(CHUNK_ROWS.min(batch * npos) * k);
     for (g, acc) in accs.iter_mut().enumerate() {
         let mut n = 0;
@@ -235,6 +213,38 @@ pub fn add_conv_patches(accs: &mut [GramAcc], vals: &[f64], shape: &[usize], geo
 }
 
 /// Odometer increment of a multi-index (row-major, last axis fastest).
+/// The im2col read table of a Conv input `shape` = [N, C, spatial...] with output spatial dims `out`:
+/// `offset[p * kpos + q]` is the flat spatial input index read by output position p at kernel position
+/// q, or None in the padding.
+pub fn patch_offsets(shape: &[usize], geo: &ConvGeometry, out: &[usize]) -> Vec<Option<usize>> {
+    let r = geo.kernel.len();
+    let kpos: usize = geo.kernel.iter().product();
+    let npos: usize = out.iter().product();
+    // offset[p * kpos + q]: flat spatial input index read by output position p at kernel position q, or
+    // None in the padding.
+    let mut offset: Vec<Option<usize>> = Vec::with_capacity(npos * kpos);
+    let mut opos = vec![0usize; r];
+    for _ in 0..npos {
+        let mut kp = vec![0usize; r];
+        for _ in 0..kpos {
+            let mut flat = 0usize;
+            let mut inside = true;
+            for a in 0..r {
+                let i = (opos[a] * geo.strides[a] + kp[a] * geo.dilations[a]) as isize - geo.pads[a] as isize;
+                if i < 0 || i as usize >= shape[2 + a] {
+                    inside = false;
+                    break;
+                }
+                flat = flat * shape[2 + a] + i as usize;
+            }
+            offset.push(inside.then_some(flat));
+            increment(&mut kp, &geo.kernel);
+        }
+        increment(&mut opos, out);
+    }
+    offset
+}
+
 fn increment(idx: &mut [usize], dims: &[usize]) {
     for a in (0..idx.len()).rev() {
         idx[a] += 1;

@@ -144,20 +144,8 @@ pub fn main(a: Args) -> Result<Outcome> {
         let json = validation_json(&v, th.is_some())?;
         match &v.status {
             Status::NotValidated { reason } => {
-                if let Some(j) = &a.json {
-                    write_json(
-                        j,
-                        &JsonOut {
-                            input: show(&a.input),
-                            output: show(&a.output),
-                            report: &report,
-                            calibration_notes: calib_notes.clone(),
-                            validation: Some(json),
-                            thresholds: th,
-                        },
-                    )?;
-                }
-                write_html(&a, &model, &report, Some(&v), enforce)?;
+                let reason = reason.clone();
+                write_outputs(&a, &model, &report, calib_notes, Some(json), Some(&v), th, enforce)?;
                 bail!("the result was written but could not be validated: {reason}");
             }
             Status::OverThreshold if th.is_some() => outcome = Outcome::OverThreshold,
@@ -166,20 +154,7 @@ pub fn main(a: Args) -> Result<Outcome> {
         validation = Some(json);
         checked = Some(v);
     }
-    write_html(&a, &model, &report, checked.as_ref(), enforce)?;
-    if let Some(j) = &a.json {
-        write_json(
-            j,
-            &JsonOut {
-                input: show(&a.input),
-                output: show(&a.output),
-                report: &report,
-                calibration_notes: calib_notes,
-                validation,
-                thresholds: th,
-            },
-        )?;
-    }
+    write_outputs(&a, &model, &report, calib_notes, validation, checked.as_ref(), th, enforce)?;
     Ok(outcome)
 }
 
@@ -195,6 +170,33 @@ fn validation_json(v: &ValidationReport, verdict: bool) -> Result<serde_json::Va
         }
     }
     Ok(json)
+}
+
+/// `--report` then `--json`, each written atomically (also when validation could not run).
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    a: &Args,
+    model: &sparsify_onnx::ir::Model,
+    report: &RunReport,
+    calibration_notes: Vec<String>,
+    validation: Option<serde_json::Value>,
+    checked: Option<&ValidationReport>,
+    thresholds: Option<Thresholds>,
+    enforced: bool,
+) -> Result<()> {
+    write_html(a, model, report, checked, enforced)?;
+    if let Some(j) = &a.json {
+        let out = JsonOut {
+            input: show(&a.input),
+            output: show(&a.output),
+            report,
+            calibration_notes,
+            validation,
+            thresholds,
+        };
+        write_json(j, &out)?;
+    }
+    Ok(())
 }
 
 /// `--report FILE.html`, written atomically.
