@@ -29,7 +29,7 @@ pub mod calibrate;
 
 pub use calibrate::TractCalibrator;
 pub use sparsify_ir as ir;
-pub use sparsify_onnx_io::{write_file_atomic, AtomicFile, ExportOptions, ExternalMode};
+pub use sparsify_onnx_io::{write_file_atomic, AtomicFile, ExportOptions, ExternalMode, Scratch};
 pub use sparsify_passes as passes;
 /// The seed library API for code that embeds the library (e.g. a training loop): importance scores,
 /// unstructured and N:M masks over `ndarray` weights, and pruning schedules.
@@ -71,6 +71,12 @@ pub fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), Erro
     Ok(sparsify_onnx_io::save(model, path, opts)?)
 }
 
+/// [`save`] after [`Pipeline::run_with_scratch`]: tensors stored in `scratch` are copied to the output
+/// file to file (same bytes as [`save`], less memory traffic).
+pub fn save_with_scratch(model: &Model, path: &Path, opts: &ExportOptions, scratch: &Scratch) -> Result<(), Error> {
+    Ok(sparsify_onnx_io::save_with_scratch(model, path, opts, scratch)?)
+}
+
 /// Encode a model inline into memory.
 pub fn to_bytes(model: &Model) -> Result<Vec<u8>, Error> {
     Ok(sparsify_onnx_io::model_to_bytes(model)?)
@@ -99,7 +105,7 @@ impl Pipeline {
 
     /// Run on `model`. Passes that need activations use `calibrator` (see [`TractCalibrator`]).
     pub fn run(&self, model: &mut Model, calibrator: Option<&dyn Calibrator>) -> Result<RunReport, Error> {
-        Ok(self.manager.run(model, RunEnv { calibrator, verify_each: true })?)
+        Ok(self.manager.run(model, RunEnv { calibrator, ..Default::default() })?)
     }
 
     /// [`Pipeline::run`], reporting the long loops inside passes (per weight, per solver stage) to
@@ -110,7 +116,37 @@ impl Pipeline {
         calibrator: Option<&dyn Calibrator>,
         progress: &dyn Progress,
     ) -> Result<RunReport, Error> {
-        Ok(self.manager.run_with_progress(model, RunEnv { calibrator, verify_each: true }, Some(progress))?)
+        self.run_with(model, calibrator, Some(progress), None)
+    }
+
+    /// [`Pipeline::run`] with optional progress and an optional `scratch`: with one, every tensor a pass
+    /// rewrites is stored there as soon as it is final (the model then holds mapped views of the stored
+    /// bytes), so working memory stays near the largest tensor instead of growing with every modified
+    /// weight. Same results, same saved bytes (save with [`save_with_scratch`] to copy them file to file).
+    pub fn run_with(
+        &self,
+        model: &mut Model,
+        calibrator: Option<&dyn Calibrator>,
+        progress: Option<&dyn Progress>,
+        scratch: Option<&Scratch>,
+    ) -> Result<RunReport, Error> {
+        let spill = scratch.map(ScratchSpill);
+        let env = RunEnv { calibrator, verify_each: true, spill: spill.as_ref().map(|s| s as &dyn sparsify_pm::Spill) };
+        Ok(self.manager.run_with_progress(model, env, progress)?)
+    }
+}
+
+/// The pass manager's [`sparsify_pm::Spill`] hook over a [`Scratch`] file.
+struct ScratchSpill<'a>(&'a Scratch);
+
+impl sparsify_pm::Spill for ScratchSpill<'_> {
+    fn settle(&self, t: &mut sparsify_ir::Tensor) -> Result<(), sparsify_pm::PassError> {
+        let stored = self
+            .0
+            .store(t.bytes())
+            .map_err(|e| sparsify_pm::PassError::Invalid { subject: t.name.clone(), message: e.to_string() })?;
+        t.set_bytes(stored)?;
+        Ok(())
     }
 }
 

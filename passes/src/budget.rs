@@ -282,7 +282,7 @@ impl Ctx<'_> {
         let mut m = self.dense.clone();
         let mut scores = self.scores.clone();
         for (i, t) in self.targets.iter().enumerate() {
-            apply_mask(&mut m.graph, std::slice::from_ref(t), scores.as_mut(), s[i], &self.cfg)?;
+            apply_mask(&mut m.graph, std::slice::from_ref(t), scores.as_mut(), s[i], &self.cfg, None)?;
         }
         Ok(m)
     }
@@ -425,7 +425,7 @@ pub fn run(
     let mut zeros = 0usize;
     for (i, t) in ctx.targets.iter().enumerate() {
         let out =
-            apply_mask(&mut model.graph, std::slice::from_ref(t), cx.analyses.get_mut::<WeightScores>(), per[i], &cfg)?;
+            apply_mask(&mut model.graph, std::slice::from_ref(t), cx.analyses.get_mut::<WeightScores>(), per[i], &cfg, cx.spill)?;
         changed |= out.any_changed;
         let after = model.graph.weight(&t.id).map(|w| w.numel().unwrap_or(0) - w.nnz()).unwrap_or(0);
         zeros += after;

@@ -272,8 +272,9 @@ impl Pass for MaskPass {
                 }
             }
             let s = self.target_at(step);
+            let spill = cx.spill;
             let scores = cx.analyses.get_mut::<WeightScores>();
-            let out = apply_mask(&mut model.graph, &targets, scores, s, &cfg)?;
+            let out = apply_mask(&mut model.graph, &targets, scores, s, &cfg, spill)?;
             for (a, o) in added.iter_mut().zip(&out.per_target) {
                 *a += o.zeros_added;
             }

@@ -29,11 +29,11 @@
 //! | `permute` | `false` | search a channel permutation first (Pool & Yu, 2021) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights |
 
-use crate::permute::{permute_for_nm, retained_total, weight_scores};
+use crate::permute::{nm_source, permute_for_nm, retained_total};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::ScoreRecipe;
-use crate::scores::WeightScores;
-use crate::util::nm::{nm_eligibility, nm_keep, AxisView};
+use crate::scores::{selection_keys, WeightScores};
+use crate::util::nm::{nm_eligibility, nm_keep_keys, AxisView};
 use sparsify_ir::{Graph, Model, WeightInfo};
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
 
@@ -161,15 +161,21 @@ impl Pass for NmLegalize {
         let stage = cx.stage("nm-legalize: weights", eligible.len());
         for (info, axis) in &eligible {
             stage.inc(1);
-            let cache = cx.analyses.get::<WeightScores>();
-            let w = weight_scores(&model.graph, cache, &info.id)?;
-            let view = AxisView::new(&w.shape, *axis);
-            let keep = nm_keep(&w.scores, &w.nonzero, view, n, m);
-            let t = model.graph.weight_mut(&info.id).ok_or_else(|| PassError::Invalid {
+            let t = model.graph.weight(&info.id).ok_or_else(|| PassError::Invalid {
                 subject: info.id.name().to_string(),
                 message: "weight not found".into(),
             })?;
-            let z = t.zero_where(&keep)?;
+            let view = AxisView::new(&t.shape(), *axis);
+            let keep = {
+                let src = nm_source(cx.analyses.get::<WeightScores>(), t, &info.id)?;
+                let (keys, _, _) = selection_keys(src, t)?;
+                nm_keep_keys(&keys, view, n, m)
+            };
+            let t = model.graph.weight_mut(&info.id).expect("looked up above");
+            let z = t.zero_by(|i| !keep[i])?;
+            if z > 0 {
+                cx.settle(t)?;
+            }
             let groups = view.groups(m);
             if z > 0 {
                 legalized += 1;

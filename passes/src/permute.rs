@@ -25,12 +25,12 @@
 use crate::nm_legalize::{check_nm_args, nm_candidates, parse_nm};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::ScoreRecipe;
-use crate::scores::{scores_or_magnitude, WeightScores};
-use crate::util::nm::{nm_retained, AxisView};
+use crate::scores::{scores_or_magnitude, ScoreSrc, WeightScores};
+use crate::util::nm::{nm_retained_vals, AxisView};
 use crate::util::permute_region::{find_region, has_subgraphs, Region, WeightIndex};
 use crate::util::permute_search::search;
 use ndarray::Axis;
-use sparsify_ir::{Graph, Model, NodeId, WeightId, WeightInfo};
+use sparsify_ir::{Graph, Model, NodeId, Tensor, WeightId, WeightInfo};
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
 use std::collections::BTreeSet;
 
@@ -104,10 +104,30 @@ pub fn retained_total(
     let cache = cx.analyses.get::<WeightScores>();
     let mut total = 0.0;
     for (info, axis) in eligible {
-        let w = weight_scores(g, cache, &info.id)?;
-        total += nm_retained(&w.scores, &w.nonzero, AxisView::new(&w.shape, *axis), n, m);
+        let t = g.weight(&info.id).ok_or_else(|| invalid(info.id.name(), "weight not found"))?;
+        let src = nm_source(cache, t, &info.id)?;
+        let mut vals = vec![0f32; t.numel()?];
+        src.for_each(t, |i, s, z| vals[i] = if z { 0.0 } else { s })?;
+        total += nm_retained_vals(&vals, AxisView::new(&t.shape(), *axis), n, m);
     }
     Ok(total)
+}
+
+/// The score source N:M passes read for one weight: the analysis (stored arrays must match the weight's
+/// shape), else |w| after a finiteness check.
+pub fn nm_source<'a>(cache: Option<&'a WeightScores>, t: &Tensor, id: &WeightId) -> Result<ScoreSrc<'a>, PassError> {
+    if let Some(a) = cache.and_then(|c| c.scores.get(id)) {
+        if a.shape() != t.shape().as_slice() {
+            return Err(invalid(id.name(), &format!("cached scores have shape {:?}, the weight {:?}", a.shape(), t.dims)));
+        }
+    }
+    match ScoreSrc::of(cache, t, id) {
+        Some(s) => Ok(s),
+        None => {
+            t.check_finite()?;
+            Ok(ScoreSrc::Magnitude { squared: false })
+        }
+    }
 }
 
 /// One weight's scores (flat, standard layout), non-zero flags and shape.

@@ -27,13 +27,12 @@
 
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::scores::WeightScores;
-use crate::util::score_math::{magnitude, wanda, FeatureMap, Method};
+use crate::util::score_math::{wanda, FeatureMap, Method};
 use sparsify_ir::{Graph, Model, WeightInfo, WeightUse};
 use sparsify_pm::{
     Analysis, CalibRequest, CalibStat, Calibrator, Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError,
     PassInfo, PipelineError,
 };
-use std::collections::BTreeMap;
 
 const OPTIONS: [OptionSpec; 6] = [
     OptionSpec {
@@ -109,7 +108,7 @@ impl Pass for ScorePass {
     }
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
         let out = compute_scores_with(model, &self.scope, self.method, self.ria_a, cx.calibrator)?;
-        cx.stat("weights_scored", out.scores.scores.len() as f64);
+        cx.stat("weights_scored", out.scores.len() as f64);
         cx.stat("wanda_fallback_l1", out.fallbacks as f64);
         if matches!(self.method, Method::Wanda | Method::Ria) {
             cx.stat("calib_activations", out.activations as f64);
@@ -155,7 +154,7 @@ pub fn compute_scores_with(
     let activation_aware = matches!(method, Method::Wanda | Method::Ria);
     let g = &model.graph;
     let mut out = Computed {
-        scores: WeightScores { method: method.name().to_string(), scores: BTreeMap::new() },
+        scores: WeightScores { method: method.name().to_string(), ..Default::default() },
         notes: Vec::new(),
         fallbacks: 0,
         activations: 0,
@@ -166,7 +165,6 @@ pub fn compute_scores_with(
     for sel in scope.select(g) {
         let t = g.weight(&sel.id).ok_or_else(|| invalid(sel.id.name(), "weight not found"))?;
         t.check_finite()?;
-        let w = t.to_f32()?;
         let plan = match (method, &sel.info) {
             (_, Some(info)) if activation_aware => match wanda_plan(g, info) {
                 Ok(p) => Some(p.into_iter().map(|(req, map)| (request_index(&mut requests, req), map)).collect()),
@@ -183,7 +181,7 @@ pub fn compute_scores_with(
             }
             _ => None,
         };
-        plans.push((sel.id, w, plan));
+        plans.push((sel.id, plan));
     }
     let stats = if requests.is_empty() {
         Vec::new()
@@ -196,27 +194,31 @@ pub fn compute_scores_with(
         out.activations = requests.len();
         stats
     };
-    for (id, w, plan) in plans {
-        let s = match plan {
-            None => magnitude(&w, method == Method::L2),
+    // l1 / l2 (and Wanda's fallbacks) are derived from the weight when read: nothing is stored.
+    let derived = if method == Method::L2 { Method::L2 } else { Method::L1 };
+    for (id, plan) in plans {
+        match plan {
+            None => {
+                out.scores.derived.insert(id, derived);
+            }
             Some(uses) => {
                 let uses: Vec<(usize, FeatureMap)> = uses;
+                let w = model.graph.weight(&id).ok_or_else(|| invalid(id.name(), "weight not found"))?.to_f32()?;
                 match wanda_for(&w, &uses, &stats, &requests, method, ria_a) {
                     Ok((s, note)) => {
                         if let Some(n) = note {
                             out.notes.push((id.name().to_string(), n));
                         }
-                        s
+                        out.scores.scores.insert(id, s);
                     }
                     Err(why) => {
                         out.notes.push((id.name().to_string(), format!("wanda not applicable ({why}): using l1")));
                         out.fallbacks += 1;
-                        magnitude(&w, false)
+                        out.scores.derived.insert(id, Method::L1);
                     }
                 }
             }
-        };
-        out.scores.scores.insert(id, s);
+        }
     }
     Ok(out)
 }
@@ -330,8 +332,9 @@ mod tests {
     fn magnitude_scores_and_wanda_without_calibration() {
         let m = model();
         let out = compute_scores(&m, &Scope::default(), Method::L2, None).unwrap();
-        let s = &out.scores.scores[&sparsify_ir::WeightId::Init("w".into())];
+        let s = out.scores.get(&m.graph, &sparsify_ir::WeightId::Init("w".into())).unwrap();
         assert_eq!(s.as_slice().unwrap(), &[1.0, 9.0, 0.0, 4.0]);
+        assert!(out.scores.scores.is_empty(), "l2 scores are derived on read, not stored");
         let e = compute_scores(&m, &Scope::default(), Method::Wanda, None).err().unwrap();
         assert!(matches!(e, PassError::NeedsCalibration), "{e}");
     }

@@ -1,9 +1,18 @@
 //! The score analysis: one non-negative importance value per weight element, same shape as the weight.
 //! Written by the `score` pass, read by `mask`, `nm-legalize` and `block-sparsify`. When absent, those
 //! passes fall back to magnitude (|w|) and say so in their notes.
+//!
+//! Scores that are a function of the weight alone (`l1` = |w|, `l2` = w²) are not stored: the analysis
+//! records the recipe ([`WeightScores::derived`]) and readers compute them from the weight's current
+//! bytes, in its own dtype, one weight at a time ([`ScoreSrc`]). Pruning zeroes the weight, so a derived
+//! score of a pruned element is 0 without any update — exactly what the stored arrays get explicitly.
+//! Only data-dependent scores (Wanda) are held as arrays ([`WeightScores::scores`]).
 
+use crate::util::score_math::Method;
+use crate::util::select::f32_key;
 use ndarray::ArrayD;
-use sparsify_ir::{Graph, TensorError, WeightId};
+use rayon::prelude::*;
+use sparsify_ir::{Elems, Graph, Tensor, TensorError, WeightId};
 use sparsify_pm::{Analysis, Effects};
 use std::collections::BTreeMap;
 
@@ -11,12 +20,138 @@ use std::collections::BTreeMap;
 pub struct WeightScores {
     /// "l1", "l2" or "wanda".
     pub method: String,
+    /// Materialised scores (Wanda, or scores set directly), standard layout.
     pub scores: BTreeMap<WeightId, ArrayD<f32>>,
+    /// Weights scored by a function of their current values: `L1` (|w|) or `L2` (w²), computed on read.
+    pub derived: BTreeMap<WeightId, Method>,
 }
 
 impl Analysis for WeightScores {
     const INVALIDATED_BY: Effects = Effects(Effects::WEIGHT_VALUES.0 | Effects::WEIGHT_SHAPES.0 | Effects::TOPOLOGY.0);
 }
+
+impl WeightScores {
+    /// Whether the analysis has scores for `id` (stored or derived).
+    pub fn contains(&self, id: &WeightId) -> bool {
+        self.scores.contains_key(id) || self.derived.contains_key(id)
+    }
+
+    /// Number of scored weights.
+    pub fn len(&self) -> usize {
+        self.scores.len() + self.derived.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The scores of `id` as an array (derived ones computed now from the weight in `g`).
+    pub fn get(&self, g: &Graph, id: &WeightId) -> Option<ArrayD<f32>> {
+        if let Some(a) = self.scores.get(id) {
+            return Some(a.clone());
+        }
+        let m = self.derived.get(id)?;
+        let t = g.weight(id)?;
+        let v = magnitude_vec(t, *m == Method::L2).ok()?;
+        ArrayD::from_shape_vec(t.shape(), v).ok()
+    }
+}
+
+/// Where one weight's scores come from, read element by element.
+#[derive(Debug, Clone, Copy)]
+pub enum ScoreSrc<'a> {
+    /// A stored score array (flat, standard layout).
+    Array(&'a [f32]),
+    /// |w| (`squared = false`) or w² of the weight's current values, computed in f32 from its own dtype
+    /// (f64 weights rounded to f32 first, as `Tensor::to_f32` does).
+    Magnitude { squared: bool },
+}
+
+impl<'a> ScoreSrc<'a> {
+    /// The source for `id`: stored array, derived recipe, or `None` when the analysis lacks the weight
+    /// (or the stored array's shape disagrees with the weight).
+    pub fn of(scores: Option<&'a WeightScores>, t: &Tensor, id: &WeightId) -> Option<ScoreSrc<'a>> {
+        let s = scores?;
+        if let Some(a) = s.scores.get(id) {
+            return (a.shape() == t.shape().as_slice()).then_some(()).and(a.as_slice().map(ScoreSrc::Array));
+        }
+        s.derived.get(id).map(|m| ScoreSrc::Magnitude { squared: *m == Method::L2 })
+    }
+
+    /// Visit `(i, score, weight is zero)` for every element of `t` (same length as the source).
+    #[inline]
+    pub fn for_each(&self, t: &Tensor, mut f: impl FnMut(usize, f32, bool)) -> Result<(), TensorError> {
+        let e = elems(t)?;
+        match *self {
+            ScoreSrc::Array(a) => e.for_each_f32(|i, _, z| f(i, a[i], z)),
+            ScoreSrc::Magnitude { squared: false } => e.for_each_f32(|i, x, z| f(i, x.abs(), z)),
+            ScoreSrc::Magnitude { squared: true } => e.for_each_f32(|i, x, z| f(i, x * x, z)),
+        }
+        Ok(())
+    }
+}
+
+impl ScoreSrc<'_> {
+    /// [`ScoreSrc::for_each`] over elements `start..start + len` of `e` (indices passed relative to `start`).
+    #[inline]
+    fn for_each_in(&self, e: Elems<'_>, start: usize, len: usize, mut f: impl FnMut(usize, f32, bool)) {
+        let e = e.slice(start, start + len);
+        match *self {
+            ScoreSrc::Array(a) => {
+                let a = &a[start..start + len];
+                e.for_each_f32(|i, _, z| f(i, a[i], z))
+            }
+            ScoreSrc::Magnitude { squared: false } => e.for_each_f32(|i, x, z| f(i, x.abs(), z)),
+            ScoreSrc::Magnitude { squared: true } => e.for_each_f32(|i, x, z| f(i, x * x, z)),
+        }
+    }
+}
+
+fn elems(t: &Tensor) -> Result<Elems<'_>, TensorError> {
+    t.elems().ok_or_else(|| TensorError::Unsupported { name: t.name.clone(), dtype: t.dtype.name() })
+}
+
+/// |w| or w² of every element, flat, computed from the weight's own dtype.
+pub fn magnitude_vec(t: &Tensor, squared: bool) -> Result<Vec<f32>, TensorError> {
+    let mut v = vec![0f32; t.numel()?];
+    ScoreSrc::Magnitude { squared }.for_each(t, |i, s, _| v[i] = s)?;
+    Ok(v)
+}
+
+/// Selection keys of one weight, one `u64` per element, ordered as the pruning order wants: every
+/// already-zero element below every non-zero one, then by score (`total_cmp`). Returns the keys and the
+/// number of key bits used (32 when every score is non-negative, which lets a radix select finish in two
+/// 16-bit passes; 33 otherwise), and the zero count.
+pub fn selection_keys(src: ScoreSrc<'_>, t: &Tensor) -> Result<(Vec<u64>, u32, usize), TensorError> {
+    let e = elems(t)?;
+    let mut keys = vec![0u64; e.len()];
+    // Chunks in parallel: each returns (any score with the sign bit set, zero count).
+    let (negative, zeros) = keys
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .map(|(c, ks)| {
+            let (mut neg, mut zeros) = (false, 0usize);
+            src.for_each_in(e, c * CHUNK, ks.len(), |j, s, z| {
+                let b = s.to_bits();
+                neg |= b >> 31 != 0;
+                zeros += usize::from(z);
+                ks[j] = (u64::from(!z) << 31) | u64::from(b);
+            });
+            (neg, zeros)
+        })
+        .reduce(|| (false, 0), |a, b| (a.0 | b.0, a.1 + b.1));
+    if !negative {
+        return Ok((keys, 32, zeros));
+    }
+    // Some score has its sign bit set (a negative score or -0): use the full total-order key.
+    keys.par_chunks_mut(CHUNK).enumerate().for_each(|(c, ks)| {
+        src.for_each_in(e, c * CHUNK, ks.len(), |j, s, z| ks[j] = (u64::from(!z) << 32) | u64::from(f32_key(s)))
+    });
+    Ok((keys, 33, zeros))
+}
+
+/// Elements per parallel work item.
+const CHUNK: usize = 1 << 18;
 
 /// Scores for one weight: from the analysis when present, else |w|. Errors on NaN/Inf weights.
 pub fn scores_or_magnitude(
@@ -29,6 +164,28 @@ pub fn scores_or_magnitude(
     }
     let t =
         g.weight(id).ok_or_else(|| TensorError::Invalid { name: id.name().to_string(), what: "not found".into() })?;
-    t.check_finite()?;
-    Ok(t.to_f32()?.mapv(f32::abs))
+    let squared = scores.and_then(|s| s.derived.get(id)).is_some_and(|m| *m == Method::L2);
+    if !scores.is_some_and(|s| s.derived.contains_key(id)) {
+        t.check_finite()?;
+    }
+    let v = magnitude_vec(t, squared)?;
+    ArrayD::from_shape_vec(t.shape(), v).map_err(|e| TensorError::Invalid { name: t.name.clone(), what: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_put_zeros_first_then_scores() {
+        let t = Tensor::from_f32("w", vec![4], &[0.0, -3.0, 1.0, -0.0]).unwrap();
+        let (k, bits, zeros) = selection_keys(ScoreSrc::Magnitude { squared: false }, &t).unwrap();
+        assert_eq!((bits, zeros), (32, 2));
+        assert!(k[0] < k[2] && k[3] < k[2] && k[2] < k[1]);
+        let neg = [5.0f32, -1.0, 0.0, 2.0];
+        let (k, bits, _) = selection_keys(ScoreSrc::Array(&neg), &t).unwrap();
+        assert_eq!(bits, 33);
+        // zero weights (0, 3) first whatever their score; then the non-zero ones: -1 (index 1) below 0.
+        assert!(k[0] < k[1] && k[3] < k[1] && k[1] < k[2]);
+    }
 }

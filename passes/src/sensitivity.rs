@@ -78,7 +78,7 @@ impl Sensitivity {
             let pm = PassManager::parse(&text, &reg)
                 .map_err(|e| PassError::Invalid { subject: "template".into(), message: e.to_string() })?;
             let mut m = model.clone();
-            pm.run(&mut m, RunEnv { calibrator: Some(cal), verify_each: false })
+            pm.run(&mut m, RunEnv { calibrator: Some(cal), verify_each: false, spill: None })
                 .map_err(|e| PassError::Invalid { subject: format!("template at {s}"), message: e.to_string() })?;
             Ok(m)
         })

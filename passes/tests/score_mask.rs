@@ -103,7 +103,7 @@ impl Calibrator for ChainCalib {
 
 fn run(m: &mut Model, text: &str, cal: Option<&dyn Calibrator>) -> Result<RunReport, PmError> {
     let pm = PassManager::parse(text, &registry()).unwrap_or_else(|e| panic!("{e}"));
-    pm.run(m, RunEnv { calibrator: cal, verify_each: true })
+    pm.run(m, RunEnv { calibrator: cal, ..Default::default() })
 }
 
 fn values(m: &Model, name: &str) -> ArrayD<f32> {
@@ -251,9 +251,9 @@ impl Pass for Peek {
     fn options(&self) -> Vec<(&'static str, String)> {
         vec![]
     }
-    fn run(&self, _m: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
+    fn run(&self, m: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
         let s = cx.analyses.get::<WeightScores>().expect("scores survive the mask");
-        let z = s.scores[&WeightId::Init("w1".into())].iter().filter(|v| **v == 0.0).count();
+        let z = s.get(&m.graph, &WeightId::Init("w1".into())).unwrap().iter().filter(|v| **v == 0.0).count();
         PEEKED.lock().unwrap().push((s.method.clone(), z));
         Ok(Changed::No)
     }

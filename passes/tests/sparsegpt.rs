@@ -95,7 +95,7 @@ fn model(node: Node, w: Tensor, x_shape: &[usize]) -> Model {
 
 fn run(m: &mut Model, pipeline: &str, cal: &InputCalib) -> Result<RunReport, PmError> {
     let pm = PassManager::parse(pipeline, &registry()).unwrap();
-    pm.run(m, RunEnv { calibrator: Some(cal), verify_each: true })
+    pm.run(m, RunEnv { calibrator: Some(cal), ..Default::default() })
 }
 
 fn values(m: &Model) -> Vec<f64> {

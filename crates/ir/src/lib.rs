@@ -17,5 +17,5 @@ pub mod weights;
 
 pub use dtype::DType;
 pub use graph::{Attr, AttrValue, Dim, Graph, Model, Node, NodeId, OpsetId, ValueInfo};
-pub use tensor::{Storage, Tensor, TensorError};
+pub use tensor::{Elems, Storage, Tensor, TensorError};
 pub use weights::{WeightId, WeightInfo, WeightUse};

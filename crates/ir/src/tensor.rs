@@ -163,13 +163,42 @@ impl Tensor {
         Ok(self.to_f64()?.mapv(|x| x as f32))
     }
 
-    /// Error naming the tensor if any value is NaN or infinite.
+    /// Error naming the tensor if any value is NaN or infinite. Reads the bytes in place (no copy).
     pub fn check_finite(&self) -> Result<(), TensorError> {
-        let vals = self.to_f64()?;
-        if let Some((index, &value)) = vals.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(TensorError::NonFinite { name: self.name.clone(), index, value });
+        // Exponent bits all set = Inf or NaN, tested on the raw bits of each dtype.
+        let b = &self.data[..];
+        let first = match self.dtype {
+            DType::F32 => Some(b.chunks_exact(4).position(|c| !u32::from_le_bytes(c.try_into().unwrap()) & 0x7f80_0000 == 0)),
+            DType::F16 => Some(b.chunks_exact(2).position(|c| !u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0)),
+            DType::BF16 => Some(b.chunks_exact(2).position(|c| !u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0)),
+            DType::F64 => {
+                Some(b.chunks_exact(8).position(|c| !u64::from_le_bytes(c.try_into().unwrap()) & (0x7ff0u64 << 48) == 0))
+            }
+            _ => None,
+        };
+        let bad = match (first, self.elems()) {
+            (Some(pos), Some(e)) => pos.map(|i| (i, e.f64_at(i))),
+            _ => {
+                let vals = self.to_f64()?;
+                vals.iter().enumerate().find(|(_, v)| !v.is_finite()).map(|(i, v)| (i, *v))
+            }
+        };
+        match bad {
+            Some((index, value)) => Err(TensorError::NonFinite { name: self.name.clone(), index, value }),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The elements of a float tensor (f32/f16/bf16/f64) read in place, or `None` for other dtypes.
+    pub fn elems(&self) -> Option<Elems<'_>> {
+        let b = &self.data[..];
+        Some(match self.dtype {
+            DType::F32 => Elems::F32(b),
+            DType::F16 => Elems::F16(b),
+            DType::BF16 => Elems::BF16(b),
+            DType::F64 => Elems::F64(b),
+            _ => return None,
+        })
     }
 
     /// Write new values in the tensor's own dtype (rounding to it); the shape must match.
@@ -204,19 +233,66 @@ impl Tensor {
         }
     }
 
+    /// Count of exactly-zero elements (either sign; non-float dtypes compare bytes to 0), without copies.
+    pub fn zero_count(&self) -> usize {
+        let b = &self.data[..];
+        match self.dtype {
+            DType::F32 => b.chunks_exact(4).filter(|c| u32::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
+            DType::F64 => b.chunks_exact(8).filter(|c| u64::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
+            DType::F16 | DType::BF16 => b.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 == 0).count(),
+            _ => self.zero_flags().iter().filter(|z| **z).count(),
+        }
+    }
+
     /// Count of non-zero elements.
     pub fn nnz(&self) -> usize {
-        self.zero_flags().iter().filter(|z| !**z).count()
+        match self.dtype {
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {
+                self.data.len() / self.dtype.size().unwrap_or(1) - self.zero_count()
+            }
+            _ => self.zero_flags().iter().filter(|z| !**z).count(),
+        }
     }
 
     /// Fraction of elements that are exactly zero (0 for empty tensors).
     pub fn sparsity(&self) -> f64 {
-        let z = self.zero_flags();
-        if z.is_empty() {
+        let n = match self.dtype.size() {
+            Some(s) if s > 0 && !matches!(self.dtype, DType::Other(_)) => self.data.len() / s,
+            _ => self.zero_flags().len(),
+        };
+        if n == 0 {
             0.0
         } else {
-            z.iter().filter(|x| **x).count() as f64 / z.len() as f64
+            self.zero_count() as f64 / n as f64
         }
+    }
+
+    /// Set to +0 every element `i` for which `prune(i)` holds, in one pass over the bytes; kept elements
+    /// stay bit-identical. Returns how many elements changed (were non-zero before); the tensor is left
+    /// untouched (not marked modified) when none did.
+    pub fn zero_by(&mut self, prune: impl Fn(usize) -> bool) -> Result<usize, TensorError> {
+        let size = self
+            .dtype
+            .size()
+            .filter(|_| self.dtype.is_prunable_float())
+            .ok_or_else(|| TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() })?;
+        let mut out = self.data.to_vec();
+        let mut changed = 0usize;
+        for (i, c) in out.chunks_exact_mut(size).enumerate() {
+            if prune(i) {
+                // Non-zero: any bit set other than the sign (the top bit of the last, most significant byte).
+                let (last, rest) = c.split_last_mut().expect("size > 0");
+                changed += usize::from(*last & 0x7f != 0 || rest.iter().any(|&x| x != 0));
+                *last = 0;
+                rest.fill(0);
+            }
+        }
+        if changed == 0 {
+            return Ok(0);
+        }
+        self.data = Bytes::from(out);
+        self.modified = true;
+        Ok(changed)
     }
 
     /// Set to +0 every element whose `keep` flag is false; kept elements stay bit-identical.
@@ -257,6 +333,82 @@ impl Tensor {
     }
 }
 
+/// The elements of a float tensor in its own dtype, read in place from little-endian bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum Elems<'a> {
+    F32(&'a [u8]),
+    F16(&'a [u8]),
+    BF16(&'a [u8]),
+    F64(&'a [u8]),
+}
+
+impl<'a> Elems<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Elems::F32(b) => b.len() / 4,
+            Elems::F16(b) | Elems::BF16(b) => b.len() / 2,
+            Elems::F64(b) => b.len() / 8,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements `start..end` (a sub-view; indices restart at 0).
+    pub fn slice(&self, start: usize, end: usize) -> Elems<'a> {
+        match *self {
+            Elems::F32(b) => Elems::F32(&b[4 * start..4 * end]),
+            Elems::F16(b) => Elems::F16(&b[2 * start..2 * end]),
+            Elems::BF16(b) => Elems::BF16(&b[2 * start..2 * end]),
+            Elems::F64(b) => Elems::F64(&b[8 * start..8 * end]),
+        }
+    }
+
+    /// Element `i` as `f64` (exact).
+    #[inline]
+    pub fn f64_at(&self, i: usize) -> f64 {
+        match self {
+            Elems::F64(b) => f64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap()),
+            _ => self.f32_at(i) as f64,
+        }
+    }
+
+    /// Element `i` as `f32`, exactly as `Tensor::to_f32` gives it (f64 rounded).
+    #[inline]
+    pub fn f32_at(&self, i: usize) -> f32 {
+        match self {
+            Elems::F32(b) => f32::from_le_bytes(b[4 * i..4 * i + 4].try_into().unwrap()),
+            Elems::F16(b) => f16::from_le_bytes([b[2 * i], b[2 * i + 1]]).to_f32(),
+            Elems::BF16(b) => bf16::from_le_bytes([b[2 * i], b[2 * i + 1]]).to_f32(),
+            Elems::F64(b) => f64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap()) as f32,
+        }
+    }
+
+    /// Calls `f(i, value as f32, is_zero)` for every element in order; one dtype dispatch per call.
+    #[inline]
+    pub fn for_each_f32(&self, mut f: impl FnMut(usize, f32, bool)) {
+        match self {
+            Elems::F32(b) => b.chunks_exact(4).enumerate().for_each(|(i, c)| {
+                let u = u32::from_le_bytes(c.try_into().unwrap());
+                f(i, f32::from_bits(u), u << 1 == 0)
+            }),
+            Elems::F16(b) => b.chunks_exact(2).enumerate().for_each(|(i, c)| {
+                let u = u16::from_le_bytes([c[0], c[1]]);
+                f(i, f16::from_bits(u).to_f32(), u << 1 == 0)
+            }),
+            Elems::BF16(b) => b.chunks_exact(2).enumerate().for_each(|(i, c)| {
+                let u = u16::from_le_bytes([c[0], c[1]]);
+                f(i, bf16::from_bits(u).to_f32(), u << 1 == 0)
+            }),
+            Elems::F64(b) => b.chunks_exact(8).enumerate().for_each(|(i, c)| {
+                let u = u64::from_le_bytes(c.try_into().unwrap());
+                f(i, f64::from_bits(u) as f32, u << 1 == 0)
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +440,23 @@ mod tests {
             let back = t.to_f64().unwrap();
             assert_eq!(back[[1]], -2.5);
             assert_eq!(t.nnz(), 3);
+        }
+    }
+
+    #[test]
+    fn zero_by_matches_zero_where_in_every_float_dtype() {
+        let vals = [1.5f64, -0.0, 0.0, -2.0, 3.25, 0.5];
+        let keep = [true, false, false, false, true, false];
+        for dtype in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+            let mut a = Tensor::new("h", dtype, vec![6], Bytes::from(vec![0u8; 6 * dtype.size().unwrap()])).unwrap();
+            a.write_f64(&ArrayD::from_shape_vec(IxDyn(&[6]), vals.to_vec()).unwrap()).unwrap();
+            let mut b = a.clone();
+            assert_eq!(a.zero_where(&keep).unwrap(), 2);
+            assert_eq!(b.zero_by(|i| !keep[i]).unwrap(), 2, "{dtype:?}: -0.0 and 0.0 were zero already");
+            assert_eq!(a.bytes(), b.bytes(), "{dtype:?}");
+            assert_eq!(b.zero_count(), 4);
+            let e = b.elems().unwrap();
+            assert_eq!((e.len(), e.f32_at(4), e.f64_at(0)), (6, 3.25, 1.5));
         }
     }
 

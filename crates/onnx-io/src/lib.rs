@@ -9,11 +9,13 @@
 mod export;
 mod external;
 mod import;
+mod scratch;
 mod write;
 
 pub use export::{model_to_bytes, ExportOptions, ExternalMode};
 pub use import::{model_from_bytes, LoadOptions};
 pub use write::{write_file_atomic, AtomicFile};
+pub use scratch::Scratch;
 
 use sparsify_ir::Model;
 use std::path::{Path, PathBuf};
@@ -48,5 +50,11 @@ pub fn load(path: &Path) -> Result<Model, IoError> {
 /// Save a model atomically. Inline model data goes into `path`; external data (when the options or the
 /// model ask for it) into `<file name>.data` beside it.
 pub fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), IoError> {
-    write::save(model, path, opts)
+    write::save(model, path, opts, None)
+}
+
+/// [`save`] for a model whose rewritten tensors live in `scratch`: their bytes are copied from the
+/// scratch file to the output by the kernel instead of through memory. Same output bytes.
+pub fn save_with_scratch(model: &Model, path: &Path, opts: &ExportOptions, scratch: &Scratch) -> Result<(), IoError> {
+    write::save(model, path, opts, Some(scratch))
 }

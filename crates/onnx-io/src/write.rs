@@ -8,7 +8,7 @@
 //! on success — so the destination is either the old file, untouched, or the complete new one.
 
 use crate::export::{build, has_external, weight_bytes, ExportOptions, ExternalMode, ExternalPlan, PROTO_LIMIT};
-use crate::IoError;
+use crate::{IoError, Scratch};
 use bytes::buf::UninitSlice;
 use bytes::BufMut;
 use prost::Message;
@@ -81,6 +81,19 @@ unsafe impl<W: Write> BufMut for Sink<W> {
         }
         UninitSlice::uninit(self.buf.spare_capacity_mut())
     }
+    // prost writes `bytes::Bytes` fields through `put`; hand each contiguous chunk to `put_slice` so that
+    // large tensors skip the buffer (the default `put` copies through `chunk_mut`).
+    fn put<T: bytes::Buf>(&mut self, mut src: T)
+    where
+        Self: Sized,
+    {
+        while src.has_remaining() {
+            let n = src.chunk().len();
+            self.put_slice(src.chunk());
+            src.advance(n);
+        }
+    }
+
     fn put_slice(&mut self, src: &[u8]) {
         if src.len() >= self.chunk {
             self.flush_buf();
@@ -168,6 +181,14 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Write `bytes` to `f`: from the scratch file in the kernel when they live there, else from memory.
+fn write_bytes(f: &mut File, bytes: &[u8], scratch: Option<&Scratch>) -> std::io::Result<()> {
+    match scratch.and_then(|s| s.locate(bytes).map(|off| (s, off))) {
+        Some((s, off)) => s.copy_to(off, bytes.len(), f),
+        None => f.write_all(bytes),
+    }
+}
+
 /// Write `bytes` to `path` atomically (see [`AtomicFile`]).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let mut f = AtomicFile::create(path)?;
@@ -212,7 +233,7 @@ impl Drop for RenameLock {
     }
 }
 
-pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), IoError> {
+pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Option<&Scratch>) -> Result<(), IoError> {
     if path.is_dir() {
         return Err(IoError::Refused { path: path.into(), why: "it is a directory".into() });
     }
@@ -248,7 +269,7 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(
         for (offset, bytes) in &plan.chunks {
             let pad = (offset - pos) as usize;
             f.file().write_all(&vec![0u8; pad]).map_err(werr(&data_path))?;
-            f.file().write_all(bytes).map_err(werr(&data_path))?;
+            write_bytes(f.file(), bytes, scratch).map_err(werr(&data_path))?;
             pos = offset + bytes.len() as u64;
         }
         data = Some(f);

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod snapshot;
+pub mod spill;
 
 pub use analysis::{Analysis, AnalysisCache};
 pub use calib::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
@@ -23,3 +24,4 @@ pub use pipeline::{parse_pipeline, Element, PipelineError};
 pub use progress::{NoStage, Progress, Stage};
 pub use report::{weight_table, Note, PassStats, RunReport, WeightRow};
 pub use snapshot::DenseSnapshot;
+pub use spill::Spill;

@@ -35,11 +35,13 @@ pub struct RunEnv<'a> {
     pub calibrator: Option<&'a dyn Calibrator>,
     /// Run the IR verifier after every pass (default on).
     pub verify_each: bool,
+    /// Where passes put finished tensors (default: none, they stay in memory).
+    pub spill: Option<&'a dyn crate::Spill>,
 }
 
 impl Default for RunEnv<'_> {
     fn default() -> Self {
-        RunEnv { calibrator: None, verify_each: true }
+        RunEnv { calibrator: None, verify_each: true, spill: None }
     }
 }
 
@@ -113,6 +115,7 @@ impl PassManager {
             let fp = Fingerprint::of(model);
             let start = Instant::now();
             let mut cx = PassCx::new(&mut cache, env.calibrator).with_progress(progress);
+            cx.spill = env.spill;
             let changed = pass.run(model, &mut cx).map_err(|source| PmError::Failed {
                 pass: pass.name().to_string(),
                 index: index + 1,

@@ -59,6 +59,8 @@ pub enum PassError {
 pub struct PassCx<'a> {
     pub analyses: &'a mut AnalysisCache,
     pub calibrator: Option<&'a dyn Calibrator>,
+    /// Where finished tensors go (see [`crate::Spill`]); `None` keeps them in memory.
+    pub spill: Option<&'a dyn crate::Spill>,
     pub counters: BTreeMap<String, f64>,
     pub notes: Vec<Note>,
     /// Per-weight measurements (metric name → weight → value), e.g. a reconstruction error; the HTML
@@ -73,6 +75,7 @@ impl<'a> PassCx<'a> {
         PassCx {
             analyses,
             calibrator,
+            spill: None,
             counters: BTreeMap::new(),
             notes: Vec::new(),
             weight_metrics: BTreeMap::new(),
@@ -99,6 +102,14 @@ impl<'a> PassCx<'a> {
     /// Record a per-weight measurement (e.g. `reconstruction loss` of one weight).
     pub fn weight_metric(&mut self, metric: &str, weight: &str, value: f64) {
         self.weight_metrics.entry(metric.to_string()).or_default().insert(weight.to_string(), value);
+    }
+
+    /// Hand a tensor whose new bytes are final to the spill (no-op without one).
+    pub fn settle(&self, t: &mut sparsify_ir::Tensor) -> Result<(), PassError> {
+        match self.spill {
+            Some(s) => s.settle(t),
+            None => Ok(()),
+        }
     }
 
     /// Add to a named counter (shown in the statistics table).

@@ -3,11 +3,11 @@
 //! cached scores so pruned elements score 0.
 
 use crate::scope::Scope;
-use crate::scores::WeightScores;
-use crate::util::score_math::channel_of_each;
-use crate::util::select::{prune_count, prune_flags, prune_flags_grouped};
-use sparsify_ir::{Graph, NodeId, WeightId};
-use sparsify_pm::PassError;
+use crate::scores::{selection_keys, ScoreSrc, WeightScores};
+use crate::util::score_math::{channel_of_each, stride};
+use crate::util::select::{f32_key, prune_count, prune_flags, select_cut, Candidates, Cut, KeySlice};
+use sparsify_ir::{Graph, NodeId, Tensor, WeightId};
+use sparsify_pm::{PassError, Spill};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Granularity {
@@ -154,107 +154,227 @@ pub struct StepOut {
     pub any_changed: bool,
 }
 
-/// One masking step at sparsity `s` over `targets`; updates `scores` (pruned entries become 0).
-/// Per-tensor groups are processed one tensor at a time (only `global` holds every tensor's scores).
+/// One masking step at sparsity `s` over `targets`; updates `scores` (stored arrays: pruned entries become
+/// 0; derived scores follow the weight by themselves). Tensors are processed one at a time (keys of one
+/// tensor in memory; `global` scans every tensor a few times instead of holding all scores), and each
+/// finished tensor is handed to `spill` so modified bytes need not all stay in memory.
 pub fn apply_mask(
     g: &mut Graph,
     targets: &[Target],
     mut scores: Option<&mut WeightScores>,
     s: f64,
     cfg: &MaskConfig,
+    spill: Option<&dyn Spill>,
 ) -> Result<StepOut, PassError> {
     let mut out = StepOut::default();
     if cfg.granularity == Granularity::Element && cfg.group == Group::Global {
-        let mut all_s = Vec::new();
-        let mut all_z = Vec::new();
-        for t in targets {
-            let (sc, z, _, fallback) = gather(g, t, scores.as_deref())?;
-            out.per_target.push(TargetOut { elements: sc.len(), score_fallback: fallback, ..Default::default() });
-            all_s.extend(sc);
-            all_z.extend(z);
-        }
-        let mut keep = prune_flags(&all_s, &all_z, prune_count(s, all_s.len())).into_iter();
-        drop((all_s, all_z));
-        for (i, t) in targets.iter().enumerate() {
-            let k: Vec<bool> = keep.by_ref().take(out.per_target[i].elements).collect();
-            apply_one(g, t, &k, None, scores.as_deref_mut(), &mut out, i)?;
-        }
-        return Ok(out);
+        return apply_global(g, targets, scores, s, spill);
     }
     for (i, t) in targets.iter().enumerate() {
-        let (sc, z, shape, fallback) = gather(g, t, scores.as_deref())?;
-        out.per_target.push(TargetOut { elements: sc.len(), score_fallback: fallback, ..Default::default() });
-        let (keep, channel_keep) = match (cfg.granularity, cfg.group, t.axis) {
+        let w = weight(g, t)?;
+        let shape = w.shape();
+        let (src, fallback) = source(scores.as_deref(), w, &t.id)?;
+        let n = w.numel()?;
+        out.per_target.push(TargetOut { elements: n, score_fallback: fallback, ..Default::default() });
+        let pruned: Pruned = match (cfg.granularity, cfg.group, t.axis) {
             (Granularity::Element, Group::Row, Some(ax)) => {
-                let ch = channel_of_each(&shape, ax);
-                (prune_flags_grouped(&sc, &z, &ch, shape[ax], s), None)
+                let (keys, bits, _) = selection_keys(src, w)?;
+                Pruned::Flags(row_flags(&keys, bits, &shape, ax, s))
             }
-            (Granularity::Element, ..) => (prune_flags(&sc, &z, prune_count(s, sc.len())), None),
+            (Granularity::Element, ..) => {
+                let (keys, bits, _) = selection_keys(src, w)?;
+                let cut = select_cut(&KeySlice(&keys), prune_count(s, n), bits);
+                Pruned::Cut(keys, cut)
+            }
             (Granularity::Channel, ..) => {
                 let ax = t.axis.unwrap_or(0);
                 let ch = channel_of_each(&shape, ax);
                 let c = shape[ax];
                 let mut norm = vec![0f64; c];
                 let mut zero = vec![true; c];
-                for ((&v, &isz), &k) in sc.iter().zip(&z).zip(&ch) {
+                src.for_each(w, |f, v, isz| {
+                    let k = ch[f];
                     norm[k] += if cfg.l2_scores { v as f64 } else { (v as f64) * (v as f64) };
                     zero[k] &= isz;
-                }
+                })?;
                 let norm: Vec<f64> = norm.into_iter().map(f64::sqrt).collect();
                 let ck = prune_flags(&norm, &zero, prune_count(s, c));
                 out.per_target[i].channels = Some((0..c).filter(|&k| !ck[k] || zero[k]).collect());
                 out.per_target[i].channel_count = c;
-                (ch.iter().map(|&k| ck[k]).collect(), Some(ck))
+                let flags = ch.iter().map(|&k| !ck[k]).collect();
+                Pruned::Channels(flags, ck)
             }
         };
-        drop((sc, z));
-        apply_one(g, t, &keep, channel_keep.as_deref(), scores.as_deref_mut(), &mut out, i)?;
+        apply_one(g, t, &pruned, scores.as_deref_mut(), &mut out, i, spill)?;
     }
     Ok(out)
 }
 
-/// A target's scores, zero flags, shape, and whether the analysis exists but lacks this tensor.
-type Gathered = (Vec<f32>, Vec<bool>, Vec<usize>, bool);
-
-/// A target's scores (cached, else |w|) and zero flags.
-fn gather(g: &Graph, t: &Target, scores: Option<&WeightScores>) -> Result<Gathered, PassError> {
-    let w = g
-        .weight(&t.id)
-        .ok_or_else(|| PassError::Invalid { subject: t.id.name().to_string(), message: "weight not found".into() })?;
-    let shape = w.shape();
-    let cached = scores.and_then(|s| s.scores.get(&t.id)).filter(|a| a.shape() == shape.as_slice());
-    let (sc, fallback) = match cached {
-        Some(a) => (a.iter().copied().collect(), false),
-        None => {
-            w.check_finite()?;
-            let mut v = w.to_f32()?.into_raw_vec_and_offset().0;
-            v.iter_mut().for_each(|x| *x = x.abs());
-            (v, scores.is_some())
-        }
-    };
-    Ok((sc, w.zero_flags(), shape, fallback))
+/// Which elements of one tensor a step prunes.
+enum Pruned {
+    /// Keys and the selection over them.
+    Cut(Vec<u64>, Option<Cut>),
+    /// Per-element flags (true = pruned).
+    Flags(Vec<bool>),
+    /// Per-element flags and the channel keep flags (biases follow them).
+    Channels(Vec<bool>, Vec<bool>),
 }
 
-/// Zero one target (and its biases for channel masks); zero the pruned entries of its cached scores.
+impl Pruned {
+    #[inline]
+    fn at(&self, i: usize) -> bool {
+        match self {
+            Pruned::Cut(keys, cut) => cut.is_some_and(|c| c.takes(i, keys[i])),
+            Pruned::Flags(f) | Pruned::Channels(f, _) => f[i],
+        }
+    }
+}
+
+/// `row`: exactly `prune_count(s, row length)` per output channel along `ax`; positions within a row in
+/// flat order (the tie-breaking index).
+fn row_flags(keys: &[u64], bits: u32, shape: &[usize], ax: usize, s: f64) -> Vec<bool> {
+    let stride = stride(shape, ax);
+    let d = shape[ax];
+    let outer: usize = shape[..ax].iter().product();
+    let len = outer * stride;
+    let k = prune_count(s, len);
+    let mut pruned = vec![false; keys.len()];
+    let mut row = vec![0u64; len];
+    let flat = |r: usize, p: usize| (p / stride * d + r) * stride + p % stride;
+    for r in 0..d {
+        for (p, slot) in row.iter_mut().enumerate() {
+            *slot = keys[flat(r, p)];
+        }
+        if let Some(c) = select_cut(&KeySlice(&row), k, bits) {
+            for (p, &x) in row.iter().enumerate() {
+                if c.takes(p, x) {
+                    pruned[flat(r, p)] = true;
+                }
+            }
+        }
+    }
+    pruned
+}
+
+/// `global`: one selection over every target, in target order then flat order. The keys are computed
+/// on the fly from each tensor on every scan (33-bit total-order keys, zeros first), so no tensor's
+/// scores are held beyond the one being scanned.
+fn apply_global(
+    g: &mut Graph,
+    targets: &[Target],
+    mut scores: Option<&mut WeightScores>,
+    s: f64,
+    spill: Option<&dyn Spill>,
+) -> Result<StepOut, PassError> {
+    let mut out = StepOut::default();
+    let mut offsets = Vec::new();
+    let cut = {
+        let sc = scores.as_deref();
+        let mut srcs = Vec::new();
+        let mut total = 0usize;
+        for t in targets {
+            let w = weight(g, t)?;
+            let (src, fallback) = source(sc, w, &t.id)?;
+            let n = w.numel()?;
+            out.per_target.push(TargetOut { elements: n, score_fallback: fallback, ..Default::default() });
+            srcs.push(src);
+            offsets.push(total);
+            total += n;
+        }
+        let all = GlobalKeys { g, targets, srcs: &srcs, offsets: &offsets, total };
+        select_cut(&all, prune_count(s, total), 33)
+    };
+    for (i, t) in targets.iter().enumerate() {
+        let (base, w) = (offsets[i], weight(g, t)?);
+        let flags = match cut {
+            None => vec![false; out.per_target[i].elements],
+            Some(c) => {
+                let (src, _) = source(scores.as_deref(), w, &t.id)?;
+                let mut f = vec![false; out.per_target[i].elements];
+                src.for_each(w, |j, v, z| f[j] = c.takes(base + j, full_key(v, z)))?;
+                f
+            }
+        };
+        apply_one(g, t, &Pruned::Flags(flags), scores.as_deref_mut(), &mut out, i, spill)?;
+    }
+    Ok(out)
+}
+
+#[inline(always)]
+fn full_key(score: f32, zero: bool) -> u64 {
+    (u64::from(!zero) << 32) | u64::from(f32_key(score))
+}
+
+/// Every target's elements as one candidate sequence.
+struct GlobalKeys<'a> {
+    g: &'a Graph,
+    targets: &'a [Target],
+    srcs: &'a [ScoreSrc<'a>],
+    offsets: &'a [usize],
+    total: usize,
+}
+
+impl Candidates for GlobalKeys<'_> {
+    fn len(&self) -> usize {
+        self.total
+    }
+    fn scan(&self, mut f: impl FnMut(usize, u64)) {
+        for (i, t) in self.targets.iter().enumerate() {
+            let Some(w) = self.g.weight(&t.id) else { continue };
+            let base = self.offsets[i];
+            // Sources were validated when collected (float dtypes): for_each cannot fail here.
+            let _ = self.srcs[i].for_each(w, |j, v, z| f(base + j, full_key(v, z)));
+        }
+    }
+}
+
+fn weight<'g>(g: &'g Graph, t: &Target) -> Result<&'g Tensor, PassError> {
+    g.weight(&t.id)
+        .ok_or_else(|| PassError::Invalid { subject: t.id.name().to_string(), message: "weight not found".into() })
+}
+
+/// A target's score source (the analysis, else |w| after a finiteness check) and whether the analysis
+/// exists but lacks this tensor.
+fn source<'a>(
+    scores: Option<&'a WeightScores>,
+    w: &Tensor,
+    id: &WeightId,
+) -> Result<(ScoreSrc<'a>, bool), PassError> {
+    match ScoreSrc::of(scores, w, id) {
+        Some(src) => Ok((src, false)),
+        None => {
+            w.check_finite()?;
+            Ok((ScoreSrc::Magnitude { squared: false }, scores.is_some()))
+        }
+    }
+}
+
+/// Zero one target (and its biases for channel masks); zero the pruned entries of its stored scores;
+/// hand the modified tensor to the spill.
 fn apply_one(
     g: &mut Graph,
     t: &Target,
-    keep: &[bool],
-    channel_keep: Option<&[bool]>,
+    pruned: &Pruned,
     scores: Option<&mut WeightScores>,
     out: &mut StepOut,
     i: usize,
+    spill: Option<&dyn Spill>,
 ) -> Result<(), PassError> {
     let w = g.weight_mut(&t.id).expect("gathered above");
-    let added = w.zero_where(keep)?;
+    let added = w.zero_by(|j| pruned.at(j))?;
     out.per_target[i].zeros_added = added;
     out.any_changed |= added > 0;
-    if let Some(sc) = scores.and_then(|s| s.scores.get_mut(&t.id)) {
-        if sc.len() == keep.len() {
-            sc.iter_mut().zip(keep).filter(|(_, k)| !**k).for_each(|(v, _)| *v = 0.0);
+    if added > 0 {
+        if let Some(sp) = spill {
+            sp.settle(w)?;
         }
     }
-    if let Some(ck) = channel_keep {
+    if let Some(sc) = scores.and_then(|s| s.scores.get_mut(&t.id)) {
+        if sc.len() == out.per_target[i].elements {
+            sc.iter_mut().enumerate().filter(|(j, _)| pruned.at(*j)).for_each(|(_, v)| *v = 0.0);
+        }
+    }
+    if let Pruned::Channels(_, ck) = pruned {
         for b in &t.biases {
             if let Some(bt) = g.weight_mut(b) {
                 let n = bt.zero_where(ck)?;

@@ -7,6 +7,7 @@
 //! `[M, C/g, kH, kW]` with the axis 1 this is "every m input channels of each output channel and kernel
 //! position", TensorRT's rule.
 
+use crate::util::select::f32_key;
 use sparsify_ir::{DType, Tensor, WeightInfo};
 
 /// The `[outer, axis, inner]` view of a shape.
@@ -58,19 +59,39 @@ impl AxisView {
 /// ranks above every zero one (zeros count as pruned, which makes the rule idempotent), then by score,
 /// and among equal scores the lower index ranks higher.
 pub fn nm_keep(scores: &[f32], nonzero: &[bool], view: AxisView, n: usize, m: usize) -> Vec<bool> {
-    let mut keep = vec![false; scores.len()];
-    let mut order: Vec<usize> = Vec::with_capacity(m);
-    view.for_each_group(m, |g| {
-        order.clear();
-        order.extend(0..m);
-        order.sort_by(|&a, &b| {
-            let (ia, ib) = (g[a], g[b]);
-            nonzero[ib].cmp(&nonzero[ia]).then(scores[ib].total_cmp(&scores[ia])).then(a.cmp(&b))
-        });
-        for &k in &order[..n] {
-            keep[g[k]] = true;
+    let keys: Vec<u64> =
+        scores.iter().zip(nonzero).map(|(&s, &nz)| (u64::from(nz) << 32) | u64::from(f32_key(s))).collect();
+    nm_keep_keys(&keys, view, n, m)
+}
+
+/// [`nm_keep`] over precomputed keys (higher key ranks higher; see `scores::selection_keys`): in every
+/// group the `n` elements of highest key stay, ties keeping the lower position. Branch-free rank count
+/// per group (m² comparisons), groups visited block by block so that the `m` rows of a group along the
+/// axis are read contiguously across `inner`.
+pub fn nm_keep_keys(keys: &[u64], view: AxisView, n: usize, m: usize) -> Vec<bool> {
+    debug_assert!(m > 0 && view.len.is_multiple_of(m));
+    let mut keep = vec![false; keys.len()];
+    let mut g = vec![0u64; m];
+    let inner = view.inner;
+    for o in 0..view.outer {
+        for grp in 0..view.len / m {
+            let base0 = (o * view.len + grp * m) * inner;
+            for i in 0..inner {
+                let base = base0 + i;
+                for (k, slot) in g.iter_mut().enumerate() {
+                    *slot = keys[base + k * inner];
+                }
+                for a in 0..m {
+                    let ka = g[a];
+                    let mut rank = 0usize;
+                    for (b, &kb) in g.iter().enumerate() {
+                        rank += usize::from((kb > ka) | ((kb == ka) & (b < a)));
+                    }
+                    keep[base + a * inner] = rank < n;
+                }
+            }
         }
-    });
+    }
     keep
 }
 
@@ -87,14 +108,41 @@ pub fn nm_violations(nonzero: &[bool], view: AxisView, n: usize, m: usize) -> (u
 
 /// Σ over groups of the `n` largest scores, zero elements scoring 0: the score N:M keeps.
 pub fn nm_retained(scores: &[f32], nonzero: &[bool], view: AxisView, n: usize, m: usize) -> f64 {
+    let vals: Vec<f32> = scores.iter().zip(nonzero).map(|(&s, &nz)| if nz { s } else { 0.0 }).collect();
+    nm_retained_vals(&vals, view, n, m)
+}
+
+/// [`nm_retained`] over values with zeros already applied. Per group, the `n` largest (`total_cmp`) are
+/// summed in descending order in f64, then added to the total — the same additions, in the same order,
+/// as sorting each group.
+pub fn nm_retained_vals(vals: &[f32], view: AxisView, n: usize, m: usize) -> f64 {
     let mut total = 0.0f64;
-    let mut vals: Vec<f32> = Vec::with_capacity(m);
-    view.for_each_group(m, |g| {
-        vals.clear();
-        vals.extend(g.iter().map(|&i| if nonzero[i] { scores[i] } else { 0.0 }));
-        vals.sort_by(|a, b| b.total_cmp(a));
-        total += vals[..n].iter().map(|&v| v as f64).sum::<f64>();
-    });
+    let mut g = vec![0u32; m];
+    let mut gv = vec![0f32; m];
+    let mut top = vec![0f32; n];
+    let inner = view.inner;
+    for o in 0..view.outer {
+        for grp in 0..view.len / m {
+            let base0 = (o * view.len + grp * m) * inner;
+            for i in 0..inner {
+                let base = base0 + i;
+                for k in 0..m {
+                    gv[k] = vals[base + k * inner];
+                    g[k] = f32_key(gv[k]);
+                }
+                for a in 0..m {
+                    let mut rank = 0usize;
+                    for (b, &kb) in g.iter().enumerate() {
+                        rank += usize::from((kb > g[a]) | ((kb == g[a]) & (b < a)));
+                    }
+                    if rank < n {
+                        top[rank] = gv[a];
+                    }
+                }
+                total += top.iter().map(|&v| v as f64).sum::<f64>();
+            }
+        }
+    }
     total
 }
 
@@ -171,6 +219,53 @@ mod tests {
         // a zero element with a high (stale) score ranks below non-zeros
         let keep = nm_keep(&[9.0, 0.0, 0.0, 1.0], &[false, true, true, true], v, 2, 4);
         assert_eq!(keep, vec![false, true, false, true]);
+    }
+
+    /// The plain definition: sort each group's positions by (non-zero, score) descending, lower index first.
+    fn reference_keep(scores: &[f32], nonzero: &[bool], view: AxisView, n: usize, m: usize) -> Vec<bool> {
+        let mut keep = vec![false; scores.len()];
+        view.for_each_group(m, |g| {
+            let mut order: Vec<usize> = (0..m).collect();
+            order.sort_by(|&a, &b| {
+                let (ia, ib) = (g[a], g[b]);
+                nonzero[ib].cmp(&nonzero[ia]).then(scores[ib].total_cmp(&scores[ia])).then(a.cmp(&b))
+            });
+            for &k in &order[..n] {
+                keep[g[k]] = true;
+            }
+        });
+        keep
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_keep_matches_reference(
+            shape in proptest::sample::select(vec![(2usize, 8usize, 3usize), (1, 4, 1), (3, 12, 2), (1, 16, 5)]),
+            vals in proptest::collection::vec((0u8..5, proptest::bool::weighted(0.8)), 16 * 5 * 3),
+            nm in proptest::sample::select(vec![(1usize, 2usize), (2, 4), (1, 4), (3, 4), (2, 8)]),
+        ) {
+            let (outer, len, inner) = shape;
+            let (n, m) = nm;
+            proptest::prop_assume!(len % m == 0);
+            let total = outer * len * inner;
+            let scores: Vec<f32> = vals[..total].iter().map(|v| v.0 as f32 * 0.5).collect();
+            let nz: Vec<bool> = vals[..total].iter().map(|v| v.1).collect();
+            let view = AxisView { outer, len, inner };
+            proptest::prop_assert_eq!(nm_keep(&scores, &nz, view, n, m), reference_keep(&scores, &nz, view, n, m));
+        }
+    }
+
+    #[test]
+    fn retained_matches_sorting_groups() {
+        let view = AxisView { outer: 3, len: 8, inner: 5 };
+        let vals: Vec<f32> = (0..120).map(|i| ((i * 37) % 11) as f32 * 0.1 + (i % 3) as f32 * 1e-3).collect();
+        let mut want = 0.0f64;
+        view.for_each_group(4, |g| {
+            let mut v: Vec<f32> = g.iter().map(|&i| vals[i]).collect();
+            v.sort_by(|a, b| b.total_cmp(a));
+            want += v[..2].iter().map(|&x| x as f64).sum::<f64>();
+        });
+        assert_eq!(nm_retained_vals(&vals, view, 2, 4).to_bits(), want.to_bits());
     }
 
     #[test]

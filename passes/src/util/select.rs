@@ -2,26 +2,54 @@
 //!
 //! The pruning order is: lowest score first; among equal scores the **higher index is pruned first**
 //! (so the lower index is kept, design notes §5). Scores are compared with `f32::total_cmp`, so the order
-//! is total and the result never depends on the sort algorithm. Already-zero weights can be put ahead of
+//! is total and the result never depends on the algorithm. Already-zero weights can be put ahead of
 //! everything (they count as pruned) with [`prune_flags`].
+//!
+//! The fast path is a radix select: every score maps to an order-preserving unsigned key
+//! ([`Score::key`]); histogram passes over 16-bit (or 8-bit for small groups) digits narrow down the key
+//! of the k-th element, and one last pass over the boundary key finds the index from which ties are
+//! pruned. The result is a [`Cut`] (a threshold key and a tie index): O(n) time, no per-element index
+//! vectors, no comparison closures. [`reference`] keeps the plain sort-based definition the fast path
+//! is tested against (bit for bit, property tests below).
 
+use rayon::prelude::*;
 use std::cmp::Ordering;
 
-/// A score type with a total order (`f32` / `f64` through `total_cmp`).
+/// A score type with a total order (`f32` / `f64` through `total_cmp`) and an order-preserving key.
 pub trait Score: Copy {
+    /// Bits of [`Score::key`] that may be set.
+    const KEY_BITS: u32;
     fn total(&self, other: &Self) -> Ordering;
+    /// `a.key().cmp(&b.key()) == a.total(&b)`.
+    fn key(&self) -> u64;
 }
 
 impl Score for f32 {
+    const KEY_BITS: u32 = 32;
     fn total(&self, other: &Self) -> Ordering {
         self.total_cmp(other)
+    }
+    fn key(&self) -> u64 {
+        f32_key(*self) as u64
     }
 }
 
 impl Score for f64 {
+    const KEY_BITS: u32 = 64;
     fn total(&self, other: &Self) -> Ordering {
         self.total_cmp(other)
     }
+    fn key(&self) -> u64 {
+        let b = self.to_bits();
+        b ^ ((((b as i64) >> 63) as u64) | (1 << 63))
+    }
+}
+
+/// The `total_cmp` order of `f32` as an unsigned key (negative values: all bits flipped; others: sign set).
+#[inline(always)]
+pub fn f32_key(x: f32) -> u32 {
+    let b = x.to_bits();
+    b ^ ((((b as i32) >> 31) as u32) | 0x8000_0000)
 }
 
 /// The pruning order of two elements `(score, index)`: `Less` means `a` is pruned before `b`.
@@ -29,16 +57,213 @@ pub fn prune_order<T: Score>(a: (T, usize), b: (T, usize)) -> Ordering {
     a.0.total(&b.0).then(b.1.cmp(&a.1))
 }
 
+/// The result of an exact-count selection over candidates with keys: candidate `i` with key `x` is
+/// selected (pruned) iff `x < key`, or `x == key` and `i >= from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub key: u64,
+    pub from: usize,
+}
+
+impl Cut {
+    /// Everything is selected.
+    pub const ALL: Cut = Cut { key: u64::MAX, from: 0 };
+
+    #[inline(always)]
+    pub fn takes(&self, i: usize, x: u64) -> bool {
+        x < self.key || (x == self.key && i >= self.from)
+    }
+}
+
+/// A set of candidates the radix select can visit: `(index, key)` in increasing index order.
+pub trait Candidates {
+    /// Number of index positions (an upper bound of the candidate count; picks the digit width).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Call `f(index, key)` for every candidate, indices increasing.
+    fn scan(&self, f: impl FnMut(usize, u64));
+    /// Add to `hist[(key >> shift) & mask]` for every candidate whose `key >> hi == prefix` (all when
+    /// `filter` is `None`, `filter = Some((hi, prefix))`). Override to parallelise.
+    fn histogram(&self, hist: &mut [usize], shift: u32, mask: u64, filter: Option<(u32, u64)>) {
+        match filter {
+            None => self.scan(|_, x| hist[((x >> shift) & mask) as usize] += 1),
+            Some((hi, prefix)) => self.scan(|_, x| {
+                if x >> hi == prefix {
+                    hist[((x >> shift) & mask) as usize] += 1;
+                }
+            }),
+        }
+    }
+}
+
+/// Candidates over a key slice (every element), histograms computed in parallel chunks.
+pub struct KeySlice<'a>(pub &'a [u64]);
+
+impl Candidates for KeySlice<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn scan(&self, mut f: impl FnMut(usize, u64)) {
+        self.0.iter().enumerate().for_each(|(i, &k)| f(i, k));
+    }
+    fn histogram(&self, hist: &mut [usize], shift: u32, mask: u64, filter: Option<(u32, u64)>) {
+        const PAR: usize = 1 << 20;
+        if self.0.len() < 2 * PAR {
+            return KeySliceSeq(self.0).histogram(hist, shift, mask, filter);
+        }
+        let partial = self
+            .0
+            .par_chunks(PAR)
+            .map(|c| {
+                let mut h = vec![0usize; hist.len()];
+                KeySliceSeq(c).histogram(&mut h, shift, mask, filter);
+                h
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            });
+        if let Some(p) = partial {
+            hist.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
+        }
+    }
+}
+
+/// The sequential histogram over a key slice.
+struct KeySliceSeq<'a>(&'a [u64]);
+
+impl Candidates for KeySliceSeq<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn scan(&self, mut f: impl FnMut(usize, u64)) {
+        self.0.iter().enumerate().for_each(|(i, &k)| f(i, k));
+    }
+}
+
+/// The `k` candidates pruned first (lowest key; among equal keys the highest index) as a [`Cut`], or
+/// `None` when `k == 0`. Keys use at most `bits` bits.
+pub fn select_cut(c: &impl Candidates, k: usize, bits: u32) -> Option<Cut> {
+    if k == 0 {
+        return None;
+    }
+    let digit = if c.len() >= 1 << 16 { 16 } else { 8 };
+    let mut hist = vec![0usize; 1 << digit];
+    let (mut prefix, mut fixed, mut shift, mut k) = (0u64, false, bits, k);
+    while shift > 0 {
+        let d = digit.min(shift);
+        shift -= d;
+        let mask = (1u64 << d) - 1;
+        hist[..1 << d].fill(0);
+        if fixed {
+            c.histogram(&mut hist[..1 << d], shift, mask, Some((shift + d, prefix)));
+        } else {
+            c.histogram(&mut hist[..1 << d], shift, mask, None);
+            if k >= hist[..1 << d].iter().sum::<usize>() {
+                return Some(Cut::ALL);
+            }
+        }
+        let mut cum = 0usize;
+        let mut b = 0usize;
+        while cum + hist[b] < k {
+            cum += hist[b];
+            b += 1;
+        }
+        k -= cum;
+        prefix = (prefix << d) | b as u64;
+        fixed = true;
+        if shift == 0 {
+            // Ties at the boundary key: prune the k highest indices, i.e. skip the first (ties - k).
+            let skip = hist[b] - k;
+            let (mut seen, mut from) = (0usize, usize::MAX);
+            c.scan(|i, x| {
+                if x == prefix {
+                    if seen == skip && from == usize::MAX {
+                        from = i;
+                    }
+                    seen += 1;
+                }
+            });
+            return Some(Cut { key: prefix, from });
+        }
+    }
+    unreachable!("bits > 0")
+}
+
+/// Candidates from a score slice, optionally only the elements whose `zero` flag equals `want`.
+struct SliceKeys<'a, T: Score> {
+    scores: &'a [T],
+    filter: Option<(&'a [bool], bool)>,
+}
+
+impl<T: Score> Candidates for SliceKeys<'_, T> {
+    fn len(&self) -> usize {
+        self.scores.len()
+    }
+    fn scan(&self, mut f: impl FnMut(usize, u64)) {
+        match self.filter {
+            None => self.scores.iter().enumerate().for_each(|(i, s)| f(i, s.key())),
+            Some((z, want)) => {
+                for (i, s) in self.scores.iter().enumerate() {
+                    if z[i] == want {
+                        f(i, s.key())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exact-count selection with already-zero elements first: given how many elements are zero, which
+/// sub-problem decides the rest. `zero_cut` applies to zero elements, `nonzero_cut` to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZeroFirst {
+    pub zero_cut: Option<Cut>,
+    pub nonzero_cut: Option<Cut>,
+}
+
+impl ZeroFirst {
+    /// Prune `k` of a group with `zeros` already-zero elements: zeros go first, then the rest by key.
+    /// `zeros_sel(k)` / `nonzero_sel(k)` run the selection on the respective candidate set.
+    pub fn decide(
+        k: usize,
+        zeros: usize,
+        zeros_sel: impl FnOnce(usize) -> Option<Cut>,
+        nonzero_sel: impl FnOnce(usize) -> Option<Cut>,
+    ) -> ZeroFirst {
+        if k <= zeros {
+            ZeroFirst { zero_cut: zeros_sel(k), nonzero_cut: None }
+        } else {
+            ZeroFirst { zero_cut: Some(Cut::ALL), nonzero_cut: nonzero_sel(k - zeros) }
+        }
+    }
+
+    #[inline(always)]
+    pub fn prunes(&self, i: usize, zero: bool, key: u64) -> bool {
+        let c = if zero { &self.zero_cut } else { &self.nonzero_cut };
+        c.is_some_and(|c| c.takes(i, key))
+    }
+}
+
 /// Indices of the `k` elements pruned first (lowest scores; ties: higher index first), sorted ascending.
 /// `k` larger than the slice selects everything.
 pub fn lowest_k<T: Score>(scores: &[T], k: usize) -> Vec<usize> {
-    select_first(scores.len(), k, |i, j| prune_order((scores[i], i), (scores[j], j)))
+    match select_cut(&SliceKeys { scores, filter: None }, k, T::KEY_BITS) {
+        None => Vec::new(),
+        Some(c) => (0..scores.len()).filter(|&i| c.takes(i, scores[i].key())).collect(),
+    }
 }
 
 /// Indices of the `k` elements kept first (highest scores; ties: lower index first), sorted ascending.
 /// The complement of [`lowest_k`] with `len - k`.
 pub fn highest_k<T: Score>(scores: &[T], k: usize) -> Vec<usize> {
-    select_first(scores.len(), k, |i, j| prune_order((scores[j], j), (scores[i], i)))
+    let k = k.min(scores.len());
+    match select_cut(&SliceKeys { scores, filter: None }, scores.len() - k, T::KEY_BITS) {
+        None => (0..scores.len()).collect(),
+        Some(c) => (0..scores.len()).filter(|&i| !c.takes(i, scores[i].key())).collect(),
+    }
 }
 
 /// Keep flags for one group: exactly `k` elements are pruned (`false`), taken in pruning order, with every
@@ -46,14 +271,15 @@ pub fn highest_k<T: Score>(scores: &[T], k: usize) -> Vec<usize> {
 /// more than `k` elements are already zero, the surplus is flagged kept; zeroing keeps them zero anyway.
 pub fn prune_flags<T: Score>(scores: &[T], already_zero: &[bool], k: usize) -> Vec<bool> {
     debug_assert_eq!(scores.len(), already_zero.len());
-    let order = |i: usize, j: usize| {
-        already_zero[j].cmp(&already_zero[i]).then_with(|| prune_order((scores[i], i), (scores[j], j)))
-    };
-    let mut keep = vec![true; scores.len()];
-    for i in select_first(scores.len(), k, order) {
-        keep[i] = false;
-    }
-    keep
+    let zeros = already_zero.iter().filter(|z| **z).count();
+    let k = k.min(scores.len());
+    let sel = ZeroFirst::decide(
+        k,
+        zeros,
+        |k| select_cut(&SliceKeys { scores, filter: Some((already_zero, true)) }, k, T::KEY_BITS),
+        |k| select_cut(&SliceKeys { scores, filter: Some((already_zero, false)) }, k, T::KEY_BITS),
+    );
+    scores.iter().zip(already_zero).enumerate().map(|(i, (s, &z))| !sel.prunes(i, z, s.key())).collect()
 }
 
 /// [`prune_flags`] applied per comparison group: `group[i]` (in `0..groups`) is element `i`'s group, and
@@ -90,24 +316,45 @@ pub fn prune_count(s: f64, n: usize) -> usize {
     (k.max(0.0) as usize).min(n)
 }
 
-/// The `k` first indices of `0..n` under the total order `cmp`, sorted ascending.
-fn select_first(n: usize, k: usize, cmp: impl Fn(usize, usize) -> Ordering) -> Vec<usize> {
-    let k = k.min(n);
-    if k == 0 {
-        return Vec::new();
+/// The plain definition the fast path must match: sort-based selection with comparison closures.
+#[cfg(test)]
+pub mod reference {
+    use super::*;
+
+    pub fn prune_flags<T: Score>(scores: &[T], already_zero: &[bool], k: usize) -> Vec<bool> {
+        let order = |i: usize, j: usize| {
+            already_zero[j].cmp(&already_zero[i]).then_with(|| prune_order((scores[i], i), (scores[j], j)))
+        };
+        let mut keep = vec![true; scores.len()];
+        for i in select_first(scores.len(), k, order) {
+            keep[i] = false;
+        }
+        keep
     }
-    let mut idx: Vec<usize> = (0..n).collect();
-    if k < n {
-        idx.select_nth_unstable_by(k - 1, |&a, &b| cmp(a, b));
-        idx.truncate(k);
+
+    pub fn lowest_k<T: Score>(scores: &[T], k: usize) -> Vec<usize> {
+        select_first(scores.len(), k, |i, j| prune_order((scores[i], i), (scores[j], j)))
     }
-    idx.sort_unstable();
-    idx
+
+    fn select_first(n: usize, k: usize, cmp: impl Fn(usize, usize) -> Ordering) -> Vec<usize> {
+        let k = k.min(n);
+        if k == 0 {
+            return Vec::new();
+        }
+        let mut idx: Vec<usize> = (0..n).collect();
+        if k < n {
+            idx.select_nth_unstable_by(k - 1, |&a, &b| cmp(a, b));
+            idx.truncate(k);
+        }
+        idx.sort_unstable();
+        idx
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn ties_prune_the_higher_index_first() {
@@ -147,5 +394,53 @@ mod tests {
         assert_eq!(prune_count(1.0, 3), 3);
         assert_eq!(prune_count(0.0, 3), 0);
         assert_eq!(prune_count(0.333, 3), 0);
+    }
+
+    #[test]
+    fn keys_follow_total_cmp() {
+        let v = [f32::NEG_INFINITY, -2.0, -0.0, 0.0, f32::MIN_POSITIVE, 1.0, f32::INFINITY, f32::NAN];
+        for a in v {
+            for b in v {
+                assert_eq!(a.key().cmp(&b.key()), a.total_cmp(&b), "{a} {b}");
+                assert_eq!((a as f64).key().cmp(&(b as f64).key()), (a as f64).total_cmp(&(b as f64)));
+            }
+        }
+    }
+
+    #[test]
+    fn large_group_uses_sixteen_bit_digits_and_matches() {
+        // 70 000 elements with many ties (values on a coarse grid) and some zeros.
+        let n = 70_000usize;
+        let s: Vec<f32> = (0..n).map(|i| ((i * 7919) % 613) as f32 * 0.25).collect();
+        let z: Vec<bool> = (0..n).map(|i| i % 17 == 0).collect();
+        for k in [0, 1, 4_000, 35_000, 69_999, 70_000] {
+            assert_eq!(prune_flags(&s, &z, k), reference::prune_flags(&s, &z, k), "k={k}");
+        }
+    }
+
+    /// Scores drawn from a small set so ties are frequent, including -0.0 / 0.0 and negatives.
+    fn score() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            (0u8..6).prop_map(|v| v as f32 * 0.5),
+            Just(-0.0f32),
+            Just(-1.5f32),
+            any::<f32>().prop_filter("finite", |v| v.is_finite()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fast_matches_reference(
+            v in proptest::collection::vec((score(), any::<bool>()), 0..300),
+            frac in 0.0f64..=1.0,
+        ) {
+            let s: Vec<f32> = v.iter().map(|p| p.0).collect();
+            let z: Vec<bool> = v.iter().map(|p| p.1).collect();
+            let k = prune_count(frac, s.len());
+            prop_assert_eq!(prune_flags(&s, &z, k), reference::prune_flags(&s, &z, k));
+            prop_assert_eq!(lowest_k(&s, k), reference::lowest_k(&s, k));
+            let d: Vec<f64> = s.iter().map(|&x| x as f64 * 1.25).collect();
+            prop_assert_eq!(prune_flags(&d, &z, k), reference::prune_flags(&d, &z, k));
+        }
     }
 }

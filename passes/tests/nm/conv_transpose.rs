@@ -145,7 +145,7 @@ fn wanda_scores_a_convtranspose_by_its_input_channel_norms() {
         let calib = ImgCalib(sq.clone());
         let text = format!("score{{method=wanda,{WITH_CT}}},nm-legalize{{n=2,m=4,{WITH_CT}}}");
         let pm = PassManager::parse(&text, &registry()).unwrap();
-        let rep = pm.run(&mut m, RunEnv { calibrator: Some(&calib), verify_each: true }).unwrap();
+        let rep = pm.run(&mut m, RunEnv { calibrator: Some(&calib), verify_each: true, spill: None }).unwrap();
         assert_eq!(rep.passes[0].counters["wanda_fallback_l1"], 0.0);
         // |w[c, o, k]| · ‖img_c‖₂: the input channel is the index along axis 0, whatever the groups.
         let per_c = w.len() / 8;
@@ -186,7 +186,7 @@ fn masks_on_convtranspose_rows_channels_and_sparsegpt_skip() {
     let calib = ImgCalib(vec![1.0; 8]);
     let pm = PassManager::parse("sparsegpt{sparsity=0.5,ops=ConvTranspose}", &registry()).unwrap();
     let before = values(&m, "ct_w");
-    let rep = pm.run(&mut m, RunEnv { calibrator: Some(&calib), verify_each: true }).unwrap();
+    let rep = pm.run(&mut m, RunEnv { calibrator: Some(&calib), verify_each: true, spill: None }).unwrap();
     let notes = notes_for(&rep, "sparsegpt", "ct_w");
     assert!(notes.iter().any(|n| n.starts_with("skipped") && n.contains("im2col")), "{notes:?}");
     assert_eq!(values(&m, "ct_w"), before);

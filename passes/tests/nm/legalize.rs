@@ -235,7 +235,7 @@ fn cached_scores_drive_the_choice_and_are_updated() {
     // Scores that prefer the smallest magnitudes.
     let s: Vec<f32> = (0..16).map(|i| 100.0 - i as f32).collect();
     let mut cache = AnalysisCache::default();
-    let mut scores = WeightScores { method: "test".into(), scores: BTreeMap::new() };
+    let mut scores = WeightScores { method: "test".into(), scores: BTreeMap::new(), ..Default::default() };
     scores.scores.insert(WeightId::Init("w".into()), ndarray::ArrayD::from_shape_vec(vec![4, 4], s.clone()).unwrap());
     cache.insert(scores);
     let pass = registry().build("nm-legalize", &[]).unwrap();
@@ -277,7 +277,7 @@ fn wanda_scores_drive_nm_legalize() {
     let sq = vec![1.0, 100.0, 0.01, 4.0, 9.0, 0.25, 16.0, 1.0];
     let calib = FakeCalib(sq.clone());
     let pm = PassManager::parse("score{method=wanda},nm-legalize{n=2,m=4}", &registry()).unwrap();
-    pm.run(&mut m, RunEnv { calibrator: Some(&calib), verify_each: true }).unwrap();
+    pm.run(&mut m, RunEnv { calibrator: Some(&calib), ..Default::default() }).unwrap();
     // Reference: |w_kj| · ‖X_k‖₂, 2:4 along K (axis 0).
     let scores: Vec<f32> = (0..48).map(|i| w[i].abs() * (sq[i / 6] as f32).sqrt()).collect();
     let want = ref_nm(&w, &scores, &[8, 6], 0, 2, 4);

@@ -110,17 +110,23 @@ pub fn main(a: Args) -> Result<Outcome> {
     };
     let calib_notes: Vec<String> = calibrator.as_ref().map(|c| c.notes().to_vec()).unwrap_or_default();
     let calibrator = calibrator.as_ref().map(|c| c as &dyn sparsify_onnx::Calibrator);
-    let report = match &bars {
-        Some(b) => pipeline.run_with_progress(&mut model, calibrator, b.as_ref())?,
-        None => pipeline.run(&mut model, calibrator)?,
-    };
+    // Rewritten tensors go to a scratch file beside the output (unlinked at once) as soon as they are
+    // final, so memory stays bounded by the largest tensor; without a writable folder, keep them in memory.
+    let out_dir = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let scratch = sparsify_onnx::Scratch::new_in(out_dir).ok();
+    let progress = bars.as_ref().map(|b| b.as_ref() as &dyn sparsify_onnx::Progress);
+    let report = pipeline.run_with(&mut model, calibrator, progress, scratch.as_ref())?;
     let external = match a.external_data.as_str() {
         "always" => ExternalMode::Always,
         "never" => ExternalMode::Never,
         _ => ExternalMode::Auto,
     };
-    sparsify_onnx::save(&model, &a.output, &ExportOptions { external, ..Default::default() })
-        .with_context(|| format!("saving {}", a.output.display()))?;
+    let opts = ExportOptions { external, ..Default::default() };
+    match &scratch {
+        Some(s) => sparsify_onnx::save_with_scratch(&model, &a.output, &opts, s),
+        None => sparsify_onnx::save(&model, &a.output, &opts),
+    }
+    .with_context(|| format!("saving {}", a.output.display()))?;
     print_report(&report);
     println!("wrote {}", a.output.display());
 

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Large-model benchmark: sparsify-onnx vs `cp` of the same files vs the numpy peers, side by side in one
+# run, with peak RSS, and the same pipelines under a memory limit (a child of this process's own memory
+# cgroup). Models are generated (never committed) by ../shared/bench/make_synthetic.py.
+#
+#   benches/scale.sh                      # 1.5 GiB external-data and inline MLPs
+#   MODELS=mlp_64m_ext benches/scale.sh   # a quick run on a small model
+#
+# Environment: MODELS (comma list, make_synthetic names), OUT (work folder, default target/scale-bench),
+# SHARED (peer scripts, default ../shared/bench), VENV (python venv with numpy+onnx, created if missing,
+# default target/bench-venv), BIN (tool binary; default: built with `cargo build --release -p
+# sparsify-onnx-cli`), LIMIT_FRAC (memory limit as a fraction of the model size, default 0.3),
+# REF_HASHES (file of "sha256  pipeline-tag/file" lines from a reference binary to compare outputs with).
+#
+# The memory limit needs a writable cgroup: run as root (or with a delegated cgroup). cgroup v2 uses
+# memory.max / memory.peak, v1 memory.limit_in_bytes / memory.max_usage_in_bytes.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODELS=${MODELS:-mlp_1536m_ext,mlp_1536m}
+OUT=${OUT:-$ROOT/target/scale-bench}
+SHARED=${SHARED:-$ROOT/../shared/bench}
+VENV=${VENV:-$ROOT/target/bench-venv}
+LIMIT_FRAC=${LIMIT_FRAC:-0.3}
+PIPELINES=("score{method=l1},mask{sparsity=0.5}" "score{method=l1},nm-legalize{n=2,m=4}")
+
+mkdir -p "$OUT/models" "$OUT/out"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q numpy onnx
+fi
+PY="$VENV/bin/python"
+if [ -z "${BIN:-}" ]; then
+  (cd "$ROOT" && cargo build --release -q -p sparsify-onnx-cli)
+  BIN="$ROOT/target/release/sparsify-onnx"
+fi
+
+# --- memory cgroup: a child of our own --------------------------------------------------------------
+CG=""
+CGV=""
+setup_cgroup() {
+  local rel
+  if rel=$(grep -E '^[0-9]+:([^:]*,)?memory(,[^:]*)?:' /proc/self/cgroup | head -1 | cut -d: -f3) && [ -n "$rel" ] \
+     && [ -d "/sys/fs/cgroup/memory$rel" ]; then
+    CG="/sys/fs/cgroup/memory$rel/scale-bench-$$"; CGV=1
+  elif rel=$(grep -E '^0::' /proc/self/cgroup | cut -d: -f3) && [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    CG="/sys/fs/cgroup$rel/scale-bench-$$"; CGV=2
+  fi
+  if [ -n "$CG" ] && mkdir "$CG" 2>/dev/null; then
+    trap 'rmdir "$CG" 2>/dev/null || true' EXIT
+  else
+    echo "note: no writable memory cgroup; memory-limited runs skipped" >&2
+    CG=""
+  fi
+}
+setup_cgroup
+
+# run_limited BYTES CMD...: run CMD in the child cgroup with the limit; prints "ok|killed(rc) peak_MiB wall_s"
+run_limited() {
+  local limit=$1; shift
+  if [ "$CGV" = 1 ]; then
+    echo 0 > "$CG/memory.max_usage_in_bytes" 2>/dev/null || true
+    echo "$limit" > "$CG/memory.limit_in_bytes"
+    echo "$limit" > "$CG/memory.memsw.limit_in_bytes" 2>/dev/null || true
+  else
+    echo "$limit" > "$CG/memory.max"
+    echo 0 > "$CG/memory.swap.max" 2>/dev/null || true
+  fi
+  local t0 t1 rc=0
+  t0=$(date +%s.%N)
+  sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$CG" "$@" > "$OUT/limited.log" 2>&1 || rc=$?
+  t1=$(date +%s.%N)
+  local peak
+  if [ "$CGV" = 1 ]; then peak=$(cat "$CG/memory.max_usage_in_bytes"); else peak=$(cat "$CG/memory.peak" 2>/dev/null || echo 0); fi
+  local status=ok
+  [ "$rc" = 0 ] || status="killed/failed(rc=$rc)"
+  echo "$status $((peak >> 20)) $(echo "$t1 - $t0" | bc)"
+}
+
+# timed CMD...: wall seconds and peak RSS (MiB) of CMD
+timed() {
+  /usr/bin/time -f "%e %M" -o "$OUT/time.txt" "$@" > "$OUT/cmd.log" 2>&1 || { echo "FAILED: $*" >&2; cat "$OUT/cmd.log" >&2; return 1; }
+  read -r wall kib < "$OUT/time.txt"
+  echo "$wall $((kib >> 10))"
+}
+
+files_of() { local m=$1; ls "$m" "$m.data" 2>/dev/null || true; }
+sha_of() { cat $(files_of "$1") | sha256sum | cut -c1-16; }
+
+echo "# scale bench $(date -u +%FT%TZ) on $(nproc) cores; binary $BIN"
+printf '| model | size MiB | what | wall s | peak RSS MiB | ×cp | output sha256 (16) |\n|---|---|---|---|---|---|---|\n'
+IFS=, read -ra names <<< "$MODELS"
+for name in "${names[@]}"; do
+  src="$OUT/models/$name.onnx"
+  [ -f "$src" ] || "$PY" "$SHARED/make_synthetic.py" --out "$OUT/models" --only "$name" > /dev/null
+  size=$(cat $(files_of "$src") | wc -c)
+  mib=$((size >> 20))
+  # warm the page cache once (every tool below reads warm files)
+  cat $(files_of "$src") > /dev/null
+  # cp of the same files (best of 2)
+  best=""
+  for _ in 1 2; do
+    rm -f "$OUT/out/cp.onnx" "$OUT/out/cp.onnx.data"
+    set -- $(timed sh -c "cp '$src' '$OUT/out/cp.onnx'; [ ! -f '$src.data' ] || cp '$src.data' '$OUT/out/cp.onnx.data'")
+    if [ -z "$best" ] || [ "$(echo "$1 < $best" | bc)" = 1 ]; then best=$1; cprss=$2; fi
+  done
+  cp_s=$best
+  printf '| %s | %s | cp | %s | %s | 1.0 | |\n' "$name" "$mib" "$cp_s" "$cprss"
+  set -- $(timed "$BIN" run "$src" -o "$OUT/out/none.onnx")
+  printf '| %s | %s | sparsify-onnx, no passes | %s | %s | %.1f | %s |\n' "$name" "$mib" "$1" "$2" "$(echo "$1 / $cp_s" | bc -l)" "$(sha_of "$OUT/out/none.onnx")"
+  i=0
+  for p in "${PIPELINES[@]}"; do
+    i=$((i + 1))
+    o="$OUT/out/p$i.onnx"
+    set -- $(timed "$BIN" run "$src" -o "$o" --pipeline "$p")
+    h=$(sha_of "$o")
+    ref=""
+    if [ -n "${REF_HASHES:-}" ]; then
+      want=$(grep " $name/p$i\$" "$REF_HASHES" | cut -d' ' -f1 || true)
+      if [ -n "$want" ]; then [ "$want" = "$h" ] && ref=" (= reference)" || ref=" (DIFFERS from reference $want)"; fi
+    fi
+    printf '| %s | %s | sparsify-onnx `%s` | %s | %s | %.1f | %s%s |\n' "$name" "$mib" "$p" "$1" "$2" "$(echo "$1 / $cp_s" | bc -l)" "$h" "$ref"
+    echo "$h $name/p$i" >> "$OUT/hashes.txt"
+    if [ -n "$CG" ]; then
+      limit=$(echo "$size * $LIMIT_FRAC / 1" | bc)
+      rm -f "$o" "$o.data"
+      read -r st peak wall <<< "$(run_limited "$limit" "$BIN" run "$src" -o "$o" --pipeline "$p")"
+      same=""
+      [ "$st" != ok ] || { [ "$(sha_of "$o")" = "$h" ] && same="same output" || same="OUTPUT DIFFERS"; }
+      printf '| %s | %s | same, memory limit %s MiB (%s× model) | %s | cgroup peak %s | %.1f | %s %s |\n' "$name" "$mib" "$((limit >> 20))" "$LIMIT_FRAC" "$wall" "$peak" "$(echo "$wall / $cp_s" | bc -l)" "$st" "$same"
+    fi
+  done
+  rm -f "$OUT/out/np.onnx" "$OUT/out/np.onnx.data"
+  set -- $(timed "$PY" "$SHARED/np_magnitude.py" "$src" "$OUT/out/np.onnx" --sparsity 0.5)
+  printf '| %s | %s | numpy np_magnitude.py 0.5 | %s | %s | %.1f | |\n' "$name" "$mib" "$1" "$2" "$(echo "$1 / $cp_s" | bc -l)"
+  rm -f "$OUT/out/np.onnx" "$OUT/out/np.onnx.data"
+  set -- $(timed "$PY" "$SHARED/np_nm.py" "$src" "$OUT/out/np.onnx" --n 2 --m 4)
+  printf '| %s | %s | numpy np_nm.py 2:4 | %s | %s | %.1f | |\n' "$name" "$mib" "$1" "$2" "$(echo "$1 / $cp_s" | bc -l)"
+  rm -f "$OUT"/out/*.onnx "$OUT"/out/*.onnx.data
+done
