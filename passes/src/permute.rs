@@ -118,7 +118,10 @@ pub fn retained_total(
 pub fn nm_source<'a>(cache: Option<&'a WeightScores>, t: &Tensor, id: &WeightId) -> Result<ScoreSrc<'a>, PassError> {
     if let Some(a) = cache.and_then(|c| c.scores.get(id)) {
         if a.shape() != t.shape().as_slice() {
-            return Err(invalid(id.name(), &format!("cached scores have shape {:?}, the weight {:?}", a.shape(), t.dims)));
+            return Err(invalid(
+                id.name(),
+                &format!("cached scores have shape {:?}, the weight {:?}", a.shape(), t.dims),
+            ));
         }
     }
     match ScoreSrc::of(cache, t, id) {

@@ -168,12 +168,14 @@ impl Tensor {
         // Exponent bits all set = Inf or NaN, tested on the raw bits of each dtype.
         let b = &self.data[..];
         let first = match self.dtype {
-            DType::F32 => Some(b.chunks_exact(4).position(|c| !u32::from_le_bytes(c.try_into().unwrap()) & 0x7f80_0000 == 0)),
+            DType::F32 => {
+                Some(b.chunks_exact(4).position(|c| !u32::from_le_bytes(c.try_into().unwrap()) & 0x7f80_0000 == 0))
+            }
             DType::F16 => Some(b.chunks_exact(2).position(|c| !u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0)),
             DType::BF16 => Some(b.chunks_exact(2).position(|c| !u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0)),
-            DType::F64 => {
-                Some(b.chunks_exact(8).position(|c| !u64::from_le_bytes(c.try_into().unwrap()) & (0x7ff0u64 << 48) == 0))
-            }
+            DType::F64 => Some(
+                b.chunks_exact(8).position(|c| !u64::from_le_bytes(c.try_into().unwrap()) & (0x7ff0u64 << 48) == 0),
+            ),
             _ => None,
         };
         let bad = match (first, self.elems()) {
@@ -239,7 +241,9 @@ impl Tensor {
         match self.dtype {
             DType::F32 => b.chunks_exact(4).filter(|c| u32::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
             DType::F64 => b.chunks_exact(8).filter(|c| u64::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
-            DType::F16 | DType::BF16 => b.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 == 0).count(),
+            DType::F16 | DType::BF16 => {
+                b.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 == 0).count()
+            }
             _ => self.zero_flags().iter().filter(|z| **z).count(),
         }
     }

@@ -335,11 +335,7 @@ fn weight<'g>(g: &'g Graph, t: &Target) -> Result<&'g Tensor, PassError> {
 
 /// A target's score source (the analysis, else |w| after a finiteness check) and whether the analysis
 /// exists but lacks this tensor.
-fn source<'a>(
-    scores: Option<&'a WeightScores>,
-    w: &Tensor,
-    id: &WeightId,
-) -> Result<(ScoreSrc<'a>, bool), PassError> {
+fn source<'a>(scores: Option<&'a WeightScores>, w: &Tensor, id: &WeightId) -> Result<(ScoreSrc<'a>, bool), PassError> {
     match ScoreSrc::of(scores, w, id) {
         Some(src) => Ok((src, false)),
         None => {
