@@ -424,8 +424,14 @@ pub fn run(
     let mut changed = false;
     let mut zeros = 0usize;
     for (i, t) in ctx.targets.iter().enumerate() {
-        let out =
-            apply_mask(&mut model.graph, std::slice::from_ref(t), cx.analyses.get_mut::<WeightScores>(), per[i], &cfg, cx.spill)?;
+        let out = apply_mask(
+            &mut model.graph,
+            std::slice::from_ref(t),
+            cx.analyses.get_mut::<WeightScores>(),
+            per[i],
+            &cfg,
+            cx.spill,
+        )?;
         changed |= out.any_changed;
         let after = model.graph.weight(&t.id).map(|w| w.numel().unwrap_or(0) - w.nnz()).unwrap_or(0);
         zeros += after;

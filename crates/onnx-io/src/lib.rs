@@ -14,8 +14,8 @@ mod write;
 
 pub use export::{model_to_bytes, ExportOptions, ExternalMode};
 pub use import::{model_from_bytes, LoadOptions};
-pub use write::{write_file_atomic, AtomicFile};
 pub use scratch::Scratch;
+pub use write::{write_file_atomic, AtomicFile};
 
 use sparsify_ir::Model;
 use std::path::{Path, PathBuf};
