@@ -8,8 +8,8 @@
 #
 # Environment: MODELS (comma list, make_synthetic names), OUT (work folder, default target/scale-bench),
 # SHARED (peer scripts, default ../shared/bench), VENV (python venv with numpy+onnx, created if missing,
-# default target/bench-venv), BIN (tool binary; default: built with `cargo build --release -p
-# sparsify-onnx-cli`), LIMIT_FRAC (memory limit as a fraction of the model size, default 0.3),
+# default target/bench-venv), BIN (tool binary; default: built with `cargo build --release --bin
+# sparsify-onnx`), LIMIT_FRAC (memory limit as a fraction of the model size, default 0.3),
 # REF_HASHES (file of "sha256  pipeline-tag/file" lines from a reference binary to compare outputs with).
 #
 # The memory limit needs a writable cgroup: run as root (or with a delegated cgroup). cgroup v2 uses
@@ -31,7 +31,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 if [ -z "${BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release -q -p sparsify-onnx-cli)
+  (cd "$ROOT" && cargo build --release -q --bin sparsify-onnx)
   BIN="$ROOT/target/release/sparsify-onnx"
 fi
 

@@ -221,6 +221,9 @@ impl Pass for BlockSparsify {
                 .weight_mut(&sel.id)
                 .ok_or_else(|| PassError::Invalid { subject: name.clone(), message: "weight not found".into() })?;
             let z = t.zero_where(&keep)?;
+            if z > 0 {
+                cx.settle(t)?;
+            }
             changed |= z > 0;
             if let Some(s) = cx.analyses.get_mut::<WeightScores>().and_then(|s| s.scores.get_mut(&sel.id)) {
                 for (v, k) in s.iter_mut().zip(&keep) {

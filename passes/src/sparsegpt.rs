@@ -243,6 +243,7 @@ impl Pass for SparseGpt {
                             message: "weight vanished".into(),
                         })?;
                         t.write_f64(&arr)?;
+                        cx.settle(t)?;
                         changed = Changed::Yes;
                         report(cx, &name, &solved, self.damp, t.numel()?, t.numel()? - t.nnz());
                     }
