@@ -12,15 +12,19 @@ const PIPELINES: [&str; 4] = [
     "score{method=l1},block-sparsify{block=4x4,sparsity=0.5}",
 ];
 
-fn saved(dir: &std::path::Path, name: &str, model: &sparsify_onnx::ir::Model, scratch: Option<&Scratch>, ext: bool) -> Vec<u8> {
+fn saved(
+    dir: &std::path::Path,
+    name: &str,
+    model: &sparsify_onnx::ir::Model,
+    scratch: Option<&Scratch>,
+    ext: bool,
+) -> Vec<u8> {
     // Same file name in different folders: the external-data location is recorded in the model.
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("m.onnx");
-    let opts = ExportOptions {
-        external: if ext { ExternalMode::Always } else { ExternalMode::Never },
-        ..Default::default()
-    };
+    let opts =
+        ExportOptions { external: if ext { ExternalMode::Always } else { ExternalMode::Never }, ..Default::default() };
     match scratch {
         Some(s) => save_with_scratch(model, &path, &opts, s).unwrap(),
         None => save(model, &path, &opts).unwrap(),
@@ -50,7 +54,11 @@ fn scratch_runs_save_the_same_bytes_as_in_memory_runs() {
             let tensors = g.initializers.iter().chain(g.nodes().filter_map(|(_, n)| n.constant_tensor()));
             let modified: usize = tensors.filter(|t| t.modified).map(|t| t.bytes().len()).sum();
             if !text.contains("dead-channel-elim") {
-                assert!(scratch.len() as usize >= modified, "{name} / {text}: {modified} bytes modified, {} in scratch", scratch.len());
+                assert!(
+                    scratch.len() as usize >= modified,
+                    "{name} / {text}: {modified} bytes modified, {} in scratch",
+                    scratch.len()
+                );
             }
             assert_eq!(scratch.is_empty(), modified == 0, "{name} / {text}");
             for ext in [false, true] {

@@ -270,6 +270,10 @@ fn columns(
 fn apply(model: &mut Model, cx: &mut PassCx<'_>, region: &Region, perm: &[usize]) -> Result<(), PassError> {
     let targets = region.consumers.iter().map(|(_, t)| t).chain(region.edits.iter());
     for t in targets {
+        // Wanda scores derived from per-feature norms would no longer line up with permuted features.
+        if let Some(s) = cx.analyses.get_mut::<WeightScores>() {
+            s.materialize(&model.graph, &t.id);
+        }
         let w = model.graph.weight_mut(&t.id).ok_or_else(|| invalid(t.id.name(), "weight not found"))?;
         let size =
             w.dtype.size().filter(|_| w.strings.is_empty()).ok_or_else(|| {

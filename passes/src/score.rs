@@ -26,8 +26,8 @@
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are scored |
 
 use crate::scope::{Scope, SCOPE_OPTIONS};
-use crate::scores::WeightScores;
-use crate::util::score_math::{wanda, FeatureMap, Method};
+use crate::scores::{FeatureNorms, WeightScores};
+use crate::util::score_math::{check_norms, FeatureMap, Method};
 use sparsify_ir::{Graph, Model, WeightInfo, WeightUse};
 use sparsify_pm::{
     Analysis, CalibRequest, CalibStat, Calibrator, Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError,
@@ -203,13 +203,20 @@ pub fn compute_scores_with(
             }
             Some(uses) => {
                 let uses: Vec<(usize, FeatureMap)> = uses;
-                let w = model.graph.weight(&id).ok_or_else(|| invalid(id.name(), "weight not found"))?.to_f32()?;
-                match wanda_for(&w, &uses, &stats, &requests, method, ria_a) {
+                let t = model.graph.weight(&id).ok_or_else(|| invalid(id.name(), "weight not found"))?;
+                match wanda_for(t, &uses, &stats, &requests, method, ria_a) {
                     Ok((s, note)) => {
                         if let Some(n) = note {
                             out.notes.push((id.name().to_string(), n));
                         }
-                        out.scores.scores.insert(id, s);
+                        match s {
+                            Scored::Array(a) => {
+                                out.scores.scores.insert(id, a);
+                            }
+                            Scored::Norms(f) => {
+                                out.scores.wanda.insert(id, f);
+                            }
+                        }
                     }
                     Err(why) => {
                         out.notes.push((id.name().to_string(), format!("wanda not applicable ({why}): using l1")));
@@ -275,14 +282,20 @@ fn request_tensor(r: &CalibRequest) -> &str {
 }
 
 /// Wanda scores from the collected statistics; a note when several activations were combined.
+/// Activation-aware scores of one weight: RIA as an array, Wanda as per-feature norms (derived on read).
+enum Scored {
+    Array(ndarray::ArrayD<f32>),
+    Norms(FeatureNorms),
+}
+
 fn wanda_for(
-    w: &ndarray::ArrayD<f32>,
+    t: &sparsify_ir::Tensor,
     uses: &[(usize, FeatureMap)],
     stats: &[CalibStat],
     requests: &[CalibRequest],
     method: Method,
     ria_a: f64,
-) -> Result<(ndarray::ArrayD<f32>, Option<String>), String> {
+) -> Result<(Scored, Option<String>), String> {
     let mut distinct: Vec<usize> = uses.iter().map(|(r, _)| *r).collect();
     distinct.sort_unstable();
     distinct.dedup();
@@ -305,9 +318,17 @@ fn wanda_for(
         }
     }
     let norms: Vec<f64> = sq.unwrap_or_default().iter().map(|v| v.sqrt()).collect();
+    let map = uses[0].1;
     let s = match method {
-        Method::Ria => crate::util::ria::ria(w, &uses[0].1, &norms, ria_a)?,
-        _ => wanda(w, &uses[0].1, &norms)?,
+        Method::Ria => {
+            Scored::Array(crate::util::ria::ria(&t.to_f32().map_err(|e| e.to_string())?, &map, &norms, ria_a)?)
+        }
+        _ => {
+            let shape = t.shape();
+            map.check(&shape)?;
+            check_norms(&map, &shape, &norms)?;
+            Scored::Norms(FeatureNorms { map, norms })
+        }
     };
     let note = (distinct.len() > 1).then(|| {
         let names: Vec<String> = distinct.iter().map(|&r| format!("'{}'", request_tensor(&requests[r]))).collect();

@@ -6,9 +6,13 @@
 //! records the recipe ([`WeightScores::derived`]) and readers compute them from the weight's current
 //! bytes, in its own dtype, one weight at a time ([`ScoreSrc`]). Pruning zeroes the weight, so a derived
 //! score of a pruned element is 0 without any update — exactly what the stored arrays get explicitly.
-//! Only data-dependent scores (Wanda) are held as arrays ([`WeightScores::scores`]).
+//! Wanda scores, |w_ij|·‖X_j‖₂, are derived the same way from the weight and one norm per input feature
+//! ([`WeightScores::wanda`]): the analysis holds a vector per weight, not a score per element, so a
+//! large model's scores never sit in memory at once. A pruned element's Wanda score is |0|·‖X_j‖ = 0,
+//! as a stored array would be updated. Only scores that are not element-wise functions of the weight
+//! (RIA's row and column sums, scores set directly) are held as arrays ([`WeightScores::scores`]).
 
-use crate::util::score_math::Method;
+use crate::util::score_math::{stride, FeatureMap, Method};
 use crate::util::select::f32_key;
 use ndarray::ArrayD;
 use rayon::prelude::*;
@@ -24,6 +28,16 @@ pub struct WeightScores {
     pub scores: BTreeMap<WeightId, ArrayD<f32>>,
     /// Weights scored by a function of their current values: `L1` (|w|) or `L2` (w²), computed on read.
     pub derived: BTreeMap<WeightId, Method>,
+    /// Weights scored by Wanda: the element → feature map and one activation norm per feature
+    /// (`‖X_j‖₂`, f64); the score of element `i` is `(|w_i| as f64 · norms[feature(i)]) as f32`.
+    pub wanda: BTreeMap<WeightId, FeatureNorms>,
+}
+
+/// The per-feature activation norms of one Wanda-scored weight.
+#[derive(Debug, Clone)]
+pub struct FeatureNorms {
+    pub map: FeatureMap,
+    pub norms: Vec<f64>,
 }
 
 impl Analysis for WeightScores {
@@ -33,12 +47,12 @@ impl Analysis for WeightScores {
 impl WeightScores {
     /// Whether the analysis has scores for `id` (stored or derived).
     pub fn contains(&self, id: &WeightId) -> bool {
-        self.scores.contains_key(id) || self.derived.contains_key(id)
+        self.scores.contains_key(id) || self.derived.contains_key(id) || self.wanda.contains_key(id)
     }
 
     /// Number of scored weights.
     pub fn len(&self) -> usize {
-        self.scores.len() + self.derived.len()
+        self.scores.len() + self.derived.len() + self.wanda.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -50,10 +64,53 @@ impl WeightScores {
         if let Some(a) = self.scores.get(id) {
             return Some(a.clone());
         }
-        let m = self.derived.get(id)?;
         let t = g.weight(id)?;
-        let v = magnitude_vec(t, *m == Method::L2).ok()?;
+        let src = ScoreSrc::of(Some(self), t, id)?;
+        let mut v = vec![0f32; t.numel().ok()?];
+        src.for_each(t, |i, s, _| v[i] = s).ok()?;
         ArrayD::from_shape_vec(t.shape(), v).ok()
+    }
+
+    /// Turn a derived Wanda entry into a stored array (for passes that move elements around, such as a
+    /// permutation of the reduction axis, after which the per-feature norms would no longer line up).
+    pub fn materialize(&mut self, g: &Graph, id: &WeightId) {
+        if self.wanda.contains_key(id) {
+            if let Some(a) = self.get(g, id) {
+                self.wanda.remove(id);
+                self.scores.insert(id.clone(), a);
+            }
+        }
+    }
+}
+
+/// Where Wanda's feature index of a flat element index comes from (see `FeatureMap::feature_of_each`).
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureIndex {
+    red_stride: usize,
+    red_dim: usize,
+    /// (output stride, output dim, output channels per group) for grouped convolutions.
+    groups: Option<(usize, usize, usize)>,
+}
+
+impl FeatureIndex {
+    fn new(map: &FeatureMap, shape: &[usize]) -> Option<FeatureIndex> {
+        let rank = shape.len();
+        if map.out_axis >= rank || map.red_axis >= rank || map.out_axis == map.red_axis {
+            return None;
+        }
+        let g = map.conv_groups.max(1);
+        let out_dim = shape[map.out_axis];
+        let groups = (g > 1).then(|| (stride(shape, map.out_axis), out_dim, (out_dim / g).max(1)));
+        Some(FeatureIndex { red_stride: stride(shape, map.red_axis), red_dim: shape[map.red_axis], groups })
+    }
+
+    #[inline(always)]
+    fn of(&self, f: usize) -> usize {
+        let j = (f / self.red_stride) % self.red_dim;
+        match self.groups {
+            None => j,
+            Some((so, od, per)) => ((f / so) % od / per) * self.red_dim + j,
+        }
     }
 }
 
@@ -65,6 +122,8 @@ pub enum ScoreSrc<'a> {
     /// |w| (`squared = false`) or w² of the weight's current values, computed in f32 from its own dtype
     /// (f64 weights rounded to f32 first, as `Tensor::to_f32` does).
     Magnitude { squared: bool },
+    /// Wanda: `(|w| as f64 · norms[feature]) as f32`, exactly as `score_math::wanda` computes it.
+    Wanda { norms: &'a [f64], index: FeatureIndex },
 }
 
 impl<'a> ScoreSrc<'a> {
@@ -74,6 +133,10 @@ impl<'a> ScoreSrc<'a> {
         let s = scores?;
         if let Some(a) = s.scores.get(id) {
             return (a.shape() == t.shape().as_slice()).then_some(()).and(a.as_slice().map(ScoreSrc::Array));
+        }
+        if let Some(w) = s.wanda.get(id) {
+            let index = FeatureIndex::new(&w.map, &t.shape())?;
+            return (w.norms.len() == w.map.features(&t.shape())).then_some(ScoreSrc::Wanda { norms: &w.norms, index });
         }
         s.derived.get(id).map(|m| ScoreSrc::Magnitude { squared: *m == Method::L2 })
     }
@@ -86,6 +149,9 @@ impl<'a> ScoreSrc<'a> {
             ScoreSrc::Array(a) => e.for_each_f32(|i, _, z| f(i, a[i], z)),
             ScoreSrc::Magnitude { squared: false } => e.for_each_f32(|i, x, z| f(i, x.abs(), z)),
             ScoreSrc::Magnitude { squared: true } => e.for_each_f32(|i, x, z| f(i, x * x, z)),
+            ScoreSrc::Wanda { norms, index } => {
+                e.for_each_f32(|i, x, z| f(i, ((x.abs() as f64) * norms[index.of(i)]) as f32, z))
+            }
         }
         Ok(())
     }
@@ -103,6 +169,9 @@ impl ScoreSrc<'_> {
             }
             ScoreSrc::Magnitude { squared: false } => e.for_each_f32(|i, x, z| f(i, x.abs(), z)),
             ScoreSrc::Magnitude { squared: true } => e.for_each_f32(|i, x, z| f(i, x * x, z)),
+            ScoreSrc::Wanda { norms, index } => {
+                e.for_each_f32(|i, x, z| f(i, ((x.abs() as f64) * norms[index.of(start + i)]) as f32, z))
+            }
         }
     }
 }
@@ -162,6 +231,9 @@ pub fn scores_or_magnitude(
     if let Some(s) = scores.and_then(|s| s.scores.get(id)) {
         return Ok(s.clone());
     }
+    if let Some(a) = scores.filter(|s| s.wanda.contains_key(id)).and_then(|s| s.get(g, id)) {
+        return Ok(a);
+    }
     let t =
         g.weight(id).ok_or_else(|| TensorError::Invalid { name: id.name().to_string(), what: "not found".into() })?;
     let squared = scores.and_then(|s| s.derived.get(id)).is_some_and(|m| *m == Method::L2);
@@ -175,6 +247,37 @@ pub fn scores_or_magnitude(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_wanda_equals_the_array_formula_bit_for_bit() {
+        use crate::util::score_math::wanda;
+        // A grouped Conv weight [O=4, C/g=3, 2, 2] with 2 groups (6 features), and a MatMul [K=5, N=3].
+        let cases: [(Vec<usize>, FeatureMap); 2] = [
+            (vec![4, 3, 2, 2], FeatureMap { out_axis: 0, red_axis: 1, conv_groups: 2 }),
+            (vec![5, 3], FeatureMap { out_axis: 1, red_axis: 0, conv_groups: 1 }),
+        ];
+        for (shape, map) in cases {
+            let n: usize = shape.iter().product();
+            let vals: Vec<f32> = (0..n).map(|i| ((i * 37 % 17) as f32 - 8.0) / 3.0).collect();
+            let t = Tensor::from_f32("w", shape.iter().map(|&d| d as i64).collect(), &vals).unwrap();
+            let norms: Vec<f64> = (0..map.features(&shape)).map(|j| 0.1 + (j as f64).sqrt() * 1.7).collect();
+            let want = wanda(&t.to_f32().unwrap(), &map, &norms).unwrap();
+            let id = WeightId::Init("w".into());
+            let mut s = WeightScores::default();
+            s.wanda.insert(id.clone(), FeatureNorms { map, norms });
+            let mut g = Graph::new();
+            g.initializers.push(t);
+            let got = s.get(&g, &id).unwrap();
+            let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "shape {shape:?}");
+            // The parallel key path reads the same scores.
+            let (keys, _, _) =
+                selection_keys(ScoreSrc::of(Some(&s), &g.initializers[0], &id).unwrap(), &g.initializers[0]).unwrap();
+            let arr = want.as_slice().unwrap();
+            let (ref_keys, _, _) = selection_keys(ScoreSrc::Array(arr), &g.initializers[0]).unwrap();
+            assert_eq!(keys, ref_keys);
+        }
+    }
 
     #[test]
     fn keys_put_zeros_first_then_scores() {

@@ -57,17 +57,25 @@ impl FeatureMap {
     }
 
     /// The feature index of every element, in flat (C) order.
-    pub fn feature_of_each(&self, shape: &[usize]) -> Result<Vec<usize>, String> {
+    /// Whether the map fits `shape` (axes in range and distinct, output channels split into the groups).
+    pub fn check(&self, shape: &[usize]) -> Result<(), String> {
         let rank = shape.len();
         if self.out_axis >= rank || self.red_axis >= rank || self.out_axis == self.red_axis {
             return Err(format!("axes out={} red={} do not fit shape {shape:?}", self.out_axis, self.red_axis));
         }
         let g = self.conv_groups.max(1);
         let out_dim = shape[self.out_axis];
-        let red_dim = shape[self.red_axis];
         if g > 1 && !out_dim.is_multiple_of(g) {
             return Err(format!("{out_dim} output channels do not split into {g} groups"));
         }
+        Ok(())
+    }
+
+    pub fn feature_of_each(&self, shape: &[usize]) -> Result<Vec<usize>, String> {
+        self.check(shape)?;
+        let g = self.conv_groups.max(1);
+        let out_dim = shape[self.out_axis];
+        let red_dim = shape[self.red_axis];
         let per_group = (out_dim / g).max(1);
         let so = stride(shape, self.out_axis);
         let sr = stride(shape, self.red_axis);
