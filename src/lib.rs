@@ -143,7 +143,7 @@ impl sparsify_pm::Spill for ScratchSpill<'_> {
     fn settle(&self, t: &mut sparsify_ir::Tensor) -> Result<(), sparsify_pm::PassError> {
         let stored = self
             .0
-            .store(t.bytes())
+            .store_named(&t.name, t.bytes())
             .map_err(|e| sparsify_pm::PassError::Invalid { subject: t.name.clone(), message: e.to_string() })?;
         t.set_bytes(stored)?;
         Ok(())

@@ -3,7 +3,9 @@
 
 mod common;
 
+use sparsify_onnx::ir::Model;
 use sparsify_onnx::{load, save, save_with_scratch, ExportOptions, ExternalMode, Pipeline, Scratch};
+use std::path::{Path, PathBuf};
 
 const PIPELINES: [&str; 4] = [
     "score{method=l1},mask{sparsity=0.5}",
@@ -12,28 +14,29 @@ const PIPELINES: [&str; 4] = [
     "score{method=l1},block-sparsify{block=4x4,sparsity=0.5}",
 ];
 
-fn saved(
-    dir: &std::path::Path,
-    name: &str,
-    model: &sparsify_onnx::ir::Model,
-    scratch: Option<&Scratch>,
-    ext: bool,
-) -> Vec<u8> {
-    // Same file name in different folders: the external-data location is recorded in the model.
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("m.onnx");
-    let opts =
-        ExportOptions { external: if ext { ExternalMode::Always } else { ExternalMode::Never }, ..Default::default() };
+fn opts(ext: bool) -> ExportOptions {
+    ExportOptions { external: if ext { ExternalMode::Always } else { ExternalMode::Never }, ..Default::default() }
+}
+
+/// Save to `<dir>/<name>/m.onnx` (same file name in different folders: the external-data location is
+/// recorded in the model) and return the model and data bytes.
+fn saved(dir: &Path, name: &str, model: &Model, scratch: Option<&Scratch>, ext: bool) -> Vec<u8> {
+    let path = out_path(dir, name);
     match scratch {
-        Some(s) => save_with_scratch(model, &path, &opts, s).unwrap(),
-        None => save(model, &path, &opts).unwrap(),
+        Some(s) => save_with_scratch(model, &path, &opts(ext), s).unwrap(),
+        None => save(model, &path, &opts(ext)).unwrap(),
     }
     let mut bytes = std::fs::read(&path).unwrap();
-    if let Ok(data) = std::fs::read(dir.join("m.onnx.data")) {
+    if let Ok(data) = std::fs::read(path.with_file_name("m.onnx.data")) {
         bytes.extend(data);
     }
     bytes
+}
+
+fn out_path(dir: &Path, name: &str) -> PathBuf {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("m.onnx")
 }
 
 #[test]
@@ -45,34 +48,77 @@ fn scratch_runs_save_the_same_bytes_as_in_memory_runs() {
             let p = Pipeline::parse(text).unwrap();
             let mut mem = original.clone();
             p.run(&mut mem, None).unwrap();
-            let scratch = Scratch::new_in(dir.path()).unwrap();
-            let mut spilled = original.clone();
-            p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
-            // Every tensor a weight pass rewrote went to the scratch file (dead-channel-elim, which reshapes
-            // tensors, is not a streaming pass and keeps its results in memory).
-            let g = &spilled.graph;
-            let tensors = g.initializers.iter().chain(g.nodes().filter_map(|(_, n)| n.constant_tensor()));
-            let modified: usize = tensors.filter(|t| t.modified).map(|t| t.bytes().len()).sum();
-            if !text.contains("dead-channel-elim") {
-                assert!(
-                    scratch.len() as usize >= modified,
-                    "{name} / {text}: {modified} bytes modified, {} in scratch",
-                    scratch.len()
-                );
-            }
-            assert_eq!(scratch.is_empty(), modified == 0, "{name} / {text}");
+            let streaming = !text.contains("dead-channel-elim");
             for ext in [false, true] {
-                let a = saved(dir.path(), "mem", &mem, None, ext);
-                let b = saved(dir.path(), "spill", &spilled, Some(&scratch), ext);
-                assert!(a == b, "{name} / {text} (external data: {ext}): saved bytes differ");
+                let want = saved(dir.path(), "mem", &mem, None, ext);
+                // Plain spill file, then the in-place output data file (for_output) when there is one.
+                for in_place in [false, true] {
+                    let scratch = if in_place {
+                        Scratch::for_output(&original, &out_path(dir.path(), "spill"), &opts(ext)).unwrap()
+                    } else {
+                        Scratch::new_in(dir.path()).unwrap()
+                    };
+                    let mut spilled = original.clone();
+                    p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
+                    // Every tensor a weight pass rewrote went to the scratch (dead-channel-elim, which
+                    // reshapes tensors, is not a streaming pass and keeps its results in memory); with an
+                    // in-place data file, straight to its final place.
+                    let g = &spilled.graph;
+                    let tensors = g.initializers.iter().chain(g.nodes().filter_map(|(_, n)| n.constant_tensor()));
+                    let (mut modified, mut external) = (0u64, 0u64);
+                    for t in tensors.filter(|t| t.modified) {
+                        modified += t.bytes().len() as u64;
+                        // Tensors the save puts in the data file (small ones stay inline).
+                        if t.bytes().len() >= opts(ext).threshold {
+                            external += t.bytes().len() as u64;
+                        }
+                    }
+                    let stored = scratch.len() + scratch.in_place_len();
+                    let what = format!("{name} / {text} (external: {ext}, in place: {in_place})");
+                    if streaming {
+                        assert!(stored >= modified, "{what}: {modified} bytes modified, {stored} stored");
+                    }
+                    assert_eq!(scratch.is_empty(), modified == 0, "{what}");
+                    // (ppocr keeps its weights in Constant nodes, which the save never moves to the data file.)
+                    if in_place && ext && streaming && name != "ppocr_cls_mobile_v2" {
+                        assert_eq!(scratch.in_place_len(), external, "{what}: data-file tensors written in place");
+                    }
+                    let got = saved(dir.path(), "spill", &spilled, Some(&scratch), ext);
+                    assert!(got == want, "{what}: saved bytes differ");
+                }
             }
-            // Nothing is left in the folder but the outputs: the scratch file was unlinked at creation.
+            // Nothing is left in the folder but the outputs: spill files are unlinked at creation, the
+            // in-place data file was renamed into place.
             let left: Vec<_> = std::fs::read_dir(dir.path())
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .filter(|n| n != "mem" && n != "spill")
                 .collect();
             assert!(left.is_empty(), "left behind: {left:?}");
+            let left: Vec<_> = std::fs::read_dir(dir.path().join("spill"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "m.onnx" && n != "m.onnx.data")
+                .collect();
+            assert!(left.is_empty(), "left behind in the output folder: {left:?}");
         }
     }
+}
+
+#[test]
+fn an_unsaved_in_place_scratch_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = load(&common::bundled("char_lm").join("model.onnx")).unwrap();
+    let out = dir.path().join("out.onnx");
+    let scratch = Scratch::for_output(&original, &out, &opts(true)).unwrap();
+    let mut m = original.clone();
+    Pipeline::parse("score{method=l1},mask{sparsity=0.5}")
+        .unwrap()
+        .run_with(&mut m, None, None, Some(&scratch))
+        .unwrap();
+    assert!(scratch.in_place_len() > 0);
+    drop(m);
+    drop(scratch);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

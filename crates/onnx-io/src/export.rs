@@ -43,6 +43,8 @@ pub(crate) struct ExternalPlan {
     pub threshold: usize,
     pub offset: u64,
     pub chunks: Vec<(u64, Bytes)>,
+    /// The tensor name of each chunk.
+    pub names: Vec<String>,
 }
 
 impl ExternalPlan {
@@ -56,6 +58,7 @@ impl ExternalPlan {
         // 64-byte alignment keeps mapped reads of each tensor aligned for any element type.
         let offset = self.offset.div_ceil(64) * 64;
         self.chunks.push((offset, t.bytes().clone()));
+        self.names.push(t.name.clone());
         self.offset = offset + t.bytes().len() as u64;
         Some((location, offset))
     }
@@ -63,7 +66,8 @@ impl ExternalPlan {
 
 /// Encode a model fully inline (for tract runs and tests). Fails over 2 GiB.
 pub fn model_to_bytes(model: &Model) -> Result<Vec<u8>, IoError> {
-    let mut plan = ExternalPlan { location: None, all: false, threshold: 0, offset: 0, chunks: Vec::new() };
+    let mut plan =
+        ExternalPlan { location: None, all: false, threshold: 0, offset: 0, chunks: Vec::new(), names: Vec::new() };
     let proto = build(model, &mut plan)?;
     let len = proto.encoded_len() as u64;
     if len > PROTO_LIMIT {

@@ -2,13 +2,24 @@
 //! bytes here and keeps only a read-only mapped view of them, so a large model's modified weights live
 //! in the page cache (which the kernel can write back and drop) rather than in anonymous memory.
 //!
-//! The file is created in a folder of the caller's choice (the CLI uses the output's folder, so the same
-//! file system) and unlinked at once: nothing is left behind, even if the process dies. Each stored
-//! region starts on a page boundary so it can be mapped on its own.
+//! Two places hold stored bytes:
+//! - **in place** ([`Scratch::for_output`]): when the output will have an external-data file, that file
+//!   is created up front (as the atomic writer's temporary file beside the destination) with the layout
+//!   the exporter will give it, and a tensor stored for the first time is written straight to its final
+//!   offset. Saving then skips every tensor already in place and renames the file into position, so a
+//!   weight pass writes each modified byte once, as `cp` does. Nothing is renamed unless the save
+//!   succeeds; dropped unsaved, the temporary file is removed.
+//! - **spill**: everything else (inline outputs, a tensor stored a second time, layouts that changed) is
+//!   appended to an unlinked temporary file, each region on a page boundary so it can be mapped alone;
+//!   the exporter copies those bytes file to file in the kernel.
 
-use crate::IoError;
+use crate::export::{build, ExternalPlan};
+use crate::write::{data_plan, AtomicFile};
+use crate::{ExportOptions, IoError};
 use bytes::Bytes;
 use memmap2::MmapOptions;
+use sparsify_ir::Model;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -16,13 +27,37 @@ use std::sync::Mutex;
 
 const PAGE: u64 = 1 << 16;
 
-/// An unlinked temporary file that tensor bytes are appended to.
+/// Where stored bytes live (see [`Scratch::locate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Loc {
+    /// At this offset of the in-place output data file.
+    InPlace(u64),
+    /// At this offset of the spill file.
+    Spill(u64),
+}
+
+/// The output's external-data file, written in place.
+pub(crate) struct InPlace {
+    /// The destination path of the data file.
+    pub(crate) dest: PathBuf,
+    /// The temporary file (renamed over `dest` by a successful save).
+    pub(crate) file: Mutex<Option<AtomicFile>>,
+    /// A second handle to the same file, for writes and maps.
+    handle: File,
+    /// Tensor name → (offset, length) in the planned layout; a slot is used once.
+    slots: Mutex<BTreeMap<String, (u64, usize)>>,
+    /// End of the planned layout (the file's length).
+    pub(crate) end: u64,
+}
+
+/// Stored bytes, written once: a spill file and optionally the output's data file in place.
 pub struct Scratch {
     file: File,
     path: PathBuf,
     end: Mutex<u64>,
-    /// (address of the mapped view, length, file offset) of every stored region, for [`Scratch::locate`].
-    regions: Mutex<Vec<(usize, usize, u64)>>,
+    in_place: Option<InPlace>,
+    /// (address of the mapped view, length, location) of every stored region, for [`Scratch::locate`].
+    regions: Mutex<Vec<(usize, usize, Loc)>>,
 }
 
 struct MapOwner(memmap2::Mmap);
@@ -33,47 +68,121 @@ impl AsRef<[u8]> for MapOwner {
 }
 
 impl Scratch {
-    /// A new scratch file in `dir` (removed from the folder immediately; the open handle keeps it).
+    /// A new scratch in `dir` (its spill file is removed from the folder immediately; the open handle
+    /// keeps it). No in-place output.
     pub fn new_in(dir: &Path) -> Result<Scratch, IoError> {
-        let path = dir.join(format!(".sparsify-scratch-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!(".sparsify-scratch-{}-{n}", std::process::id()));
         let werr = |source| IoError::Write { path: path.clone(), source };
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(werr)?;
         std::fs::remove_file(&path).map_err(werr)?;
-        Ok(Scratch { file, path, end: Mutex::new(0), regions: Mutex::new(Vec::new()) })
+        Ok(Scratch { file, path, end: Mutex::new(0), in_place: None, regions: Mutex::new(Vec::new()) })
+    }
+
+    /// A scratch for a model that will be saved to `out` with `opts`: when that save writes an
+    /// external-data file, the file is laid out now (the layout of `model` as it is) and tensors stored
+    /// later go straight to their final place in it. Save with `save_with_scratch` and the same options.
+    pub fn for_output(model: &Model, out: &Path, opts: &ExportOptions) -> Result<Scratch, IoError> {
+        let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut scratch = Scratch::new_in(dir)?;
+        let Some((data_path, mut plan)) = data_plan(model, out, opts) else { return Ok(scratch) };
+        build(model, &mut plan)?;
+        if plan.chunks.is_empty() {
+            return Ok(scratch);
+        }
+        let mut slots = BTreeMap::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, offset, len) in plan_slots(&plan) {
+            // A name used twice (an initializer and a Constant output, say) gets no slot: its bytes spill.
+            if !seen.insert(name.clone()) {
+                slots.remove(&name);
+                continue;
+            }
+            slots.insert(name, (offset, len));
+        }
+        let mut atomic = AtomicFile::create(&data_path)?;
+        let werr = |source| IoError::Write { path: data_path.clone(), source };
+        atomic.file().set_len(plan.offset).map_err(werr)?;
+        let handle = atomic.file().try_clone().map_err(werr)?;
+        scratch.in_place = Some(InPlace {
+            dest: data_path,
+            file: Mutex::new(Some(atomic)),
+            handle,
+            slots: Mutex::new(slots),
+            end: plan.offset,
+        });
+        Ok(scratch)
     }
 
     /// Store `bytes` and return a read-only mapped view of the stored copy (empty input: empty bytes).
     pub fn store(&self, bytes: &[u8]) -> Result<Bytes, IoError> {
+        self.store_named("", bytes)
+    }
+
+    /// [`Scratch::store`] for tensor `name`: written to its slot in the in-place output when it has one
+    /// of the same length that was not used yet, else spilled.
+    pub fn store_named(&self, name: &str, bytes: &[u8]) -> Result<Bytes, IoError> {
         if bytes.is_empty() {
             return Ok(Bytes::new());
         }
-        let werr = |source| IoError::Write { path: self.path.clone(), source };
+        if let Some(ip) = &self.in_place {
+            let slot = {
+                let mut slots = ip.slots.lock().unwrap_or_else(|e| e.into_inner());
+                match slots.get(name) {
+                    Some(&(offset, len)) if len == bytes.len() => slots.remove(name).map(|_| offset),
+                    _ => None,
+                }
+            };
+            if let Some(offset) = slot {
+                return self.write_map(&ip.handle, &ip.dest, offset, bytes, Loc::InPlace(offset));
+            }
+        }
         let offset = {
             let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
             let offset = end.div_ceil(PAGE) * PAGE;
             *end = offset + bytes.len() as u64;
             offset
         };
-        self.file.write_all_at(bytes, offset).map_err(werr)?;
-        // SAFETY: the region was just written and is never written again (each store appends past the
-        // end); the file is private to this process (unlinked on creation).
-        let map = unsafe { MmapOptions::new().offset(offset).len(bytes.len()).map(&self.file) }.map_err(werr)?;
-        self.regions.lock().unwrap_or_else(|e| e.into_inner()).push((map.as_ptr() as usize, map.len(), offset));
+        self.write_map(&self.file, &self.path, offset, bytes, Loc::Spill(offset))
+    }
+
+    fn write_map(&self, file: &File, path: &Path, offset: u64, bytes: &[u8], loc: Loc) -> Result<Bytes, IoError> {
+        let werr = |source| IoError::Write { path: path.to_path_buf(), source };
+        file.write_all_at(bytes, offset).map_err(werr)?;
+        // SAFETY: the region was just written and is never written again by this process: spill regions
+        // are appended past the end, in-place slots are used once, and the exporter writes only regions
+        // that hold no stored bytes. The spill file is private (unlinked); the in-place file is a fresh
+        // temporary file that only this scratch writes until it is renamed.
+        let map = unsafe { MmapOptions::new().offset(offset).len(bytes.len()).map(file) }.map_err(werr)?;
+        self.regions.lock().unwrap_or_else(|e| e.into_inner()).push((map.as_ptr() as usize, map.len(), loc));
         Ok(Bytes::from_owner(MapOwner(map)))
     }
 
-    /// The file offset of `bytes` when they are (part of) a view this scratch returned.
-    pub(crate) fn locate(&self, bytes: &[u8]) -> Option<u64> {
+    /// Where `bytes` are stored when they are (part of) a view this scratch returned.
+    pub(crate) fn locate(&self, bytes: &[u8]) -> Option<Loc> {
         let (p, n) = (bytes.as_ptr() as usize, bytes.len());
         let regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
-        regions.iter().find(|(a, len, _)| p >= *a && p + n <= a + len).map(|(a, _, off)| off + (p - a) as u64)
+        regions.iter().find(|(a, len, _)| p >= *a && p + n <= a + len).map(|&(a, _, loc)| match loc {
+            Loc::InPlace(o) => Loc::InPlace(o + (p - a) as u64),
+            Loc::Spill(o) => Loc::Spill(o + (p - a) as u64),
+        })
     }
 
-    /// Append `len` stored bytes at `offset` to `out` in the kernel (`copy_file_range` through
+    /// The in-place output data file, when this scratch has one for `dest`.
+    pub(crate) fn in_place_for(&self, dest: &Path) -> Option<&InPlace> {
+        self.in_place.as_ref().filter(|ip| ip.dest == dest)
+    }
+
+    /// Append `len` stored bytes at `loc` to `out` in the kernel (`copy_file_range` through
     /// `std::io::copy`), without mapping them into this process.
-    pub(crate) fn copy_to(&self, offset: u64, len: usize, out: &mut File) -> std::io::Result<()> {
+    pub(crate) fn copy_to(&self, loc: Loc, len: usize, out: &mut File) -> std::io::Result<()> {
         use std::io::{Read, Seek, SeekFrom};
-        let mut src = &self.file;
+        let (mut src, offset) = match (loc, &self.in_place) {
+            (Loc::Spill(o), _) => (&self.file, o),
+            (Loc::InPlace(o), Some(ip)) => (&ip.handle, o),
+            (Loc::InPlace(_), None) => return Err(std::io::Error::other("no in-place file")),
+        };
         src.seek(SeekFrom::Start(offset))?;
         let copied = std::io::copy(&mut src.take(len as u64), out)?;
         if copied != len as u64 {
@@ -82,14 +191,25 @@ impl Scratch {
         Ok(())
     }
 
-    /// Bytes stored so far (including alignment gaps).
+    /// Bytes spilled so far (including alignment gaps; in-place writes are not counted).
     pub fn len(&self) -> u64 {
         *self.end.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Bytes written in place so far.
+    pub fn in_place_len(&self) -> u64 {
+        let regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        regions.iter().filter(|r| matches!(r.2, Loc::InPlace(_))).map(|r| r.1 as u64).sum()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0 && self.in_place_len() == 0
+    }
+}
+
+/// (tensor name, offset, length) of every chunk of `plan`.
+fn plan_slots(plan: &ExternalPlan) -> Vec<(String, u64, usize)> {
+    plan.names.iter().zip(&plan.chunks).map(|(n, (o, b))| (n.clone(), *o, b.len())).collect()
 }
 
 #[cfg(test)]
@@ -108,7 +228,7 @@ mod tests {
         assert!(b.iter().all(|&x| x == 7));
         assert!(s.len() >= PAGE + 100_000);
         assert!(s.store(&[]).unwrap().is_empty());
-        assert_eq!(s.locate(&b[10..20]), Some(PAGE + 10));
+        assert_eq!(s.locate(&b[10..20]), Some(Loc::Spill(PAGE + 10)));
         assert_eq!(s.locate(&[1u8, 2, 3]), None, "bytes elsewhere are not in the scratch");
         let out_path = dir.path().join("out");
         let mut out = File::create(&out_path).unwrap();

@@ -8,6 +8,7 @@
 //! on success — so the destination is either the old file, untouched, or the complete new one.
 
 use crate::export::{build, has_external, weight_bytes, ExportOptions, ExternalMode, ExternalPlan, PROTO_LIMIT};
+use crate::scratch::Loc;
 use crate::{IoError, Scratch};
 use bytes::buf::UninitSlice;
 use bytes::BufMut;
@@ -15,6 +16,7 @@ use prost::Message;
 use sparsify_ir::Model;
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -138,7 +140,7 @@ impl AtomicFile {
         loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let tmp = dest.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
-            match File::options().write(true).create_new(true).open(&tmp) {
+            match File::options().read(true).write(true).create_new(true).open(&tmp) {
                 Ok(file) => return Ok(AtomicFile { file, tmp, dest: dest.to_path_buf(), done: false }),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(werr(e)),
@@ -183,8 +185,8 @@ impl Drop for AtomicFile {
 
 /// Write `bytes` to `f`: from the scratch file in the kernel when they live there, else from memory.
 fn write_bytes(f: &mut File, bytes: &[u8], scratch: Option<&Scratch>) -> std::io::Result<()> {
-    match scratch.and_then(|s| s.locate(bytes).map(|off| (s, off))) {
-        Some((s, off)) => s.copy_to(off, bytes.len(), f),
+    match scratch.and_then(|s| s.locate(bytes).map(|loc| (s, loc))) {
+        Some((s, loc)) => s.copy_to(loc, bytes.len(), f),
         None => f.write_all(bytes),
     }
 }
@@ -233,15 +235,10 @@ impl Drop for RenameLock {
     }
 }
 
-pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Option<&Scratch>) -> Result<(), IoError> {
-    if path.is_dir() {
-        return Err(IoError::Refused { path: path.into(), why: "it is a directory".into() });
-    }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| IoError::Refused { path: path.into(), why: "no file name".into() })?
-        .to_string_lossy()
-        .into_owned();
+/// Where `save` puts external data for `model` saved to `path` with `opts`: the data file's path and an
+/// empty plan, or `None` when everything stays inline.
+pub(crate) fn data_plan(model: &Model, path: &Path, opts: &ExportOptions) -> Option<(PathBuf, ExternalPlan)> {
+    let file_name = path.file_name()?.to_string_lossy().into_owned();
     let data_name = format!("{file_name}.data");
     let big = weight_bytes(model) > PROTO_LIMIT - (64 << 20);
     let (location, all) = match opts.external {
@@ -251,7 +248,17 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Op
         ExternalMode::Auto if has_external(model) => (Some(data_name.clone()), false),
         ExternalMode::Auto => (None, false),
     };
-    let mut plan = ExternalPlan { location, all, threshold: opts.threshold, offset: 0, chunks: Vec::new() };
+    let plan =
+        ExternalPlan { location, all, threshold: opts.threshold, offset: 0, chunks: Vec::new(), names: Vec::new() };
+    Some((path.with_file_name(&data_name), plan))
+}
+
+pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Option<&Scratch>) -> Result<(), IoError> {
+    if path.is_dir() {
+        return Err(IoError::Refused { path: path.into(), why: "it is a directory".into() });
+    }
+    let (data_path, mut plan) = data_plan(model, path, opts)
+        .ok_or_else(|| IoError::Refused { path: path.into(), why: "no file name".into() })?;
     let proto = build(model, &mut plan)?;
     let len = proto.encoded_len() as u64;
     if len > PROTO_LIMIT {
@@ -261,18 +268,21 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Op
         let p = p.to_path_buf();
         move |source| IoError::Write { path: p, source }
     };
-    let data_path = path.with_file_name(&data_name);
     let mut data = None;
     if !plan.chunks.is_empty() {
-        let mut f = AtomicFile::create(&data_path)?;
-        let mut pos = 0u64;
-        for (offset, bytes) in &plan.chunks {
-            let pad = (offset - pos) as usize;
-            f.file().write_all(&vec![0u8; pad]).map_err(werr(&data_path))?;
-            write_bytes(f.file(), bytes, scratch).map_err(werr(&data_path))?;
-            pos = offset + bytes.len() as u64;
+        if let Some(f) = scratch.and_then(|s| finish_in_place(s, &data_path, &plan)) {
+            data = Some(f?);
+        } else {
+            let mut f = AtomicFile::create(&data_path)?;
+            let mut pos = 0u64;
+            for (offset, bytes) in &plan.chunks {
+                let pad = (offset - pos) as usize;
+                f.file().write_all(&vec![0u8; pad]).map_err(werr(&data_path))?;
+                write_bytes(f.file(), bytes, scratch).map_err(werr(&data_path))?;
+                pos = offset + bytes.len() as u64;
+            }
+            data = Some(f);
         }
-        data = Some(f);
     }
     let mut out = AtomicFile::create(path)?;
     let mut sink = Sink::new(out.file(), CHUNK);
@@ -288,6 +298,34 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Op
         }
         None => out.commit(),
     }
+}
+
+/// Complete the scratch's in-place data file for `plan`: write every chunk not already at its offset.
+/// `None` (use a fresh file) when the scratch has no in-place file for `data_path`, it was taken by an
+/// earlier save, or the layout changed since it was planned (a chunk's stored bytes sit elsewhere in
+/// the file, or the data grew).
+fn finish_in_place(s: &Scratch, data_path: &Path, plan: &ExternalPlan) -> Option<Result<AtomicFile, IoError>> {
+    let ip = s.in_place_for(data_path)?;
+    if plan.offset != ip.end {
+        return None;
+    }
+    let placed = |bytes: &[u8]| match s.locate(bytes) {
+        Some(Loc::InPlace(o)) => Some(o),
+        _ => None,
+    };
+    if plan.chunks.iter().any(|(offset, bytes)| placed(bytes).is_some_and(|o| o != *offset)) {
+        return None;
+    }
+    let mut f = ip.file.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    let werr = |source| IoError::Write { path: data_path.to_path_buf(), source };
+    for (offset, bytes) in &plan.chunks {
+        if placed(bytes) != Some(*offset) {
+            if let Err(e) = f.file().write_all_at(bytes, *offset) {
+                return Some(Err(werr(e)));
+            }
+        }
+    }
+    Some(Ok(f))
 }
 
 #[cfg(test)]

@@ -110,18 +110,19 @@ pub fn main(a: Args) -> Result<Outcome> {
     };
     let calib_notes: Vec<String> = calibrator.as_ref().map(|c| c.notes().to_vec()).unwrap_or_default();
     let calibrator = calibrator.as_ref().map(|c| c as &dyn sparsify_onnx::Calibrator);
-    // Rewritten tensors go to a scratch file beside the output (unlinked at once) as soon as they are
-    // final, so memory stays bounded by the largest tensor; without a writable folder, keep them in memory.
-    let out_dir = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let scratch = sparsify_onnx::Scratch::new_in(out_dir).ok();
-    let progress = bars.as_ref().map(|b| b.as_ref() as &dyn sparsify_onnx::Progress);
-    let report = pipeline.run_with(&mut model, calibrator, progress, scratch.as_ref())?;
     let external = match a.external_data.as_str() {
         "always" => ExternalMode::Always,
         "never" => ExternalMode::Never,
         _ => ExternalMode::Auto,
     };
     let opts = ExportOptions { external, ..Default::default() };
+    // Rewritten tensors are stored as soon as they are final: straight into the output's external-data
+    // file when it will have one (laid out now, renamed into place by the save), else in an unlinked
+    // spill file beside the output. Memory stays bounded by the largest tensor. Without a writable
+    // folder they stay in memory (the save then reports the folder).
+    let scratch = sparsify_onnx::Scratch::for_output(&model, &a.output, &opts).ok();
+    let progress = bars.as_ref().map(|b| b.as_ref() as &dyn sparsify_onnx::Progress);
+    let report = pipeline.run_with(&mut model, calibrator, progress, scratch.as_ref())?;
     match &scratch {
         Some(s) => sparsify_onnx::save_with_scratch(&model, &a.output, &opts, s),
         None => sparsify_onnx::save(&model, &a.output, &opts),
