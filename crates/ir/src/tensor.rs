@@ -274,23 +274,43 @@ impl Tensor {
     /// Set to +0 every element `i` for which `prune(i)` holds, in one pass over the bytes; kept elements
     /// stay bit-identical. Returns how many elements changed (were non-zero before); the tensor is left
     /// untouched (not marked modified) when none did.
-    pub fn zero_by(&mut self, prune: impl Fn(usize) -> bool) -> Result<usize, TensorError> {
+    pub fn zero_by(&mut self, prune: impl Fn(usize) -> bool + Sync) -> Result<usize, TensorError> {
+        use rayon::prelude::*;
         let size = self
             .dtype
             .size()
             .filter(|_| self.dtype.is_prunable_float())
             .ok_or_else(|| TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() })?;
-        let mut out = self.data.to_vec();
-        let mut changed = 0usize;
-        for (i, c) in out.chunks_exact_mut(size).enumerate() {
-            if prune(i) {
-                // Non-zero: any bit set other than the sign (the top bit of the last, most significant byte).
-                let (last, rest) = c.split_last_mut().expect("size > 0");
-                changed += usize::from(*last & 0x7f != 0 || rest.iter().any(|&x| x != 0));
-                *last = 0;
-                rest.fill(0);
-            }
-        }
+        // Elements per parallel task; the output is written once, element by element, from the input.
+        const TASK: usize = 1 << 16;
+        let src = &self.data[..];
+        let mut out = vec![0u8; src.len()];
+        let changed: usize = out
+            .par_chunks_mut(TASK * size)
+            .zip(src.par_chunks(TASK * size))
+            .enumerate()
+            .map(|(c, (o, s))| {
+                let base = c * TASK;
+                match size {
+                    4 => zero_words::<4>(o, s, base, &prune),
+                    2 => zero_words::<2>(o, s, base, &prune),
+                    8 => zero_words::<8>(o, s, base, &prune),
+                    _ => {
+                        let mut n = 0usize;
+                        for (j, (oc, sc)) in o.chunks_exact_mut(size).zip(s.chunks_exact(size)).enumerate() {
+                            if prune(base + j) {
+                                // Non-zero: any bit set other than the sign (top bit of the last byte).
+                                let (last, rest) = sc.split_last().expect("size > 0");
+                                n += usize::from(*last & 0x7f != 0 || rest.iter().any(|&x| x != 0));
+                            } else {
+                                oc.copy_from_slice(sc);
+                            }
+                        }
+                        n
+                    }
+                }
+            })
+            .sum();
         if changed == 0 {
             return Ok(0);
         }
@@ -335,6 +355,26 @@ impl Tensor {
         }
         h
     }
+}
+
+/// One task of [`Tensor::zero_by`] over `W`-byte little-endian elements: copy kept elements of `s` to
+/// `o` (which starts zeroed), leave pruned ones +0; count pruned elements that were not ±0.
+#[inline]
+fn zero_words<const W: usize>(o: &mut [u8], s: &[u8], base: usize, prune: &(impl Fn(usize) -> bool + Sync)) -> usize {
+    let mut n = 0usize;
+    for (j, (oc, sc)) in o.chunks_exact_mut(W).zip(s.chunks_exact(W)).enumerate() {
+        let w: [u8; W] = sc.try_into().expect("chunks of W bytes");
+        if prune(base + j) {
+            let mut any = w[W - 1] & 0x7f;
+            for &b in &w[..W - 1] {
+                any |= b;
+            }
+            n += usize::from(any != 0);
+        } else {
+            oc.copy_from_slice(&w);
+        }
+    }
+    n
 }
 
 /// The elements of a float tensor in its own dtype, read in place from little-endian bytes.

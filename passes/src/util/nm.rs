@@ -8,6 +8,7 @@
 //! position", TensorRT's rule.
 
 use crate::util::select::f32_key;
+use rayon::prelude::*;
 use sparsify_ir::{DType, Tensor, WeightInfo};
 
 /// The `[outer, axis, inner]` view of a shape.
@@ -71,27 +72,28 @@ pub fn nm_keep(scores: &[f32], nonzero: &[bool], view: AxisView, n: usize, m: us
 pub fn nm_keep_keys(keys: &[u64], view: AxisView, n: usize, m: usize) -> Vec<bool> {
     debug_assert!(m > 0 && view.len.is_multiple_of(m));
     let mut keep = vec![false; keys.len()];
-    let mut g = vec![0u64; m];
     let inner = view.inner;
-    for o in 0..view.outer {
-        for grp in 0..view.len / m {
-            let base0 = (o * view.len + grp * m) * inner;
-            for i in 0..inner {
-                let base = base0 + i;
-                for (k, slot) in g.iter_mut().enumerate() {
-                    *slot = keys[base + k * inner];
+    let block = m * inner;
+    if block == 0 {
+        return keep;
+    }
+    // A block = the m rows of one group along the axis, across `inner`: contiguous, independent.
+    keep.par_chunks_mut(block).zip(keys.par_chunks(block)).for_each(|(kb, ks)| {
+        let mut g = vec![0u64; m];
+        for i in 0..inner {
+            for (k, slot) in g.iter_mut().enumerate() {
+                *slot = ks[k * inner + i];
+            }
+            for a in 0..m {
+                let ka = g[a];
+                let mut rank = 0usize;
+                for (b, &kb) in g.iter().enumerate() {
+                    rank += usize::from((kb > ka) | ((kb == ka) & (b < a)));
                 }
-                for a in 0..m {
-                    let ka = g[a];
-                    let mut rank = 0usize;
-                    for (b, &kb) in g.iter().enumerate() {
-                        rank += usize::from((kb > ka) | ((kb == ka) & (b < a)));
-                    }
-                    keep[base + a * inner] = rank < n;
-                }
+                kb[a * inner + i] = rank < n;
             }
         }
-    }
+    });
     keep
 }
 
@@ -113,21 +115,28 @@ pub fn nm_retained(scores: &[f32], nonzero: &[bool], view: AxisView, n: usize, m
 }
 
 /// [`nm_retained`] over values with zeros already applied. Per group, the `n` largest (`total_cmp`) are
-/// summed in descending order in f64, then added to the total — the same additions, in the same order,
-/// as sorting each group.
+/// summed in descending order in f64 — the same additions, in the same order, as sorting each group;
+/// group sums are added up per block (the `m` rows of one group along the axis, across the inner
+/// dimensions) and the block totals in block order.
 pub fn nm_retained_vals(vals: &[f32], view: AxisView, n: usize, m: usize) -> f64 {
-    let mut total = 0.0f64;
-    let mut g = vec![0u32; m];
-    let mut gv = vec![0f32; m];
-    let mut top = vec![0f32; n];
     let inner = view.inner;
-    for o in 0..view.outer {
-        for grp in 0..view.len / m {
-            let base0 = (o * view.len + grp * m) * inner;
+    let block = m * inner;
+    if block == 0 {
+        return 0.0;
+    }
+    // Per block of groups (the m rows of one group along the axis), summed in order; blocks in parallel,
+    // their totals added in block order (deterministic whatever the thread count).
+    let parts: Vec<f64> = vals
+        .par_chunks(block)
+        .filter(|c| c.len() == block)
+        .map(|vb| {
+            let mut total = 0.0f64;
+            let mut g = vec![0u32; m];
+            let mut gv = vec![0f32; m];
+            let mut top = vec![0f32; n];
             for i in 0..inner {
-                let base = base0 + i;
                 for k in 0..m {
-                    gv[k] = vals[base + k * inner];
+                    gv[k] = vb[k * inner + i];
                     g[k] = f32_key(gv[k]);
                 }
                 for a in 0..m {
@@ -141,9 +150,10 @@ pub fn nm_retained_vals(vals: &[f32], view: AxisView, n: usize, m: usize) -> f64
                 }
                 total += top.iter().map(|&v| v as f64).sum::<f64>();
             }
-        }
-    }
-    total
+            total
+        })
+        .collect();
+    parts.iter().sum()
 }
 
 /// The axis N:M groups run along for a weight, or why the weight is not eligible.
