@@ -32,8 +32,8 @@
 use crate::permute::{nm_source, permute_for_nm, retained_total};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::ScoreRecipe;
-use crate::scores::{selection_keys, WeightScores};
-use crate::util::nm::{nm_eligibility, nm_keep_keys, AxisView};
+use crate::scores::{selection_keys, MagKeys, WeightScores};
+use crate::util::nm::{nm_eligibility, nm_keep_by, nm_keep_keys, AxisView};
 use sparsify_ir::{Graph, Model, WeightInfo};
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
 
@@ -168,8 +168,13 @@ impl Pass for NmLegalize {
             let view = AxisView::new(&t.shape(), *axis);
             let keep = {
                 let src = nm_source(cx.analyses.get::<WeightScores>(), t, &info.id)?;
-                let (keys, _, _) = selection_keys(src, t)?;
-                nm_keep_keys(&keys, view, n, m)
+                match MagKeys::of(&src, t) {
+                    Some(mk) => nm_keep_by(t.numel()?, |i| mk.key(i), view, n, m),
+                    None => {
+                        let (keys, _, _) = selection_keys(src, t)?;
+                        nm_keep_keys(&keys, view, n, m)
+                    }
+                }
             };
             let t = model.graph.weight_mut(&info.id).expect("looked up above");
             let z = t.zero_by(|i| !keep[i])?;

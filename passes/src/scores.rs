@@ -13,7 +13,7 @@
 //! (RIA's row and column sums, scores set directly) are held as arrays ([`WeightScores::scores`]).
 
 use crate::util::score_math::{stride, FeatureMap, Method};
-use crate::util::select::f32_key;
+use crate::util::select::{f32_key, Candidates};
 use ndarray::ArrayD;
 use rayon::prelude::*;
 use sparsify_ir::{Elems, Graph, Tensor, TensorError, WeightId};
@@ -219,6 +219,79 @@ pub fn selection_keys(src: ScoreSrc<'_>, t: &Tensor) -> Result<(Vec<u64>, u32, u
     Ok((keys, 33, zeros))
 }
 
+/// Selection keys of a magnitude-scored f32 weight, computed from its bytes when asked (no key vector):
+/// the same keys as [`selection_keys`] gives (already-zero elements first, then |w| or w²), 32 bits.
+#[derive(Debug, Clone)]
+pub struct MagKeys {
+    bytes: bytes::Bytes,
+    squared: bool,
+}
+
+impl MagKeys {
+    /// The fast keys for `src` over `t`, when `src` is a magnitude score and `t` holds f32.
+    pub fn of(src: &ScoreSrc<'_>, t: &Tensor) -> Option<MagKeys> {
+        match (src, t.dtype) {
+            (ScoreSrc::Magnitude { squared }, sparsify_ir::DType::F32) => {
+                Some(MagKeys { bytes: t.bytes().clone(), squared: *squared })
+            }
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn key_of(b: u32, squared: bool) -> u64 {
+        let x = f32::from_bits(b);
+        let s = if squared { x * x } else { x.abs() };
+        (u64::from(b << 1 != 0) << 31) | u64::from(s.to_bits())
+    }
+
+    /// The key of element `i`.
+    #[inline(always)]
+    pub fn key(&self, i: usize) -> u64 {
+        let b = u32::from_le_bytes(self.bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        MagKeys::key_of(b, self.squared)
+    }
+
+    fn words(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+    }
+}
+
+impl Candidates for MagKeys {
+    fn len(&self) -> usize {
+        self.bytes.len() / 4
+    }
+    fn scan(&self, mut f: impl FnMut(usize, u64)) {
+        let sq = self.squared;
+        self.words().enumerate().for_each(|(i, b)| f(i, MagKeys::key_of(b, sq)));
+    }
+    fn histogram(&self, hist: &mut [usize], shift: u32, mask: u64, filter: Option<(u32, u64)>) {
+        const PAR: usize = 1 << 18;
+        let sq = self.squared;
+        let partial = self
+            .bytes
+            .par_chunks(4 * PAR)
+            .map(|c| {
+                let mut h = vec![0usize; hist.len()];
+                let words = c.chunks_exact(4).map(|w| MagKeys::key_of(u32::from_le_bytes(w.try_into().unwrap()), sq));
+                match filter {
+                    None => words.for_each(|x| h[((x >> shift) & mask) as usize] += 1),
+                    Some((hi, prefix)) => {
+                        words.filter(|x| x >> hi == prefix).for_each(|x| h[((x >> shift) & mask) as usize] += 1)
+                    }
+                }
+                h
+            })
+            .reduce_with(|mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            });
+        if let Some(p) = partial {
+            hist.iter_mut().zip(&p).for_each(|(x, y)| *x += y);
+        }
+    }
+}
+
 /// Elements per parallel work item.
 const CHUNK: usize = 1 << 18;
 
@@ -247,6 +320,29 @@ pub fn scores_or_magnitude(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_keys_equal_the_key_vector() {
+        // Zeros of both signs, denormals, ties, large and negative values.
+        let mut vals = vec![0.0f32, -0.0, 1e-45, -1e-45, 3.5, -3.5, 3.5, f32::MAX, -f32::MAX, 1e-20, -2.0];
+        vals.extend((0..5000).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3));
+        let t = Tensor::from_f32("w", vec![vals.len() as i64], &vals).unwrap();
+        for squared in [false, true] {
+            let src = ScoreSrc::Magnitude { squared };
+            let mk = MagKeys::of(&src, &t).unwrap();
+            let (keys, bits, _) = selection_keys(src, &t).unwrap();
+            assert_eq!(bits, 32);
+            let fast: Vec<u64> = (0..vals.len()).map(|i| mk.key(i)).collect();
+            assert_eq!(fast, keys, "squared: {squared}");
+            let mut scanned = Vec::new();
+            mk.scan(|_, x| scanned.push(x));
+            assert_eq!(scanned, keys);
+            for k in [0, 1, 2, 7, 2500, vals.len()] {
+                use crate::util::select::{select_cut, KeySlice};
+                assert_eq!(select_cut(&mk, k, 32), select_cut(&KeySlice(&keys), k, 32), "k = {k}");
+            }
+        }
+    }
 
     #[test]
     fn derived_wanda_equals_the_array_formula_bit_for_bit() {

@@ -3,7 +3,7 @@
 //! cached scores so pruned elements score 0.
 
 use crate::scope::Scope;
-use crate::scores::{selection_keys, ScoreSrc, WeightScores};
+use crate::scores::{selection_keys, MagKeys, ScoreSrc, WeightScores};
 use crate::util::score_math::{channel_of_each, stride};
 use crate::util::select::{f32_key, prune_count, prune_flags, select_cut, Candidates, Cut, KeySlice};
 use sparsify_ir::{Graph, NodeId, Tensor, WeightId};
@@ -181,11 +181,18 @@ pub fn apply_mask(
                 let (keys, bits, _) = selection_keys(src, w)?;
                 Pruned::Flags(row_flags(&keys, bits, &shape, ax, s))
             }
-            (Granularity::Element, ..) => {
-                let (keys, bits, _) = selection_keys(src, w)?;
-                let cut = select_cut(&KeySlice(&keys), prune_count(s, n), bits);
-                Pruned::Cut(keys, cut)
-            }
+            (Granularity::Element, ..) => match MagKeys::of(&src, w) {
+                // f32 magnitude: keys read from the weight's bytes, no key vector.
+                Some(mk) => {
+                    let cut = select_cut(&mk, prune_count(s, n), 32);
+                    Pruned::Mag(mk, cut)
+                }
+                None => {
+                    let (keys, bits, _) = selection_keys(src, w)?;
+                    let cut = select_cut(&KeySlice(&keys), prune_count(s, n), bits);
+                    Pruned::Cut(keys, cut)
+                }
+            },
             (Granularity::Channel, ..) => {
                 let ax = t.axis.unwrap_or(0);
                 let ch = channel_of_each(&shape, ax);
@@ -214,6 +221,8 @@ pub fn apply_mask(
 enum Pruned {
     /// Keys and the selection over them.
     Cut(Vec<u64>, Option<Cut>),
+    /// Keys computed from the weight's bytes, and the selection over them.
+    Mag(MagKeys, Option<Cut>),
     /// Per-element flags (true = pruned).
     Flags(Vec<bool>),
     /// Per-element flags and the channel keep flags (biases follow them).
@@ -225,6 +234,7 @@ impl Pruned {
     fn at(&self, i: usize) -> bool {
         match self {
             Pruned::Cut(keys, cut) => cut.is_some_and(|c| c.takes(i, keys[i])),
+            Pruned::Mag(mk, cut) => cut.is_some_and(|c| c.takes(i, mk.key(i))),
             Pruned::Flags(f) | Pruned::Channels(f, _) => f[i],
         }
     }

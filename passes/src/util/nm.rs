@@ -70,19 +70,25 @@ pub fn nm_keep(scores: &[f32], nonzero: &[bool], view: AxisView, n: usize, m: us
 /// per group (m² comparisons), groups visited block by block so that the `m` rows of a group along the
 /// axis are read contiguously across `inner`.
 pub fn nm_keep_keys(keys: &[u64], view: AxisView, n: usize, m: usize) -> Vec<bool> {
+    nm_keep_by(keys.len(), |i| keys[i], view, n, m)
+}
+
+/// [`nm_keep_keys`] with the key of element `i` given by `key(i)` (`len` elements).
+pub fn nm_keep_by(len: usize, key: impl Fn(usize) -> u64 + Sync, view: AxisView, n: usize, m: usize) -> Vec<bool> {
     debug_assert!(m > 0 && view.len.is_multiple_of(m));
-    let mut keep = vec![false; keys.len()];
+    let mut keep = vec![false; len];
     let inner = view.inner;
     let block = m * inner;
     if block == 0 {
         return keep;
     }
     // A block = the m rows of one group along the axis, across `inner`: contiguous, independent.
-    keep.par_chunks_mut(block).zip(keys.par_chunks(block)).for_each(|(kb, ks)| {
+    keep.par_chunks_mut(block).enumerate().for_each(|(blk, kb)| {
+        let base = blk * block;
         let mut g = vec![0u64; m];
         for i in 0..inner {
             for (k, slot) in g.iter_mut().enumerate() {
-                *slot = ks[k * inner + i];
+                *slot = key(base + k * inner + i);
             }
             for a in 0..m {
                 let ka = g[a];
