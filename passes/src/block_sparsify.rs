@@ -216,11 +216,7 @@ impl Pass for BlockSparsify {
             for (p, &i) in idx.iter().enumerate() {
                 keep[i] = !cut[(p / cols / br) * nbc + (p % cols) / bc];
             }
-            let t = model
-                .graph
-                .weight_mut(&sel.id)
-                .ok_or_else(|| PassError::Invalid { subject: name.clone(), message: "weight not found".into() })?;
-            let z = t.zero_where(&keep)?;
+            let z = model.graph.zero_weight_where(&sel.id, &keep)?;
             changed |= z > 0;
             if let Some(s) = cx.analyses.get_mut::<WeightScores>().and_then(|s| s.scores.get_mut(&sel.id)) {
                 for (v, k) in s.iter_mut().zip(&keep) {

@@ -313,7 +313,11 @@ pub fn run(
     let sizes: Vec<(usize, usize)> = ctx
         .targets
         .iter()
-        .map(|t| g.weight(&t.id).map(|w| (w.numel().unwrap_or(0), w.numel().unwrap_or(0) - w.nnz())).unwrap_or((0, 0)))
+        .map(|t| {
+            g.weight(&t.id)
+                .map(|w| (w.numel().unwrap_or(0), w.numel().unwrap_or(0) - g.weight_nnz(&t.id).unwrap_or(0)))
+                .unwrap_or((0, 0))
+        })
         .collect();
     let n_total: usize = sizes.iter().map(|s| s.0).sum();
     let output = default_output(g)?;
@@ -427,7 +431,11 @@ pub fn run(
         let out =
             apply_mask(&mut model.graph, std::slice::from_ref(t), cx.analyses.get_mut::<WeightScores>(), per[i], &cfg)?;
         changed |= out.any_changed;
-        let after = model.graph.weight(&t.id).map(|w| w.numel().unwrap_or(0) - w.nnz()).unwrap_or(0);
+        let after = model
+            .graph
+            .weight(&t.id)
+            .map(|w| w.numel().unwrap_or(0) - model.graph.weight_nnz(&t.id).unwrap_or(0))
+            .unwrap_or(0);
         zeros += after;
         cx.note(
             t.id.name(),

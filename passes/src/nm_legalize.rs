@@ -109,6 +109,10 @@ pub fn nm_candidates(g: &Graph, scope: &Scope, m: usize, strict: bool) -> NmCand
             continue;
         }
         let Some(t) = g.weight(&w.id) else { continue };
+        if let Err(why) = g.weight_prunable(&w.id) {
+            skipped.push((w.id.name().to_string(), why));
+            continue;
+        }
         match nm_eligibility(&w, t, m, strict) {
             Ok(axis) => eligible.push((w, axis)),
             Err(why) => skipped.push((w.id.name().to_string(), why)),
@@ -165,11 +169,7 @@ impl Pass for NmLegalize {
             let w = weight_scores(&model.graph, cache, &info.id)?;
             let view = AxisView::new(&w.shape, *axis);
             let keep = nm_keep(&w.scores, &w.nonzero, view, n, m);
-            let t = model.graph.weight_mut(&info.id).ok_or_else(|| PassError::Invalid {
-                subject: info.id.name().to_string(),
-                message: "weight not found".into(),
-            })?;
-            let z = t.zero_where(&keep)?;
+            let z = model.graph.zero_weight_where(&info.id, &keep)?;
             let groups = view.groups(m);
             if z > 0 {
                 legalized += 1;

@@ -125,7 +125,7 @@ pub fn weight_scores(g: &Graph, cache: Option<&WeightScores>, id: &WeightId) -> 
     if s.shape() != shape.as_slice() {
         return Err(invalid(id.name(), &format!("cached scores have shape {:?}, the weight {:?}", s.shape(), shape)));
     }
-    let nonzero: Vec<bool> = t.zero_flags().iter().map(|z| !z).collect();
+    let nonzero: Vec<bool> = g.weight_zero_flags(id)?.iter().map(|z| !z).collect();
     Ok(WeightView { scores: s.iter().copied().collect(), nonzero, shape })
 }
 

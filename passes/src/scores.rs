@@ -27,8 +27,5 @@ pub fn scores_or_magnitude(
     if let Some(s) = scores.and_then(|s| s.scores.get(id)) {
         return Ok(s.clone());
     }
-    let t =
-        g.weight(id).ok_or_else(|| TensorError::Invalid { name: id.name().to_string(), what: "not found".into() })?;
-    t.check_finite()?;
-    Ok(t.to_f32()?.mapv(f32::abs))
+    Ok(g.weight_values(id)?.mapv(f32::abs))
 }

@@ -226,13 +226,12 @@ fn gather(g: &Graph, t: &Target, scores: Option<&WeightScores>) -> Result<Gather
     let (sc, fallback) = match cached {
         Some(a) => (a.iter().copied().collect(), false),
         None => {
-            w.check_finite()?;
-            let mut v = w.to_f32()?.into_raw_vec_and_offset().0;
+            let mut v = g.weight_values(&t.id)?.into_raw_vec_and_offset().0;
             v.iter_mut().for_each(|x| *x = x.abs());
             (v, scores.is_some())
         }
     };
-    Ok((sc, w.zero_flags(), shape, fallback))
+    Ok((sc, g.weight_zero_flags(&t.id)?, shape, fallback))
 }
 
 /// Zero one target (and its biases for channel masks); zero the pruned entries of its cached scores.
@@ -245,8 +244,7 @@ fn apply_one(
     out: &mut StepOut,
     i: usize,
 ) -> Result<(), PassError> {
-    let w = g.weight_mut(&t.id).expect("gathered above");
-    let added = w.zero_where(keep)?;
+    let added = g.zero_weight_where(&t.id, keep)?;
     out.per_target[i].zeros_added = added;
     out.any_changed |= added > 0;
     if let Some(sc) = scores.and_then(|s| s.scores.get_mut(&t.id)) {

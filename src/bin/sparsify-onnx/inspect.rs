@@ -45,8 +45,8 @@ pub fn main(a: Args) -> Result<Outcome> {
         } else if let Some(why) = default_scope.left_out(&w) {
             // Same default as the passes and `check`: say how to include it.
             Some(format!("not pruned or checked by default: {why}"))
-        } else if !t.dtype.is_prunable_float() {
-            Some(format!("dtype {} is not prunable", t.dtype.name()))
+        } else if let Err(why) = g.weight_prunable(&w.id) {
+            Some(format!("not prunable: {why}"))
         } else if t.dims.len() < 2 {
             Some("rank < 2: not a prunable weight".into())
         } else {
@@ -58,7 +58,7 @@ pub fn main(a: Args) -> Result<Outcome> {
             op: w.op().to_string(),
             shape: t.dims.clone(),
             dtype: t.dtype.name(),
-            sparsity: t.sparsity(),
+            sparsity: g.weight_sparsity(&w.id).unwrap_or_else(|_| t.sparsity()),
             out_axis: w.conflict.is_none().then(|| w.out_axis()),
             red_axis: w.conflict.is_none().then(|| w.red_axis()),
             groups: w.groups(),
