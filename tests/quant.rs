@@ -421,3 +421,74 @@ fn dead_channel_elim_refuses_quantized_weights_with_a_reason() {
         "no reason naming the tensor: {notes:?}"
     );
 }
+
+/// Wanda on the dynamic (MatMulInteger) and QOperator (QLinearMatMul) char_lm: the activation is the float
+/// input of the `DynamicQuantizeLinear` / `QuantizeLinear` feeding the op. Checked against norms computed
+/// here: per output column, no pruned element scores above a kept one (|deq w|·‖x_k‖₂; the library scores
+/// in f32, so a relative 1e-5 separates genuine inversions from rounding).
+#[test]
+fn wanda_on_dynamic_and_qoperator_uses_the_float_activation() {
+    for file in ["char_lm_dyn_s8.onnx", "char_lm_qop.onnx"] {
+        let m0 = load(&fixture(file)).unwrap();
+        let g = &m0.graph;
+        let calib = calib_feed("char_lm", &m0);
+        let cal = TractCalibrator::new(&calib, 16).unwrap();
+        let mut m1 = m0.clone();
+        let r = run("score{method=wanda},mask{sparsity=0.5}", &mut m1, Some(&cal));
+        let fallbacks: Vec<String> =
+            notes(&r).into_iter().filter(|(_, n)| n.contains("using l1")).map(|(s, n)| format!("{s}: {n}")).collect();
+        // The float activation of each weight, found here: the quantizer's input.
+        let mut acts = Vec::new();
+        for w in quantized_weights(&m0) {
+            let node = g.node(w.uses[0].node);
+            let q = g.node(g.producer_of(&node.inputs[0]).unwrap());
+            if matches!(q.op_type.as_str(), "DynamicQuantizeLinear" | "QuantizeLinear") {
+                acts.push((w, q.inputs[0].clone()));
+            } else {
+                assert!(
+                    fallbacks.iter().any(|f| f.starts_with(w.id.name()) && f.contains("no float activation")),
+                    "{file}: '{}' has no quantizer input but no fallback note: {fallbacks:?}",
+                    w.id.name()
+                );
+            }
+        }
+        assert_eq!(fallbacks.len() + acts.len(), 9, "{file}: {fallbacks:?}");
+        let names: Vec<String> = acts.iter().map(|a| a.1.clone()).collect();
+        // Dynamic quantization depends on the batch (its scale is the batch's range): run the same batches
+        // of 16 rows as the calibrator.
+        let bytes = to_bytes(&m0).unwrap();
+        let mut sums: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+        for batch in validate::split_batches(&calib, 16).unwrap() {
+            let outs = validate::run_model(ModelSource::Bytes(&bytes), &batch, &names).unwrap();
+            for (sq, (_, a)) in sums.iter_mut().zip(&outs[outs.len() - names.len()..]) {
+                let k = *a.shape().last().unwrap();
+                sq.resize(k, 0.0);
+                for (i, v) in a.to_f64_vec().into_iter().enumerate() {
+                    sq[i % k] += v * v;
+                }
+            }
+        }
+        for ((w, x), sq) in acts.iter().zip(&sums) {
+            let k = sq.len();
+            let t0 = g.weight(&w.id).unwrap();
+            let (q0, zp, s) = (ints(t0), zero_points(g, w), scales(g, w));
+            let q1 = ints(m1.graph.weight(&w.id).unwrap());
+            let (rows, cols) = (t0.dims[0] as usize, t0.dims[1] as usize);
+            assert_eq!(rows, k, "{file}: '{}' reads {k} features through '{x}'", w.id.name());
+            for c in 0..cols {
+                let score = |i: usize| ((q0[i] - zp[i]) as f64 * s[i] as f64).abs() * sq[i / cols].sqrt();
+                let idx: Vec<usize> = (0..rows).map(|r| r * cols + c).collect();
+                let pruned = idx.iter().filter(|&&i| q1[i] == zp[i]).count();
+                assert_eq!(pruned, (rows / 2).max(idx.iter().filter(|&&i| q0[i] == zp[i]).count()));
+                let max_pruned = idx.iter().filter(|&&i| q1[i] == zp[i]).map(|&i| score(i)).fold(0.0, f64::max);
+                let min_kept = idx.iter().filter(|&&i| q1[i] != zp[i]).map(|&i| score(i)).fold(f64::INFINITY, f64::min);
+                assert!(
+                    max_pruned <= min_kept * (1.0 + 1e-5),
+                    "{file}: '{}' column {c}: pruned score {max_pruned} > kept {min_kept}",
+                    w.id.name()
+                );
+            }
+        }
+        println!("{file}: wanda on {} weights from float activations, {} fell back to l1", acts.len(), fallbacks.len());
+    }
+}

@@ -127,7 +127,8 @@ impl Pass for BiasCorrect {
                 notes.push((name, "skipped: shape changed since the pipeline started".into()));
                 continue;
             }
-            let (after, before) = (now.to_f64()?, was.to_f64()?);
+            // Dequantized values for quantized weights (`sparsify_ir::quant`).
+            let (after, before) = (model.graph.weight_values_f64(&sel.id)?, dense.graph.weight_values_f64(&sel.id)?);
             let after: Vec<f64> = after.iter().copied().collect();
             let before: Vec<f64> = before.iter().copied().collect();
             if after == before {
