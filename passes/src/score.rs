@@ -266,7 +266,8 @@ fn consumer_activation(g: &Graph, u: &WeightUse) -> Result<(CalibRequest, Featur
         (op, slot) => return Err(format!("{op} input {slot} as the weight")),
     };
     let tensor = node.inputs.get(input).filter(|s| !s.is_empty()).ok_or("the op has no data input")?;
-    let tensor = &float_activation(g, tensor, &u.node_name)?;
+    let quantized_op = sparsify_ir::quant::float_op(&node.op_type) != node.op_type;
+    let tensor = &if quantized_op { float_activation(g, tensor, &u.node_name)? } else { tensor.clone() };
     if g.constant_source(tensor).is_some() {
         return Err(format!("the data input '{tensor}' of '{}' is a constant", u.node_name));
     }
@@ -275,8 +276,9 @@ fn consumer_activation(g: &Graph, u: &WeightUse) -> Result<(CalibRequest, Featur
 }
 
 /// The float tensor a quantized op's integer data input was quantized from: the input of the
-/// `QuantizeLinear` / `DynamicQuantizeLinear` producing it (through `Reshape`/`Transpose`-free chains only).
-/// Float inputs are returned as they are (QDQ graphs: the `DequantizeLinear` output the op reads).
+/// `QuantizeLinear` / `DynamicQuantizeLinear` producing it. An integer tensor from another quantized op (or
+/// a layout op over one) has no float activation: an error, and the weight falls back to l1. Other
+/// producers (a float input, as `DynamicQuantizeMatMul` reads) are returned as they are.
 fn float_activation(g: &Graph, tensor: &str, node: &str) -> Result<String, String> {
     let Some(p) = g.producer_of(tensor) else { return Ok(tensor.to_string()) };
     let p = g.node(p);
