@@ -195,7 +195,7 @@ fn nm_legalize_output_passes_check_and_the_tensorrt_rule() {
         for w in quantized_weights(&m0) {
             let t = m1.graph.weight(&w.id).unwrap();
             let dims = t.shape();
-            if dims[w.red_axis()] % 4 != 0 {
+            if !dims[w.red_axis()].is_multiple_of(4) {
                 continue;
             }
             let zp = zero_points(&m0.graph, &w);
