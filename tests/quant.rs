@@ -492,3 +492,35 @@ fn wanda_on_dynamic_and_qoperator_uses_the_float_activation() {
         println!("{file}: wanda on {} weights from float activations, {} fell back to l1", acts.len(), fallbacks.len());
     }
 }
+
+/// block-sparsify and channel masks on the uint8 zero-point-128 model: every changed element becomes its
+/// zero point (writing byte 0 would be the value −128·scale), kept bytes stay, and a channel mask zeroes
+/// whole output channels of the dequantized weight.
+#[test]
+fn block_and_channel_masks_write_zero_points() {
+    let m0 = load(&fixture("digits_cnn_qdq_u8pc.onnx")).unwrap();
+    for text in ["block-sparsify{block=1x4,sparsity=0.5}", "score{method=l1},mask{sparsity=0.5,granularity=channel}"] {
+        let mut m1 = m0.clone();
+        run(text, &mut m1, None);
+        let mut changed = 0;
+        for w in quantized_weights(&m0) {
+            let (q0, q1) = (ints(m0.graph.weight(&w.id).unwrap()), ints(m1.graph.weight(&w.id).unwrap()));
+            let zp = zero_points(&m0.graph, &w);
+            for i in 0..q0.len() {
+                if q1[i] != q0[i] {
+                    assert_eq!(q1[i], zp[i], "{text}: '{}'[{i}] became {} (zero point {})", w.id.name(), q1[i], zp[i]);
+                    changed += 1;
+                }
+            }
+            let s = m1.graph.weight_sparsity(&w.id).unwrap();
+            assert!((0.4..=0.6).contains(&s), "{text}: '{}' sparsity {s}", w.id.name());
+            if text.contains("channel") {
+                let rows = m0.graph.weight(&w.id).unwrap().dims[0] as usize;
+                let per = q1.len() / rows;
+                let dead = (0..rows).filter(|r| (0..per).all(|k| q1[r * per + k] == zp[r * per + k])).count();
+                assert_eq!(dead, rows / 2, "{text}: '{}' dead channels", w.id.name());
+            }
+        }
+        assert!(changed > 0, "{text}: nothing changed");
+    }
+}
