@@ -562,6 +562,61 @@ mod tests {
     }
 
     #[test]
+    fn quantized_ops_are_weight_routes_with_their_parameters() {
+        let mut g = Graph::new();
+        g.initializers.push(int_tensor("cw", DType::U8, vec![2, 4, 1, 1], &[1, 2, 3, 4, 5, 6, 7, 8]));
+        g.initializers.push(int_tensor("czp", DType::U8, vec![2], &[2, 6]));
+        g.initializers.push(int_tensor("mw", DType::I8, vec![4, 3], &[1, -1, 2, 0, 3, 3, 4, 4, -4, 5, 0, 1]));
+        g.initializers.push(Tensor::from_f32("ms", vec![3], &[0.5, 1.0, 2.0]).unwrap());
+        g.initializers.push(int_tensor("mzp", DType::I8, vec![3], &[0, 3, 0]));
+        g.initializers.push(int_tensor("dw", DType::I8, vec![4, 2], &[1, 2, 3, 4, 5, 6, 7, 8]));
+        g.initializers.push(Tensor::from_f32("ds", vec![], &[0.25]).unwrap());
+        g.push_node(Node::new("ConvInteger", "ci", &["x", "cw", "", "czp"], &["y0"]));
+        let mut n = Node::new("MatMulIntegerToFloat", "mif", &["a", "mw", "as", "ms", "", "mzp"], &["y1"]);
+        n.domain = Some("com.microsoft".into());
+        g.push_node(n);
+        let mut n = Node::new("DynamicQuantizeMatMul", "dqm", &["f", "dw", "ds"], &["y2"]);
+        n.domain = Some("com.microsoft".into());
+        g.push_node(n);
+        let ws = g.find_weights();
+        let got: Vec<(&str, &str, usize, usize, usize)> =
+            ws.iter().map(|w| (w.id.name(), w.op(), w.uses[0].slot, w.out_axis(), w.red_axis())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("cw", "ConvInteger", 1, 0, 1),
+                ("mw", "MatMulIntegerToFloat", 1, 1, 0),
+                ("dw", "DynamicQuantizeMatMul", 1, 1, 0)
+            ]
+        );
+        let cw = g.weight_quant(&WeightId::Init("cw".into())).unwrap().unwrap();
+        assert_eq!((cw.zero_point.clone(), cw.axis, cw.scale.clone()), (vec![2, 6], Some(0), vec![1.0]));
+        let mw = WeightId::Init("mw".into());
+        let p = g.weight_quant(&mw).unwrap().unwrap();
+        assert_eq!((p.axis, p.zero_point.clone()), (Some(1), vec![0, 3, 0]));
+        assert_eq!(g.weight_values(&mw).unwrap().as_slice().unwrap()[..3].to_vec(), vec![0.5, -4.0, 4.0]);
+        assert_eq!(
+            g.weight_zero_flags(&WeightId::Init("cw".into())).unwrap()[..],
+            [false, true, false, false, false, true, false, false]
+        );
+        let dw = g.weight_quant(&WeightId::Init("dw".into())).unwrap().unwrap();
+        assert_eq!((dw.axis, dw.scale.clone(), dw.zero_point.clone()), (None, vec![0.25], vec![0]));
+    }
+
+    #[test]
+    fn readers_that_disagree_are_an_error() {
+        let mut g = graph(&[128, 7], &[0.5, 2.0], DType::U8);
+        g.initializers.push(Tensor::from_f32("s2", vec![], &[1.0]).unwrap());
+        g.push_node(Node::new("DequantizeLinear", "dq2", &["w", "s2"], &["wd2"]));
+        let e = g.weight_prunable(&WeightId::Init("w".into())).unwrap_err();
+        assert!(e.contains("'dq' and 'dq2'"), "{e}");
+        let mut g = graph(&[128, 7], &[0.5, 2.0], DType::U8);
+        g.push_node(Node::new("Relu", "r", &["w"], &["wr"]));
+        let e = g.weight_prunable(&WeightId::Init("w".into())).unwrap_err();
+        assert!(e.contains("'r' (Relu input 0), which does not dequantize it"), "{e}");
+    }
+
+    #[test]
     fn int_weight_without_dequantize_is_not_prunable() {
         let mut g = Graph::new();
         g.initializers.push(int_tensor("w", DType::I8, vec![2, 2], &[1, 2, 3, 4]));
