@@ -524,3 +524,34 @@ fn block_and_channel_masks_write_zero_points() {
         assert!(changed > 0, "{text}: nothing changed");
     }
 }
+
+/// Relative L2 of the first output of `pruned` against `dense` on `feed`, in tract.
+fn rel_l2(dense: &Model, pruned: &Model, feed: &Feed) -> f64 {
+    let a = validate::run_model(ModelSource::Bytes(&to_bytes(dense).unwrap()), feed, &[]).unwrap();
+    let b = validate::run_model(ModelSource::Bytes(&to_bytes(pruned).unwrap()), feed, &[]).unwrap();
+    let (a, b) = (a[0].1.to_f64_vec(), b[0].1.to_f64_vec());
+    let d: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+    (d / a.iter().map(|x| x * x).sum::<f64>()).sqrt()
+}
+
+/// bias-correct on QDQ models writes the int32 biases behind DequantizeLinear (rounded to their scale)
+/// and lowers the held-out output error of Wanda 50%, as it does on the float digits_cnn.
+#[test]
+fn bias_correct_writes_quantized_biases_and_helps() {
+    for (file, model) in [("digits_mlp_qdq_s8.onnx", "digits_mlp"), ("digits_cnn_qdq_u8pc.onnx", "digits_cnn")] {
+        let m0 = load(&fixture(file)).unwrap();
+        let cal = TractCalibrator::new(&calib_feed(model, &m0), 16).unwrap();
+        let sample = validate::load_feed(&common::bundled(model).join("sample"), &input_decls(&m0)).unwrap();
+        let mut plain = m0.clone();
+        run("score{method=wanda},mask{sparsity=0.5}", &mut plain, Some(&cal));
+        let mut corrected = m0.clone();
+        let r = run("score{method=wanda},mask{sparsity=0.5},bias-correct", &mut corrected, Some(&cal));
+        let written = notes(&r).iter().filter(|(_, n)| n.contains("added to quantized bias")).count();
+        assert_eq!(written, 3, "{file}: {:?}", notes(&r));
+        let biases: Vec<&Tensor> = corrected.graph.initializers.iter().filter(|t| t.dtype == DType::I32).collect();
+        assert!(biases.iter().any(|t| t.modified), "{file}: no int32 bias changed");
+        let (e0, e1) = (rel_l2(&m0, &plain, &sample), rel_l2(&m0, &corrected, &sample));
+        println!("{file}: wanda 50% rel L2 {e0:.4}, + bias-correct {e1:.4}");
+        assert!(e1 < e0, "{file}: bias correction did not help ({e0} -> {e1})");
+    }
+}
