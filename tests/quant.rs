@@ -555,3 +555,23 @@ fn bias_correct_writes_quantized_biases_and_helps() {
         assert!(e1 < e0, "{file}: bias correction did not help ({e0} -> {e1})");
     }
 }
+
+/// Channel permutation would have to permute per-channel scales and zero points with the rows: it refuses
+/// every quantized weight with a note, and the model is unchanged.
+#[test]
+fn permutation_refuses_quantized_weights() {
+    for (file, _, _) in FIXTURES {
+        let m0 = load(&fixture(file)).unwrap();
+        let mut m1 = m0.clone();
+        let r = run("nm-legalize{n=2,m=4,permute=true}", &mut m1, None);
+        let refused = notes(&r).iter().filter(|(_, n)| n.starts_with("not permuted")).count();
+        let eligible = quantized_weights(&m0)
+            .iter()
+            .filter(|w| m0.graph.weight(&w.id).unwrap().shape()[w.red_axis()].is_multiple_of(4))
+            .count();
+        assert!(eligible > 0 && refused >= eligible, "{file}: {:?}", notes(&r));
+        let mut m2 = m0.clone();
+        run("nm-legalize{n=2,m=4}", &mut m2, None);
+        assert!(to_bytes(&m1).unwrap() == to_bytes(&m2).unwrap(), "{file}: permute=true changed more than 2:4");
+    }
+}
