@@ -238,6 +238,8 @@ fn inspect_counts_zero_points_not_zero_bytes() {
         let row = rows.iter().find(|r| r["tensor"] == w.id.name()).unwrap();
         assert_eq!(row["sparsity"].as_f64().unwrap(), want, "{}", w.id.name());
         assert!(row["note"].is_null(), "{}: {}", w.id.name(), row["note"]);
+        let q = row["quant"].as_str().unwrap();
+        assert!(q.starts_with("per axis 0, zero point 128"), "{}: {q}", w.id.name());
         println!("{}: sparsity {want:.4} (q == 0 would say {raw_zero:.4})", w.id.name());
     }
     assert!(zero_bytes_seen, "no q == 0 element: the test would not tell the two counts apart");
