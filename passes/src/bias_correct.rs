@@ -27,7 +27,9 @@
 //!   following `Add` when the MatMul output feeds only that Add and the constant broadcasts along the
 //!   last axis (torch exports MatMul+Add), else a new `Add` node after the MatMul (its output keeps the
 //!   old name). A bias shared with another op, computed at run time, or not shaped per channel is left
-//!   alone with a note.
+//!   alone with a note. QDQ graphs (issue 14): a bias `DequantizeLinear(int32 q, scale)` read only by the op
+//!   gets `q += round(shift / scale)` per channel (exact up to half a step of the bias grid, scale = input
+//!   scale × weight scale); pruned quantized weights are compared on their dequantized values.
 //! - **Skipped with a note:** ConvTranspose (the bias matching the mean over output positions depends
 //!   on output cropping by pads / output_padding; not implemented), weights read as the activation-side
 //!   input, non-2-D MatMul weights, weights reached through `Cast` (the activation dtype is not the
@@ -127,7 +129,8 @@ impl Pass for BiasCorrect {
                 notes.push((name, "skipped: shape changed since the pipeline started".into()));
                 continue;
             }
-            let (after, before) = (now.to_f64()?, was.to_f64()?);
+            // Dequantized values for quantized weights (`sparsify_ir::quant`).
+            let (after, before) = (model.graph.weight_values_f64(&sel.id)?, dense.graph.weight_values_f64(&sel.id)?);
             let after: Vec<f64> = after.iter().copied().collect();
             let before: Vec<f64> = before.iter().copied().collect();
             if after == before {
@@ -334,6 +337,43 @@ fn new_bias(g: &mut Graph, weight: &str, shift: &[f64]) -> Result<String, String
     Ok(name)
 }
 
+/// A bias `b = DequantizeLinear(q, scale[, zp])` (int32 `q`, per tensor or per output channel), read only by
+/// the op: `q += round(shift / scale)` per channel, so the correction is exact up to half a step of the
+/// bias grid (scale = input scale × weight scale). Errors name the tensor when the pattern differs.
+fn add_to_quantized_bias(g: &mut Graph, dq: sparsify_ir::NodeId, b: &str, shift: &[f64]) -> Result<String, String> {
+    let node = g.node(dq).clone();
+    let q = node.inputs.first().cloned().unwrap_or_default();
+    let private = g.consumers(b).len() == 1 && !g.is_output(b) && g.consumers(&q).len() == 1;
+    let qid = g
+        .constant_source(&q)
+        .filter(|_| private)
+        .ok_or_else(|| format!("quantized bias '{b}' (DequantizeLinear of '{q}') is shared or computed at run time"))?;
+    let scale_name = node.inputs.get(1).cloned().unwrap_or_default();
+    let scale: Vec<f64> = g
+        .constant_source(&scale_name)
+        .and_then(|id| g.weight(&id))
+        .and_then(|t| t.to_f64().ok())
+        .map(|a| a.iter().copied().collect())
+        .ok_or_else(|| format!("scale '{scale_name}' of quantized bias '{b}' is not a float constant"))?;
+    let t = g.weight(&qid).ok_or_else(|| format!("'{q}' vanished"))?;
+    if t.dtype != DType::I32 || t.dims.len() != 1 || t.shape()[0] != shift.len() {
+        return Err(format!("quantized bias '{q}' is {} {:?}, not int32 [{}]", t.dtype.name(), t.dims, shift.len()));
+    }
+    if scale.len() != 1 && scale.len() != shift.len() {
+        return Err(format!("scale '{scale_name}' of quantized bias '{b}' has {} elements", scale.len()));
+    }
+    let vals = sparsify_ir::quant::read_ints(t).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(vals.len() * 4);
+    for (c, &v) in vals.iter().enumerate() {
+        let s = if scale.len() == 1 { scale[0] } else { scale[c] };
+        let nv = (f64::from(v) + (shift[c] / s).round()).clamp(f64::from(i32::MIN), f64::from(i32::MAX));
+        out.extend_from_slice(&(nv as i32).to_le_bytes());
+    }
+    let t = g.weight_mut(&qid).ok_or_else(|| format!("'{q}' vanished"))?;
+    t.set_bytes(out.into()).map_err(|e| e.to_string())?;
+    Ok(format!("added to quantized bias '{q}' (rounded to its scale)"))
+}
+
 /// Conv input 2 / Gemm C: add to the existing constant, or create it.
 fn add_to_bias_input(
     g: &mut Graph,
@@ -345,6 +385,10 @@ fn add_to_bias_input(
 ) -> Result<String, String> {
     match node.inputs.get(slot).filter(|s| !s.is_empty()) {
         Some(b) => {
+            // QDQ graphs: the bias is an int32 constant behind DequantizeLinear.
+            if let Some(p) = g.producer_of(b).filter(|&p| g.node(p).op_type == "DequantizeLinear") {
+                return add_to_quantized_bias(g, p, b, shift);
+            }
             let cid = private_constant(g, b).ok_or_else(|| format!("bias '{b}' is shared or computed at run time"))?;
             add_to_constant(g, &cid, shift)?;
             Ok(format!("added to bias '{b}'"))

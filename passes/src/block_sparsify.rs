@@ -216,13 +216,11 @@ impl Pass for BlockSparsify {
             for (p, &i) in idx.iter().enumerate() {
                 keep[i] = !cut[(p / cols / br) * nbc + (p % cols) / bc];
             }
-            let t = model
-                .graph
-                .weight_mut(&sel.id)
-                .ok_or_else(|| PassError::Invalid { subject: name.clone(), message: "weight not found".into() })?;
-            let z = t.zero_where(&keep)?;
+            let z = model.graph.zero_weight_where(&sel.id, &keep)?;
             if z > 0 {
-                cx.settle(t)?;
+                if let Some(t) = model.graph.weight_mut(&sel.id) {
+                    cx.settle(t)?;
+                }
             }
             changed |= z > 0;
             if let Some(s) = cx.analyses.get_mut::<WeightScores>().and_then(|s| s.scores.get_mut(&sel.id)) {

@@ -313,7 +313,11 @@ pub fn run(
     let sizes: Vec<(usize, usize)> = ctx
         .targets
         .iter()
-        .map(|t| g.weight(&t.id).map(|w| (w.numel().unwrap_or(0), w.numel().unwrap_or(0) - w.nnz())).unwrap_or((0, 0)))
+        .map(|t| {
+            g.weight(&t.id)
+                .map(|w| (w.numel().unwrap_or(0), w.numel().unwrap_or(0) - g.weight_nnz(&t.id).unwrap_or(0)))
+                .unwrap_or((0, 0))
+        })
         .collect();
     let n_total: usize = sizes.iter().map(|s| s.0).sum();
     let output = default_output(g)?;
@@ -433,7 +437,11 @@ pub fn run(
             cx.spill,
         )?;
         changed |= out.any_changed;
-        let after = model.graph.weight(&t.id).map(|w| w.numel().unwrap_or(0) - w.nnz()).unwrap_or(0);
+        let after = model
+            .graph
+            .weight(&t.id)
+            .map(|w| w.numel().unwrap_or(0) - model.graph.weight_nnz(&t.id).unwrap_or(0))
+            .unwrap_or(0);
         zeros += after;
         cx.note(
             t.id.name(),

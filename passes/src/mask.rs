@@ -254,8 +254,7 @@ impl Pass for MaskPass {
             cx.note("mask", "no weight selected");
             return Ok(Changed::No);
         }
-        let before: Vec<f64> =
-            targets.iter().map(|t| model.graph.weight(&t.id).map(|w| w.sparsity()).unwrap_or(0.0)).collect();
+        let before: Vec<f64> = targets.iter().map(|t| model.graph.weight_sparsity(&t.id).unwrap_or(0.0)).collect();
         let recipe = cx.analyses.get::<ScoreRecipe>().cloned();
         let mut added = vec![0usize; targets.len()];
         let mut outcome = None;
@@ -285,7 +284,7 @@ impl Pass for MaskPass {
         }
         let out = outcome.expect("steps >= 1");
         for (i, t) in targets.iter().enumerate() {
-            let after = model.graph.weight(&t.id).map(|w| w.sparsity()).unwrap_or(0.0);
+            let after = model.graph.weight_sparsity(&t.id).unwrap_or(0.0);
             let o = &out.per_target[i];
             let mut msg = format!(
                 "method={method} granularity={} group={}: sparsity {:.4} -> {:.4} (+{} zeros)",

@@ -85,10 +85,11 @@ pub fn check_nm_scoped(model: &Model, n: usize, m: usize, strict: bool, scope: &
             rows.push(row);
             continue;
         }
-        match nm_eligibility(&w, t, m, strict) {
+        match g.weight_prunable(&w.id).and_then(|_| nm_eligibility(&w, t, m, strict)) {
             Err(why) => row.reason = Some(why),
             Ok(axis) => {
-                let nonzero: Vec<bool> = t.zero_flags().iter().map(|z| !z).collect();
+                let Ok(zeros) = g.weight_zero_flags(&w.id) else { continue };
+                let nonzero: Vec<bool> = zeros.iter().map(|z| !z).collect();
                 let (bad, total) = nm_violations(&nonzero, AxisView::new(&t.shape(), axis), n, m);
                 row.eligible = true;
                 row.compliant = Some(bad == 0);

@@ -109,6 +109,10 @@ pub fn nm_candidates(g: &Graph, scope: &Scope, m: usize, strict: bool) -> NmCand
             continue;
         }
         let Some(t) = g.weight(&w.id) else { continue };
+        if let Err(why) = g.weight_prunable(&w.id) {
+            skipped.push((w.id.name().to_string(), why));
+            continue;
+        }
         match nm_eligibility(&w, t, m, strict) {
             Ok(axis) => eligible.push((w, axis)),
             Err(why) => skipped.push((w.id.name().to_string(), why)),
@@ -161,26 +165,33 @@ impl Pass for NmLegalize {
         let stage = cx.stage("nm-legalize: weights", eligible.len());
         for (info, axis) in &eligible {
             stage.inc(1);
-            let t = model.graph.weight(&info.id).ok_or_else(|| PassError::Invalid {
-                subject: info.id.name().to_string(),
-                message: "weight not found".into(),
-            })?;
-            let view = AxisView::new(&t.shape(), *axis);
+            let view = crate::scores::weight_view(&model.graph, &info.id)?;
+            let t: &sparsify_ir::Tensor = &view;
+            let axis_view = AxisView::new(&t.shape(), *axis);
             let keep = {
                 let src = nm_source(cx.analyses.get::<WeightScores>(), t, &info.id)?;
                 match MagKeys::of(&src, t) {
-                    Some(mk) => nm_keep_by(t.numel()?, |i| mk.key(i), view, n, m),
+                    Some(mk) => nm_keep_by(t.numel()?, |i| mk.key(i), axis_view, n, m),
                     None => {
                         let (keys, _, _) = selection_keys(src, t)?;
-                        nm_keep_keys(&keys, view, n, m)
+                        nm_keep_keys(&keys, axis_view, n, m)
                     }
                 }
             };
-            let t = model.graph.weight_mut(&info.id).expect("looked up above");
-            let z = t.zero_by(|i| !keep[i])?;
+            let float = matches!(view, std::borrow::Cow::Borrowed(_));
+            drop(view);
+            let z = if float {
+                let t = model.graph.weight_mut(&info.id).expect("looked up above");
+                t.zero_by(|i| !keep[i])?
+            } else {
+                model.graph.zero_weight_where(&info.id, &keep)?
+            };
             if z > 0 {
-                cx.settle(t)?;
+                if let Some(t) = model.graph.weight_mut(&info.id) {
+                    cx.settle(t)?;
+                }
             }
+            let view = axis_view;
             let groups = view.groups(m);
             if z > 0 {
                 legalized += 1;

@@ -104,10 +104,10 @@ pub fn retained_total(
     let cache = cx.analyses.get::<WeightScores>();
     let mut total = 0.0;
     for (info, axis) in eligible {
-        let t = g.weight(&info.id).ok_or_else(|| invalid(info.id.name(), "weight not found"))?;
-        let src = nm_source(cache, t, &info.id)?;
+        let t = crate::scores::weight_view(g, &info.id)?;
+        let src = nm_source(cache, &t, &info.id)?;
         let mut vals = vec![0f32; t.numel()?];
-        src.for_each(t, |i, s, z| vals[i] = if z { 0.0 } else { s })?;
+        src.for_each(&t, |i, s, z| vals[i] = if z { 0.0 } else { s })?;
         total += nm_retained_vals(&vals, AxisView::new(&t.shape(), *axis), n, m);
     }
     Ok(total)
@@ -148,7 +148,7 @@ pub fn weight_scores(g: &Graph, cache: Option<&WeightScores>, id: &WeightId) -> 
     if s.shape() != shape.as_slice() {
         return Err(invalid(id.name(), &format!("cached scores have shape {:?}, the weight {:?}", s.shape(), shape)));
     }
-    let nonzero: Vec<bool> = t.zero_flags().iter().map(|z| !z).collect();
+    let nonzero: Vec<bool> = g.weight_zero_flags(id)?.iter().map(|z| !z).collect();
     Ok(WeightView { scores: s.iter().copied().collect(), nonzero, shape })
 }
 

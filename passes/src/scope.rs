@@ -78,7 +78,9 @@ impl Scope {
     /// Why the scope leaves a (consumer-read) weight out, by its consumers and name only; `None` when
     /// it is in scope. Dtype and rank are not looked at here.
     pub fn left_out(&self, w: &WeightInfo) -> Option<String> {
-        if let Some(u) = w.uses.iter().find(|u| !self.ops.contains(&u.op)) {
+        // A quantized op is in scope with its float op (QLinearConv with Conv, MatMulInteger with MatMul).
+        let in_ops = |op: &str| self.ops.iter().any(|o| o == op || o == sparsify_ir::quant::float_op(op));
+        if let Some(u) = w.uses.iter().find(|u| !in_ops(&u.op)) {
             return Some(format!(
                 "{} is not in ops={} (add it with ops={}|{})",
                 u.op,
@@ -99,7 +101,7 @@ impl Scope {
         let mut out = Vec::new();
         for w in g.find_weights() {
             let Some(t) = g.weight(&w.id) else { continue };
-            if !t.dtype.is_prunable_float() || t.dims.len() < 2 {
+            if g.weight_prunable(&w.id).is_err() || t.dims.len() < 2 {
                 continue;
             }
             if self.left_out(&w).is_some() {

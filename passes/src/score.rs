@@ -10,6 +10,11 @@
 //! - A weight shared by consumers with different activations gets the sum of the squared norms (noted).
 //!   For Wanda, weights with an axis conflict, embedding tables, MatMul `A` constants and consumers whose
 //!   activation cannot be used fall back to l1, with a note each.
+//! - Quantized weights are scored on their dequantized values `(q − zp)·scale` (`sparsify_ir::quant`), so
+//!   decisions equal those on the float weight. Wanda's activation: in QDQ graphs the op's float input
+//!   (the activation's `DequantizeLinear` output); for `QLinearConv`/`QLinearMatMul`/`QGemm`/
+//!   `MatMulInteger`/`ConvInteger`, the float input of the `QuantizeLinear`/`DynamicQuantizeLinear`
+//!   producing the integer input, else l1 with a note (an integer tensor from another quantized op).
 //!
 //! - `ria` = (|w|/Σ_row|w| + |w|/Σ_col|w|)·‖X_j‖₂^a (RIA, Zhang et al. 2024; rows = output channels,
 //!   columns = the elements reading one input, see [`crate::util::ria`]), from the same one-sweep norms
@@ -163,8 +168,8 @@ pub fn compute_scores_with(
     let mut requests: Vec<CalibRequest> = Vec::new();
     let mut plans = Vec::new();
     for sel in scope.select(g) {
-        let t = g.weight(&sel.id).ok_or_else(|| invalid(sel.id.name(), "weight not found"))?;
-        t.check_finite()?;
+        // Float weights must be finite; quantized ones must dequantize (scales, zero points) and be finite.
+        crate::scores::weight_view(g, &sel.id)?.check_finite()?;
         let plan = match (method, &sel.info) {
             (_, Some(info)) if activation_aware => match wanda_plan(g, info) {
                 Ok(p) => Some(p.into_iter().map(|(req, map)| (request_index(&mut requests, req), map)).collect()),
@@ -263,14 +268,58 @@ fn consumer_activation(g: &Graph, u: &WeightUse) -> Result<(CalibRequest, Featur
         ("Gemm", 1) => (0, if flag("transA") { Index(0) } else { Last }, 1),
         ("Gemm", 0) => (1, if flag("transB") { Last } else { Index(0) }, 1),
         ("MatMul", 1) => (0, Last, 1),
+        // Quantized ops: the float activation before the input's quantizer (below).
+        ("ConvInteger", 1) | ("QLinearConv", 3) => (0, Index(1), u.groups),
+        ("MatMulInteger", 1) | ("QLinearMatMul", 3) | ("MatMulIntegerToFloat", 1) | ("DynamicQuantizeMatMul", 1) => {
+            (0, Last, 1)
+        }
+        ("QGemm", 3) => (0, if flag("transA") { Index(0) } else { Last }, 1),
         (op, slot) => return Err(format!("{op} input {slot} as the weight")),
     };
     let tensor = node.inputs.get(input).filter(|s| !s.is_empty()).ok_or("the op has no data input")?;
+    let quantized_op = sparsify_ir::quant::float_op(&node.op_type) != node.op_type;
+    let tensor = &if quantized_op { float_activation(g, tensor, &u.node_name)? } else { tensor.clone() };
     if g.constant_source(tensor).is_some() {
         return Err(format!("the data input '{tensor}' of '{}' is a constant", u.node_name));
     }
     let map = FeatureMap { out_axis: u.out_axis, red_axis: u.red_axis, conv_groups };
     Ok((CalibRequest::FeatureSqNorm { tensor: tensor.clone(), axis }, map))
+}
+
+/// The float tensor a quantized op's integer data input was quantized from: the input of the
+/// `QuantizeLinear` / `DynamicQuantizeLinear` producing it. An integer tensor from another quantized op (or
+/// a layout op over one) has no float activation: an error, and the weight falls back to l1. Other
+/// producers (a float input, as `DynamicQuantizeMatMul` reads) are returned as they are.
+fn float_activation(g: &Graph, tensor: &str, node: &str) -> Result<String, String> {
+    let Some(p) = g.producer_of(tensor) else { return Ok(tensor.to_string()) };
+    let p = g.node(p);
+    match p.op_type.as_str() {
+        "QuantizeLinear" | "DynamicQuantizeLinear" if p.outputs.first().is_some_and(|o| o == tensor) => {
+            p.inputs.first().cloned().ok_or_else(|| format!("'{}' has no input", p.display_name()))
+        }
+        "QLinearConv"
+        | "QLinearMatMul"
+        | "QGemm"
+        | "QLinearAdd"
+        | "QLinearMul"
+        | "QLinearConcat"
+        | "QLinearAveragePool"
+        | "QLinearGlobalAveragePool"
+        | "QLinearLeakyRelu"
+        | "QLinearSigmoid"
+        | "MaxPool"
+        | "Reshape"
+        | "Transpose"
+        | "Flatten"
+        | "Squeeze"
+        | "Unsqueeze" => Err(format!(
+            "the data input '{tensor}' of '{node}' is an integer tensor from '{}' ({}), with no float activation \
+             to calibrate on",
+            p.display_name(),
+            p.op_type
+        )),
+        _ => Ok(tensor.to_string()),
+    }
 }
 
 fn request_tensor(r: &CalibRequest) -> &str {

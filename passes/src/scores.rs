@@ -18,6 +18,7 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 use sparsify_ir::{Elems, Graph, Tensor, TensorError, WeightId};
 use sparsify_pm::{Analysis, Effects};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default)]
@@ -64,10 +65,10 @@ impl WeightScores {
         if let Some(a) = self.scores.get(id) {
             return Some(a.clone());
         }
-        let t = g.weight(id)?;
-        let src = ScoreSrc::of(Some(self), t, id)?;
+        let t = weight_view(g, id).ok()?;
+        let src = ScoreSrc::of(Some(self), &t, id)?;
         let mut v = vec![0f32; t.numel().ok()?];
-        src.for_each(t, |i, s, _| v[i] = s).ok()?;
+        src.for_each(&t, |i, s, _| v[i] = s).ok()?;
         ArrayD::from_shape_vec(t.shape(), v).ok()
     }
 
@@ -219,6 +220,20 @@ pub fn selection_keys(src: ScoreSrc<'_>, t: &Tensor) -> Result<(Vec<u64>, u32, u
     Ok((keys, 33, zeros))
 }
 
+/// A weight's values as a float tensor the score readers can walk: the tensor itself for float weights,
+/// a dequantized f32 copy, `(q − zp)·scale`, for quantized ones (zero exactly where `q = zp`, so
+/// magnitude, Wanda and the zero-first rule see the weight the model computes with).
+pub fn weight_view<'g>(g: &'g Graph, id: &WeightId) -> Result<Cow<'g, Tensor>, TensorError> {
+    let t =
+        g.weight(id).ok_or_else(|| TensorError::Invalid { name: id.name().to_string(), what: "not found".into() })?;
+    if g.weight_quant(id)?.is_none() {
+        return Ok(Cow::Borrowed(t));
+    }
+    let v = g.weight_values(id)?;
+    let vals: Vec<f32> = v.iter().copied().collect();
+    Ok(Cow::Owned(Tensor::from_f32(t.name.clone(), t.dims.clone(), &vals)?))
+}
+
 /// Selection keys of a magnitude-scored f32 weight, computed from its bytes when asked (no key vector):
 /// the same keys as [`selection_keys`] gives (already-zero elements first, then |w| or w²), 32 bits.
 #[derive(Debug, Clone)]
@@ -307,13 +322,12 @@ pub fn scores_or_magnitude(
     if let Some(a) = scores.filter(|s| s.wanda.contains_key(id)).and_then(|s| s.get(g, id)) {
         return Ok(a);
     }
-    let t =
-        g.weight(id).ok_or_else(|| TensorError::Invalid { name: id.name().to_string(), what: "not found".into() })?;
+    let t = weight_view(g, id)?;
     let squared = scores.and_then(|s| s.derived.get(id)).is_some_and(|m| *m == Method::L2);
     if !scores.is_some_and(|s| s.derived.contains_key(id)) {
         t.check_finite()?;
     }
-    let v = magnitude_vec(t, squared)?;
+    let v = magnitude_vec(&t, squared)?;
     ArrayD::from_shape_vec(t.shape(), v).map_err(|e| TensorError::Invalid { name: t.name.clone(), what: e.to_string() })
 }
 

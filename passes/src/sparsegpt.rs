@@ -19,7 +19,11 @@
 //!   each kernel position, as `nm-legalize` defines them), so the output passes `check`.
 //! - Numerics in f64; a Hessian that is not positive definite after damping is retried with 10× the
 //!   damping (a note names the layer); a weight never receives NaN. Values are written back in the
-//!   weight's own dtype (f16/bf16 rounding may turn a tiny kept value into an extra zero).
+//!   weight's own dtype (f16/bf16 rounding may turn a tiny kept value into an extra zero). Quantized
+//!   weights (QDQ: `DequantizeLinear` → Conv/Gemm/MatMul) are solved on their dequantized values and the
+//!   result is requantized with the existing scales and zero points, rounded and clamped to the type's
+//!   range (a note counts clamped values); pruned elements become the zero point, and a kept value that
+//!   rounds to the zero point becomes an extra zero. QOperator / integer ops are skipped (no plan).
 //! - Skipped with a note: embedding tables, ConvTranspose, weights read as the activation-side input,
 //!   Conv with `auto_pad=SAME_*`, non-2-D MatMul/Gemm weights, weights whose consumers disagree on axes,
 //!   N:M weights whose reduction dim (per group) is not a multiple of M.
@@ -171,9 +175,7 @@ impl Pass for SparseGpt {
                 cx.stat("weights skipped", 1.0);
                 continue;
             };
-            if let Some(t) = model.graph.weight(&sel.id) {
-                t.check_finite()?;
-            }
+            model.graph.weight_values(&sel.id)?;
             match sgpt_plan::plan(&model.graph, info, self.target) {
                 Ok(p) => plans.push(p),
                 Err(reason) => {
@@ -218,8 +220,7 @@ impl Pass for SparseGpt {
                 .map(|(&pi, idx)| {
                     let plan = &plans[pi];
                     let hs = sgpt_plan::hessians(plan, &idx.iter().map(|&i| &stats[i]).collect::<Vec<_>>())?;
-                    let t = g.weight(&plan.id).ok_or("weight vanished")?;
-                    let vals = t.to_f64().map_err(|e| e.to_string())?;
+                    let vals = g.weight_values_f64(&plan.id).map_err(|e| e.to_string())?;
                     let vals = vals.as_slice().ok_or("non-contiguous weight")?;
                     let solved = sgpt_plan::solve(plan, vals, &hs, self.target, self.blocksize, self.damp);
                     bar.inc(1);
@@ -238,14 +239,20 @@ impl Pass for SparseGpt {
                     Ok((vals, solved)) => {
                         let arr = ArrayD::from_shape_vec(IxDyn(&plan.shape), vals)
                             .map_err(|e| PassError::Invalid { subject: name.clone(), message: e.to_string() })?;
-                        let t = model.graph.weight_mut(&plan.id).ok_or_else(|| PassError::Invalid {
-                            subject: name.clone(),
-                            message: "weight vanished".into(),
-                        })?;
-                        t.write_f64(&arr)?;
-                        cx.settle(t)?;
+                        // Quantized weights are requantized with their scales and zero points.
+                        let clamped = model.graph.write_weight_f64(&plan.id, &arr)?;
+                        if clamped > 0 {
+                            cx.note(
+                                &name,
+                                format!("requantized: {clamped} reconstructed values clamped to the type's range"),
+                            );
+                        }
+                        if let Some(t) = model.graph.weight_mut(&plan.id) {
+                            cx.settle(t)?;
+                        }
                         changed = Changed::Yes;
-                        report(cx, &name, &solved, self.damp, t.numel()?, t.numel()? - t.nnz());
+                        let numel = arr.len();
+                        report(cx, &name, &solved, self.damp, numel, numel - model.graph.weight_nnz(&plan.id)?);
                     }
                 }
             }

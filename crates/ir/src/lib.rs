@@ -11,11 +11,13 @@
 pub mod dtype;
 pub mod graph;
 pub mod print;
+pub mod quant;
 pub mod tensor;
 pub mod verify;
 pub mod weights;
 
 pub use dtype::DType;
 pub use graph::{Attr, AttrValue, Dim, Graph, Model, Node, NodeId, OpsetId, ValueInfo};
+pub use quant::{QuantError, QuantParams, QuantSlots};
 pub use tensor::{Elems, Storage, Tensor, TensorError};
 pub use weights::{WeightId, WeightInfo, WeightUse};

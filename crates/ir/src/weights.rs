@@ -1,11 +1,15 @@
 //! Weight-route analysis: which tensors are prunable weights, who consumes them, and along which axes.
 //!
-//! For every input of Conv, ConvTranspose, Gemm and MatMul that is not produced at run time, the analysis
-//! follows the tensor back through `Identity`, `Cast`, `DequantizeLinear` (axes unchanged) and `Transpose`
+//! For every input of Conv, ConvTranspose, Gemm and MatMul that is not produced at run time (and the
+//! weight inputs of the quantized ops MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv and
+//! com.microsoft QGemm / MatMulIntegerToFloat / DynamicQuantizeMatMul), the analysis follows the tensor back through `Identity`, `Cast`, `DequantizeLinear` (axes unchanged) and `Transpose`
 //! (op-input axis `a` is axis `perm[a]` of the transpose's input) to an initializer or a `Constant` node.
 //! It records the output-channel and reduction axes in the weight's own layout (design notes §4). A weight
 //! read by several consumers whose axes disagree gets a `conflict` reason instead of a silent choice.
+//! For an integer weight, each use records where its scale and zero point come from ([`QuantSlots`]:
+//! the `DequantizeLinear` that reads it, or the quantized op's own inputs); `crate::quant` resolves them.
 
+use crate::quant::{quant_slots, QuantSlots};
 use crate::{Graph, NodeId, Tensor};
 use std::collections::BTreeMap;
 
@@ -44,6 +48,8 @@ pub struct WeightUse {
     pub groups: usize,
     /// The bias tensor feeding the same op (Conv input 2, Gemm C), if constant.
     pub bias: Option<WeightId>,
+    /// For a quantized weight: the scale / zero-point inputs of the node that dequantizes it.
+    pub quant: Option<QuantSlots>,
 }
 
 /// A prunable-weight candidate and everything known about it.
@@ -165,21 +171,35 @@ impl Graph {
         let mut found: BTreeMap<WeightId, usize> = BTreeMap::new();
         let mut list: Vec<WeightInfo> = Vec::new();
         for (id, node) in self.nodes() {
-            if !node.is_onnx() {
+            if !node.is_onnx() && node.domain.as_deref() != Some("com.microsoft") {
                 continue;
             }
             for (slot, axes, groups) in weight_slots(self, node) {
                 let Some(input) = node.inputs.get(slot).filter(|s| !s.is_empty()) else { continue };
                 let Some((src, route, mapped)) = self.trace(input, axes) else { continue };
                 let bias = match node.op_type.as_str() {
-                    "Conv" | "ConvTranspose" | "Gemm" if slot == 1 => node
+                    "Conv" | "ConvTranspose" | "Gemm" | "QLinearConv" | "QGemm" => node
                         .inputs
-                        .get(2)
+                        .get(match node.op_type.as_str() {
+                            "QLinearConv" => 8,
+                            "QGemm" => 6,
+                            _ if slot == 1 => 2,
+                            _ => usize::MAX,
+                        })
                         .filter(|s| !s.is_empty())
                         .and_then(|b| self.trace(b, vec![]))
                         .map(|(b, _, _)| b),
                     _ => None,
                 };
+                let quant = self.weight(&src).filter(|t| !t.dtype.is_prunable_float()).and_then(|t| {
+                    let rank = t.dims.len();
+                    match route.is_empty() {
+                        true => quant_slots(node, slot, rank),
+                        false => {
+                            self.consumers(src.name()).iter().find_map(|&(c, s)| quant_slots(self.node(c), s, rank))
+                        }
+                    }
+                });
                 let u = WeightUse {
                     node: id,
                     node_name: node.display_name(),
@@ -190,6 +210,7 @@ impl Graph {
                     red_axis: mapped[1],
                     groups,
                     bias,
+                    quant,
                 };
                 match found.get(&src) {
                     Some(&i) => list[i].uses.push(u),
@@ -234,6 +255,21 @@ impl Graph {
 fn weight_slots(g: &Graph, node: &crate::Node) -> Vec<(usize, Vec<usize>, usize)> {
     let groups = node.attr_int("group").unwrap_or(1).max(1) as usize;
     match node.op_type.as_str() {
+        "ConvInteger" if node.is_onnx() => vec![(1, vec![0, 1], groups)],
+        "QLinearConv" if node.is_onnx() => vec![(3, vec![0, 1], groups)],
+        "QGemm" if !node.is_onnx() => {
+            let tb = node.attr_int("transB").unwrap_or(0) != 0;
+            vec![(3, if tb { vec![0, 1] } else { vec![1, 0] }, 1)]
+        }
+        "MatMulInteger" | "QLinearMatMul" | "MatMulIntegerToFloat" | "DynamicQuantizeMatMul" => {
+            let slot = if node.op_type == "QLinearMatMul" { 3 } else { 1 };
+            let onnx = matches!(node.op_type.as_str(), "MatMulInteger" | "QLinearMatMul");
+            match node.inputs.get(slot).and_then(|n| g.rank_of(n)).filter(|&r| r >= 2 && onnx == node.is_onnx()) {
+                Some(r) => vec![(slot, vec![r - 1, r - 2], 1)],
+                None => Vec::new(),
+            }
+        }
+        _ if !node.is_onnx() => Vec::new(),
         "Conv" => vec![(1, vec![0, 1], groups)],
         "ConvTranspose" => vec![(1, vec![1, 0], groups)],
         "Gemm" => {

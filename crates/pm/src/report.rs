@@ -71,10 +71,10 @@ pub fn weight_table(model: &Model) -> Vec<WeightRow> {
     let mut rows = Vec::new();
     for w in g.find_weights() {
         let Some(t) = g.weight(&w.id) else { continue };
-        if !t.dtype.is_prunable_float() || t.dims.len() < 2 {
+        if g.weight_prunable(&w.id).is_err() || t.dims.len() < 2 {
             continue;
         }
-        let s = t.sparsity();
+        let s = g.weight_sparsity(&w.id).unwrap_or(0.0);
         rows.push(WeightRow {
             name: w.id.name().to_string(),
             op: w.op().to_string(),

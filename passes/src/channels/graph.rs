@@ -17,10 +17,15 @@ pub(crate) struct Builder<'g> {
 
 /// Whether each index along `axis` holds only zeros.
 pub(crate) fn zero_slices(t: &Tensor, axis: usize) -> Vec<bool> {
+    zero_slices_of(t, &t.zero_flags(), axis)
+}
+
+/// [`zero_slices`] from given zero flags (a quantized weight's `q == zp`, `Graph::weight_zero_flags`).
+pub(crate) fn zero_slices_of(t: &Tensor, flags: &[bool], axis: usize) -> Vec<bool> {
     let dims = t.shape();
     let (d, inner) = (dims.get(axis).copied().unwrap_or(1), dims.iter().skip(axis + 1).product::<usize>().max(1));
     let mut z = vec![true; d];
-    for (i, f) in t.zero_flags().iter().enumerate() {
+    for (i, f) in flags.iter().enumerate() {
         if !f {
             z[(i / inner) % d] = false;
         }

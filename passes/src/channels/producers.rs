@@ -1,8 +1,19 @@
 //! Producers and consumers: Conv (plain, grouped, depthwise), Gemm, MatMul, and BatchNormalization.
 
-use super::graph::{zero_slices, Builder, Param};
+use super::graph::{zero_slices_of, Builder, Param};
 use super::{Layout, Sink, SinkKind, Site, SliceRole};
 use sparsify_ir::{AttrValue, NodeId, WeightId};
+
+/// Why a producer weight cannot be sliced because it is quantized (non-float), naming it.
+fn quantized_refusal(wid: &WeightId, t: &sparsify_ir::Tensor) -> Option<String> {
+    (!t.dtype.is_prunable_float()).then(|| {
+        format!(
+            "'{}' is a quantized weight ({}); slicing it with its per-channel scales and zero points is not supported",
+            wid.name(),
+            t.dtype.name()
+        )
+    })
+}
 
 impl Builder<'_> {
     /// A producer output: fresh atoms, rows site, optional bias, constants of zero rows.
@@ -19,7 +30,10 @@ impl Builder<'_> {
     ) {
         let (wid, axis, groups) = w;
         let Some(t) = self.g.weight(&wid) else { return };
-        let zero = zero_slices(t, axis);
+        // Quantized weights: dead channels are those at their zero points; never sliced (their per-channel
+        // scales and zero points would have to follow), so they are kept with this reason.
+        let flags = self.g.weight_zero_flags(&wid).unwrap_or_else(|_| t.zero_flags());
+        let zero = zero_slices_of(t, &flags, axis);
         let atoms = self.a.fresh(zero.len());
         let input = self.g.node(id).inputs[1].clone();
         let mut ok = self.exclusive(&input).map(|m| self.a.intermediates.extend(m));
@@ -30,6 +44,9 @@ impl Builder<'_> {
                 None
             }
         };
+        if let Some(why) = quantized_refusal(&wid, t) {
+            ok = Err(why);
+        }
         let consts: Vec<Option<f64>> = (0..zero.len())
             .map(|c| {
                 zero[c].then(|| bias.as_ref().map_or(0.0, |b| scale * b.vals.get(c).copied().unwrap_or(b.vals[0])))
@@ -152,13 +169,18 @@ impl Builder<'_> {
         let (x, out, name) = (n.inputs[0].clone(), n.outputs[0].clone(), n.display_name());
         let (wid, oa) = w;
         let Some(t) = self.g.weight(&wid) else { return };
-        let zero = zero_slices(t, oa);
+        let flags = self.g.weight_zero_flags(&wid).unwrap_or_else(|_| t.zero_flags());
+        let zero = zero_slices_of(t, &flags, oa);
         let sums: Vec<f64> = match t.to_f64() {
             Ok(v) => (0..zero.len()).map(|c| v.index_axis(ndarray::Axis(oa), c).sum()).collect(),
             Err(_) => vec![f64::NAN; zero.len()],
         };
         let input = n.inputs[1].clone();
         let ok = self.exclusive(&input).and_then(|m| bias.as_ref().map(|_| m).map_err(|e| e.clone()));
+        let ok = match quantized_refusal(&wid, t) {
+            Some(why) => Err(why),
+            None => ok,
+        };
         let b = bias.ok().flatten();
         let bv = |c: usize| b.as_ref().map_or(0.0, |b| b.vals[c]);
         let xc = self.consts_of(&x);

@@ -3,11 +3,12 @@
 //! cached scores so pruned elements score 0.
 
 use crate::scope::Scope;
-use crate::scores::{selection_keys, MagKeys, ScoreSrc, WeightScores};
+use crate::scores::{selection_keys, weight_view, MagKeys, ScoreSrc, WeightScores};
 use crate::util::score_math::{channel_of_each, stride};
 use crate::util::select::{f32_key, prune_count, prune_flags, select_cut, Candidates, Cut, KeySlice};
 use sparsify_ir::{Graph, NodeId, Tensor, WeightId};
 use sparsify_pm::{PassError, Spill};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Granularity {
@@ -173,22 +174,22 @@ pub fn apply_mask(
     for (i, t) in targets.iter().enumerate() {
         let w = weight(g, t)?;
         let shape = w.shape();
-        let (src, fallback) = source(scores.as_deref(), w, &t.id)?;
+        let (src, fallback) = source(scores.as_deref(), &w, &t.id)?;
         let n = w.numel()?;
         out.per_target.push(TargetOut { elements: n, score_fallback: fallback, ..Default::default() });
         let pruned: Pruned = match (cfg.granularity, cfg.group, t.axis) {
             (Granularity::Element, Group::Row, Some(ax)) => {
-                let (keys, bits, _) = selection_keys(src, w)?;
+                let (keys, bits, _) = selection_keys(src, &w)?;
                 Pruned::Flags(row_flags(&keys, bits, &shape, ax, s))
             }
-            (Granularity::Element, ..) => match MagKeys::of(&src, w) {
+            (Granularity::Element, ..) => match MagKeys::of(&src, &w) {
                 // f32 magnitude: keys read from the weight's bytes, no key vector.
                 Some(mk) => {
                     let cut = select_cut(&mk, prune_count(s, n), 32);
                     Pruned::Mag(mk, cut)
                 }
                 None => {
-                    let (keys, bits, _) = selection_keys(src, w)?;
+                    let (keys, bits, _) = selection_keys(src, &w)?;
                     let cut = select_cut(&KeySlice(&keys), prune_count(s, n), bits);
                     Pruned::Cut(keys, cut)
                 }
@@ -199,7 +200,7 @@ pub fn apply_mask(
                 let c = shape[ax];
                 let mut norm = vec![0f64; c];
                 let mut zero = vec![true; c];
-                src.for_each(w, |f, v, isz| {
+                src.for_each(&w, |f, v, isz| {
                     let k = ch[f];
                     norm[k] += if cfg.l2_scores { v as f64 } else { (v as f64) * (v as f64) };
                     zero[k] &= isz;
@@ -281,17 +282,19 @@ fn apply_global(
     let cut = {
         let sc = scores.as_deref();
         let mut srcs = Vec::new();
+        let mut views = Vec::new();
         let mut total = 0usize;
         for t in targets {
             let w = weight(g, t)?;
-            let (src, fallback) = source(sc, w, &t.id)?;
+            let (src, fallback) = source(sc, &w, &t.id)?;
             let n = w.numel()?;
             out.per_target.push(TargetOut { elements: n, score_fallback: fallback, ..Default::default() });
             srcs.push(src);
+            views.push(w);
             offsets.push(total);
             total += n;
         }
-        let all = GlobalKeys { g, targets, srcs: &srcs, offsets: &offsets, total };
+        let all = GlobalKeys { views: &views, srcs: &srcs, offsets: &offsets, total };
         select_cut(&all, prune_count(s, total), 33)
     };
     for (i, t) in targets.iter().enumerate() {
@@ -299,9 +302,9 @@ fn apply_global(
         let flags = match cut {
             None => vec![false; out.per_target[i].elements],
             Some(c) => {
-                let (src, _) = source(scores.as_deref(), w, &t.id)?;
+                let (src, _) = source(scores.as_deref(), &w, &t.id)?;
                 let mut f = vec![false; out.per_target[i].elements];
-                src.for_each(w, |j, v, z| f[j] = c.takes(base + j, full_key(v, z)))?;
+                src.for_each(&w, |j, v, z| f[j] = c.takes(base + j, full_key(v, z)))?;
                 f
             }
         };
@@ -317,8 +320,7 @@ fn full_key(score: f32, zero: bool) -> u64 {
 
 /// Every target's elements as one candidate sequence.
 struct GlobalKeys<'a> {
-    g: &'a Graph,
-    targets: &'a [Target],
+    views: &'a [Cow<'a, Tensor>],
     srcs: &'a [ScoreSrc<'a>],
     offsets: &'a [usize],
     total: usize,
@@ -329,8 +331,7 @@ impl Candidates for GlobalKeys<'_> {
         self.total
     }
     fn scan(&self, mut f: impl FnMut(usize, u64)) {
-        for (i, t) in self.targets.iter().enumerate() {
-            let Some(w) = self.g.weight(&t.id) else { continue };
+        for (i, w) in self.views.iter().enumerate() {
             let base = self.offsets[i];
             // Sources were validated when collected (float dtypes): for_each cannot fail here.
             let _ = self.srcs[i].for_each(w, |j, v, z| f(base + j, full_key(v, z)));
@@ -338,9 +339,9 @@ impl Candidates for GlobalKeys<'_> {
     }
 }
 
-fn weight<'g>(g: &'g Graph, t: &Target) -> Result<&'g Tensor, PassError> {
-    g.weight(&t.id)
-        .ok_or_else(|| PassError::Invalid { subject: t.id.name().to_string(), message: "weight not found".into() })
+/// The target's values as a float tensor (quantized weights dequantized, see [`weight_view`]).
+fn weight<'g>(g: &'g Graph, t: &Target) -> Result<Cow<'g, Tensor>, PassError> {
+    Ok(weight_view(g, &t.id)?)
 }
 
 /// A target's score source (the analysis, else |w| after a finiteness check) and whether the analysis
@@ -366,12 +367,20 @@ fn apply_one(
     i: usize,
     spill: Option<&dyn Spill>,
 ) -> Result<(), PassError> {
-    let w = g.weight_mut(&t.id).expect("gathered above");
-    let added = w.zero_by(|j| pruned.at(j))?;
+    let quantized = g
+        .weight_quant(&t.id)
+        .map_err(|e| PassError::Invalid { subject: t.id.name().into(), message: e.to_string() })?;
+    let added = if quantized.is_some() {
+        let keep: Vec<bool> = (0..out.per_target[i].elements).map(|j| !pruned.at(j)).collect();
+        g.zero_weight_where(&t.id, &keep)?
+    } else {
+        let w = g.weight_mut(&t.id).expect("gathered above");
+        w.zero_by(|j| pruned.at(j))?
+    };
     out.per_target[i].zeros_added = added;
     out.any_changed |= added > 0;
     if added > 0 {
-        if let Some(sp) = spill {
+        if let (Some(sp), Some(w)) = (spill, g.weight_mut(&t.id)) {
             sp.settle(w)?;
         }
     }

@@ -174,9 +174,9 @@ pub fn nm_eligibility(info: &WeightInfo, t: &Tensor, m: usize, strict: bool) -> 
         return Err(format!("axis conflict: {c}"));
     }
     match t.dtype {
-        DType::F32 | DType::F16 | DType::BF16 => {}
+        DType::F32 | DType::F16 | DType::BF16 | DType::I8 | DType::U8 => {}
         DType::F64 => return Err("dtype f64: sparse tensor cores take only f32/f16/bf16 weights".into()),
-        d => return Err(format!("dtype {} is not a float type sparse tensor cores accept (f32/f16/bf16)", d.name())),
+        d => return Err(format!("dtype {} is not a type sparse tensor cores accept (f32/f16/bf16/int8)", d.name())),
     }
     let shape = t.shape();
     let (out, red, g) = (info.out_axis(), info.red_axis(), info.groups().max(1));

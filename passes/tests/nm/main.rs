@@ -61,7 +61,8 @@ fn run(m: &mut Model, pipeline: &str) -> RunReport {
 }
 
 fn values(m: &Model, name: &str) -> Vec<f32> {
-    m.graph.weight(&WeightId::Init(name.into())).unwrap().to_f32().unwrap().iter().copied().collect()
+    // Dequantized for quantized weights (`sparsify_ir::quant`); float weights as they are.
+    m.graph.weight_values(&WeightId::Init(name.into())).unwrap().iter().copied().collect()
 }
 
 fn notes_for<'a>(r: &'a RunReport, pass: &str, subject: &str) -> Vec<&'a str> {

@@ -28,6 +28,8 @@ struct Row {
     groups: usize,
     consumers: usize,
     storage: String,
+    /// Quantized weights: where the scale / zero point come from (sparsity counts q == zero point).
+    quant: Option<String>,
     route: Vec<String>,
     embedding: bool,
     note: Option<String>,
@@ -45,8 +47,8 @@ pub fn main(a: Args) -> Result<Outcome> {
         } else if let Some(why) = default_scope.left_out(&w) {
             // Same default as the passes and `check`: say how to include it.
             Some(format!("not pruned or checked by default: {why}"))
-        } else if !t.dtype.is_prunable_float() {
-            Some(format!("dtype {} is not prunable", t.dtype.name()))
+        } else if let Err(why) = g.weight_prunable(&w.id) {
+            Some(format!("not prunable: {why}"))
         } else if t.dims.len() < 2 {
             Some("rank < 2: not a prunable weight".into())
         } else {
@@ -58,7 +60,7 @@ pub fn main(a: Args) -> Result<Outcome> {
             op: w.op().to_string(),
             shape: t.dims.clone(),
             dtype: t.dtype.name(),
-            sparsity: t.sparsity(),
+            sparsity: g.weight_sparsity(&w.id).unwrap_or_else(|_| t.sparsity()),
             out_axis: w.conflict.is_none().then(|| w.out_axis()),
             red_axis: w.conflict.is_none().then(|| w.red_axis()),
             groups: w.groups(),
@@ -67,6 +69,21 @@ pub fn main(a: Args) -> Result<Outcome> {
                 sparsify_onnx::ir::WeightId::Init(_) => "initializer".into(),
                 sparsify_onnx::ir::WeightId::Const(_) => "constant-node".into(),
             },
+            quant: g.weight_quant(&w.id).ok().flatten().map(|p| {
+                let per = match p.axis {
+                    Some(a) => format!("per axis {a}"),
+                    None => "per tensor".into(),
+                };
+                let zp = match p.zero_point_tensor {
+                    Some(z) if p.zero_point.iter().all(|&v| v == p.zero_point[0]) => {
+                        format!("zero point {} ('{z}')", p.zero_point[0])
+                    }
+                    Some(z) => format!("zero points '{z}'"),
+                    None => "zero point 0".into(),
+                };
+                let scale = p.scale_tensor.map(|s| format!("scale '{s}'")).unwrap_or_else(|| "no scale (1)".into());
+                format!("{per}, {zp}, {scale}, from '{}'", p.node)
+            }),
             route: w.uses[0].route.clone(),
             embedding: false,
             note,
@@ -85,6 +102,7 @@ pub fn main(a: Args) -> Result<Outcome> {
             groups: 1,
             consumers: 1,
             storage: r.storage,
+            quant: None,
             route: vec![],
             embedding: true,
             note: Some("embedding table: not pruned unless embeddings=true".into()),
@@ -108,7 +126,7 @@ pub fn main(a: Args) -> Result<Outcome> {
                 ax(r.out_axis),
                 ax(r.red_axis),
                 r.storage.clone(),
-                r.note.clone().unwrap_or_default(),
+                r.note.clone().or_else(|| r.quant.as_ref().map(|q| format!("quantized {q}"))).unwrap_or_default(),
             ]
         })
         .collect();
