@@ -1,30 +1,101 @@
 //! External data: resolve `location` safely inside the model's folder and map the file lazily.
+//!
+//! Every mapped file is remembered (weakly) so that the writer can find out whether some bytes are
+//! still an input file's own bytes and copy them file to file in the kernel ([`copy_mapped`]) instead
+//! of through this process — what makes an unchanged tensor cost what `cp` costs.
 
 use crate::IoError;
 use bytes::Bytes;
 use memmap2::Mmap;
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
-/// A mapped file, owned so `Bytes` can slice it without copying.
-struct MapOwner(Arc<Mmap>);
+/// A mapped file and its handle, owned so `Bytes` can slice it without copying.
+struct Mapped {
+    map: Mmap,
+    file: File,
+}
+
+struct MapOwner(Arc<Mapped>);
 impl AsRef<[u8]> for MapOwner {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.0.map
     }
 }
 
+/// Every live mapping made by [`map_file`].
+static MAPPED: Mutex<Vec<Weak<Mapped>>> = Mutex::new(Vec::new());
+
 /// Map a whole file read-only into `Bytes` (empty files become empty `Bytes`).
 pub fn map_file(path: &Path) -> Result<Bytes, std::io::Error> {
-    let file = std::fs::File::open(path)?;
+    let file = File::open(path)?;
     if file.metadata()?.len() == 0 {
         return Ok(Bytes::new());
     }
     // SAFETY: the map is read-only; the tool never writes to its inputs. Another process truncating the
     // file while it is mapped is outside what any reader can defend against.
     let map = unsafe { Mmap::map(&file)? };
-    Ok(Bytes::from_owner(MapOwner(Arc::new(map))))
+    let mapped = Arc::new(Mapped { map, file });
+    let mut all = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(&mapped));
+    Ok(Bytes::from_owner(MapOwner(mapped)))
+}
+
+/// Copy `bytes` to `out` (at `out_offset`, or at its current position when `None`) in the kernel when
+/// they lie inside a file mapped by [`map_file`]. `Ok(false)`: not a mapped file's bytes, or the kernel
+/// cannot copy between these files — the caller writes them itself.
+pub(crate) fn copy_mapped(bytes: &[u8], out: &File, out_offset: Option<u64>) -> std::io::Result<bool> {
+    let found = {
+        let all = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
+        let p = bytes.as_ptr() as usize;
+        all.iter().filter_map(Weak::upgrade).find_map(|m| {
+            let a = m.map.as_ptr() as usize;
+            (p >= a && p + bytes.len() <= a + m.map.len()).then(|| (p - a) as u64).map(|off| (m, off))
+        })
+    };
+    match found {
+        Some((m, off)) => copy_range(&m.file, off, out, out_offset, bytes.len()),
+        None => Ok(false),
+    }
+}
+
+/// `copy_file_range(2)` of `len` bytes from `src` at `src_off` to `dst` (at `dst_off`, or its current
+/// position), looping over short copies. `Ok(false)` when the kernel refuses before anything was copied
+/// (no support, different file systems).
+pub(crate) fn copy_range(
+    src: &File,
+    src_off: u64,
+    dst: &File,
+    dst_off: Option<u64>,
+    len: usize,
+) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut off_in = src_off as libc::loff_t;
+    let mut off_out = dst_off.unwrap_or(0) as libc::loff_t;
+    let mut left = len;
+    while left > 0 {
+        let out_ptr = if dst_off.is_some() { &mut off_out as *mut libc::loff_t } else { std::ptr::null_mut() };
+        // SAFETY: both descriptors are open files owned by the callers for the call's duration; the
+        // offset pointers point to live locals (or are null: use and advance the file position).
+        let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), out_ptr, left, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            let unsupported =
+                matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP));
+            if left == len && unsupported {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::other(format!("source ended after {} of {len} bytes", len - left)));
+        }
+        left -= n as usize;
+    }
+    Ok(true)
 }
 
 /// Resolves external-data locations relative to one folder, mapping each file once.
@@ -71,5 +142,35 @@ impl Resolver {
                 length.map(|l| l.to_string()).unwrap_or_else(|| "?".into())
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn mapped_bytes_are_copied_in_the_kernel_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let mapped = map_file(&src).unwrap();
+        let out =
+            File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("out")).unwrap();
+        // Appended at the file position, then at an explicit offset.
+        assert!(copy_mapped(&mapped[1000..5000], &out, None).unwrap());
+        assert!(copy_mapped(&mapped[100_000..150_000], &out, Some(10_000)).unwrap());
+        let mut back = vec![0u8; 60_000];
+        out.read_exact_at(&mut back, 0).unwrap();
+        assert_eq!(&back[..4000], &data[1000..5000]);
+        assert_eq!(&back[10_000..], &data[100_000..150_000]);
+        // Bytes that are not a mapped file's are left to the caller.
+        let heap = data[..100].to_vec();
+        assert!(!copy_mapped(&heap, &out, None).unwrap());
+        drop(mapped);
+        let again = data[..100].to_vec();
+        assert!(!copy_mapped(&again, &out, None).unwrap(), "dropped maps are forgotten");
     }
 }

@@ -174,19 +174,28 @@ impl Scratch {
         self.in_place.as_ref().filter(|ip| ip.dest == dest)
     }
 
-    /// Append `len` stored bytes at `loc` to `out` in the kernel (`copy_file_range` through
-    /// `std::io::copy`), without mapping them into this process.
-    pub(crate) fn copy_to(&self, loc: Loc, len: usize, out: &mut File) -> std::io::Result<()> {
-        use std::io::{Read, Seek, SeekFrom};
-        let (mut src, offset) = match (loc, &self.in_place) {
+    /// Copy `len` stored bytes at `loc` to `out` (at `out_offset`, or appended at its position) in the
+    /// kernel (`copy_file_range`), without mapping them into this process; through a buffer where the
+    /// kernel cannot copy between the two files.
+    pub(crate) fn copy_to(&self, loc: Loc, len: usize, out: &File, out_offset: Option<u64>) -> std::io::Result<()> {
+        let (src, offset) = match (loc, &self.in_place) {
             (Loc::Spill(o), _) => (&self.file, o),
             (Loc::InPlace(o), Some(ip)) => (&ip.handle, o),
             (Loc::InPlace(_), None) => return Err(std::io::Error::other("no in-place file")),
         };
-        src.seek(SeekFrom::Start(offset))?;
-        let copied = std::io::copy(&mut src.take(len as u64), out)?;
-        if copied != len as u64 {
-            return Err(std::io::Error::other(format!("scratch file ended after {copied} of {len} bytes")));
+        if crate::external::copy_range(src, offset, out, out_offset, len)? {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; len.min(1 << 20)];
+        let mut done = 0usize;
+        while done < len {
+            let n = buf.len().min(len - done);
+            src.read_exact_at(&mut buf[..n], offset + done as u64)?;
+            match out_offset {
+                Some(o) => out.write_all_at(&buf[..n], o + done as u64)?,
+                None => std::io::Write::write_all(&mut &*out, &buf[..n])?,
+            }
+            done += n;
         }
         Ok(())
     }
@@ -231,9 +240,9 @@ mod tests {
         assert_eq!(s.locate(&b[10..20]), Some(Loc::Spill(PAGE + 10)));
         assert_eq!(s.locate(&[1u8, 2, 3]), None, "bytes elsewhere are not in the scratch");
         let out_path = dir.path().join("out");
-        let mut out = File::create(&out_path).unwrap();
-        s.copy_to(s.locate(&b).unwrap(), b.len(), &mut out).unwrap();
-        s.copy_to(s.locate(&a).unwrap(), 3, &mut out).unwrap();
+        let out = File::create(&out_path).unwrap();
+        s.copy_to(s.locate(&b).unwrap(), b.len(), &out, None).unwrap();
+        s.copy_to(s.locate(&a).unwrap(), 3, &out, None).unwrap();
         drop(out);
         let back = std::fs::read(&out_path).unwrap();
         assert_eq!((back.len(), back[99_999], &back[100_000..]), (100_003, 7, &[1u8, 2, 3][..]));

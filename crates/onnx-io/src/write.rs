@@ -185,10 +185,13 @@ impl Drop for AtomicFile {
 
 /// Write `bytes` to `f`: from the scratch file in the kernel when they live there, else from memory.
 fn write_bytes(f: &mut File, bytes: &[u8], scratch: Option<&Scratch>) -> std::io::Result<()> {
-    match scratch.and_then(|s| s.locate(bytes).map(|loc| (s, loc))) {
-        Some((s, loc)) => s.copy_to(loc, bytes.len(), f),
-        None => f.write_all(bytes),
+    if let Some((s, loc)) = scratch.and_then(|s| s.locate(bytes).map(|loc| (s, loc))) {
+        return s.copy_to(loc, bytes.len(), f, None);
     }
+    if crate::external::copy_mapped(bytes, f, None)? {
+        return Ok(());
+    }
+    f.write_all(bytes)
 }
 
 /// Write `bytes` to `path` atomically (see [`AtomicFile`]).
@@ -320,7 +323,17 @@ fn finish_in_place(s: &Scratch, data_path: &Path, plan: &ExternalPlan) -> Option
     let werr = |source| IoError::Write { path: data_path.to_path_buf(), source };
     for (offset, bytes) in &plan.chunks {
         if placed(bytes) != Some(*offset) {
-            if let Err(e) = f.file().write_all_at(bytes, *offset) {
+            // Unchanged input bytes and spilled bytes are copied file to file; anything else written.
+            let copied = match s.locate(bytes) {
+                Some(loc) => s.copy_to(loc, bytes.len(), f.file(), Some(*offset)).map(|_| true),
+                None => crate::external::copy_mapped(bytes, f.file(), Some(*offset)),
+            };
+            let done = match copied {
+                Ok(true) => Ok(()),
+                Ok(false) => f.file().write_all_at(bytes, *offset),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
                 return Some(Err(werr(e)));
             }
         }
