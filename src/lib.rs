@@ -71,8 +71,9 @@ pub fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), Erro
     Ok(sparsify_onnx_io::save(model, path, opts)?)
 }
 
-/// [`save`] after [`Pipeline::run_with_scratch`]: tensors stored in `scratch` are copied to the output
-/// file to file (same bytes as [`save`], less memory traffic).
+/// [`save`] after [`Pipeline::run_with`] with a scratch: tensors already written in place in the output's
+/// data file (a scratch made by [`Scratch::for_output`] for this path and options) are not written again,
+/// spilled ones are copied file to file. Same bytes as [`save`].
 pub fn save_with_scratch(model: &Model, path: &Path, opts: &ExportOptions, scratch: &Scratch) -> Result<(), Error> {
     Ok(sparsify_onnx_io::save_with_scratch(model, path, opts, scratch)?)
 }
