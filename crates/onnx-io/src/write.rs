@@ -25,17 +25,35 @@ const CHUNK: usize = 1 << 20;
 
 /// A `BufMut` that writes to a file through a buffer of `chunk` bytes (1 MiB). Write errors are kept and
 /// reported by [`Sink::finish`] (prost's encoder cannot fail midway).
-struct Sink<W: Write> {
+struct Sink<'s, W: Write> {
     file: W,
     chunk: usize,
     buf: Vec<u8>,
     err: Option<std::io::Error>,
+    /// A second handle to the same open file (same position) and the scratch: large slices that are a
+    /// mapped input file's or the scratch's bytes are copied file to file instead of through memory.
+    direct: Option<(File, Option<&'s Scratch>)>,
 }
 
-impl<W: Write> Sink<W> {
-    fn new(file: W, chunk: usize) -> Sink<W> {
+impl<'s, W: Write> Sink<'s, W> {
+    fn new(file: W, chunk: usize) -> Sink<'s, W> {
         let chunk = chunk.max(1);
-        Sink { file, chunk, buf: Vec::with_capacity(chunk), err: None }
+        Sink { file, chunk, buf: Vec::with_capacity(chunk), err: None, direct: None }
+    }
+
+    /// Copy large slices file to file through `handle` (a clone of the file `W` writes to).
+    fn with_direct(mut self, handle: File, scratch: Option<&'s Scratch>) -> Sink<'s, W> {
+        self.direct = Some((handle, scratch));
+        self
+    }
+
+    /// Write `src` with a kernel copy when it is stored bytes; `Ok(false)` when it is not.
+    fn copy_direct(&mut self, src: &[u8]) -> std::io::Result<bool> {
+        let Some((handle, scratch)) = &self.direct else { return Ok(false) };
+        if let Some((s, loc)) = scratch.and_then(|s| s.locate(src).map(|loc| (s, loc))) {
+            return s.copy_to(loc, src.len(), handle, None).map(|_| true);
+        }
+        crate::external::copy_mapped(src, handle, None)
     }
     fn flush_buf(&mut self) {
         if self.err.is_none() && !self.buf.is_empty() {
@@ -64,7 +82,7 @@ impl<W: Write> Sink<W> {
 //   because `len + cnt <= capacity` (the caller wrote at most `chunk_mut().len()` bytes) and they are
 //   initialised. The assert turns a caller breaking the contract into a panic instead of UB.
 // Miri runs these paths: `write::tests::sink_*` (`cargo +nightly miri test -p sparsify-onnx-io --lib sink`).
-unsafe impl<W: Write> BufMut for Sink<W> {
+unsafe impl<W: Write> BufMut for Sink<'_, W> {
     fn remaining_mut(&self) -> usize {
         isize::MAX as usize - self.buf.len()
     }
@@ -100,7 +118,12 @@ unsafe impl<W: Write> BufMut for Sink<W> {
         if src.len() >= self.chunk {
             self.flush_buf();
             if self.err.is_none() {
-                if let Err(e) = self.file.write_all(src) {
+                let done = match self.copy_direct(src) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => self.file.write_all(src),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
                     self.err = Some(e);
                 }
             }
@@ -288,7 +311,8 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Op
         }
     }
     let mut out = AtomicFile::create(path)?;
-    let mut sink = Sink::new(out.file(), CHUNK);
+    let handle = out.file().try_clone().map_err(werr(path))?;
+    let mut sink = Sink::new(out.file(), CHUNK).with_direct(handle, scratch);
     proto.encode(&mut sink).map_err(|e| IoError::Write { path: path.into(), source: std::io::Error::other(e) })?;
     sink.finish().map_err(werr(path))?;
     match data {
