@@ -132,6 +132,27 @@ impl Pass for DeadChannelElim {
                 }
             }
         }
+        // Quantized operators (QLinearConv, QGemm, MatMulInteger, ...) are not producers to the analysis:
+        // their zero channels stay, named here.
+        for w in g.find_weights() {
+            let op = w.op();
+            if sparsify_ir::quant::float_op(op) == op {
+                continue;
+            }
+            let Some(t) = g.weight(&w.id) else { continue };
+            let flags = g.weight_zero_flags(&w.id).unwrap_or_else(|_| t.zero_flags());
+            let zero = crate::channels::graph_zero_slices(t, &flags, w.out_axis()).iter().filter(|z| **z).count();
+            if zero > 0 {
+                cx.note(
+                    w.id.name().to_string(),
+                    format!(
+                        "'{}' is read by a quantized operator ({op}): its {zero} zero output channel(s) stay; \
+                         only QDQ weights (DequantizeLinear) are sliced",
+                        w.id.name()
+                    ),
+                );
+            }
+        }
         for ((layer, why), chans) in &kept {
             cx.note(layer.clone(), format!("kept {} dead channel(s) {:?}: {why}", chans.len(), chans));
         }

@@ -270,7 +270,9 @@ impl Builder<'_> {
         let Some(nn) = self.g.weight(&wid).map(|t| t.shape()[oa]) else { return };
         let bias = match &c {
             None => Ok(None),
-            Some(c) if self.g.constant_source(c).is_none() && self.dq_on_route(c).is_none() => Err(format!("C '{c}' is computed at run time")),
+            Some(c) if self.g.constant_source(c).is_none() && self.dq_on_route(c).is_none() => {
+                Err(format!("C '{c}' is computed at run time"))
+            }
             Some(c) => self.param(c, nn).or_else(|e| self.param(c, 1).map_err(|_| e)).map(Some),
         };
         self.produce(id, &out, (wid, oa, 1), bias, beta, 0, Some(2));
