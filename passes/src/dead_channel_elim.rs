@@ -9,6 +9,11 @@
 //! - A zero channel with a non-zero bias, BatchNorm shift or activation at 0 outputs a constant; it is
 //!   removed only when that constant can be folded exactly into every consumer's bias (Gemm, MatMul,
 //!   unpadded Conv; a missing bias is created), else kept with the reason in the notes.
+//! - Quantized (QDQ) weights: the integer constant behind a `DequantizeLinear` is sliced like a float
+//!   weight, with its scale and zero point when they are per axis along the sliced axis; an int32 bias
+//!   behind its own `DequantizeLinear` goes with its per-channel scale. A shared per-axis scale / zero point
+//!   keeps the channels (noted); a non-zero constant is not folded through a quantized consumer weight.
+//!   QOperator / integer-op weights (`QLinearConv`, `MatMulInteger`, ...) are not sliced (noted).
 //! - Never touched: channels reaching a graph output, shared weights, channels under normalizations
 //!   across the channel axis, anything the analysis does not understand (each noted for dead channels).
 //!   Grouped convs lose equal counts per group; a tensor always keeps at least one channel.
