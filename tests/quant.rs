@@ -409,19 +409,62 @@ fn sparsegpt_requantizes_qdq_weights() {
     }
 }
 
+/// dead-channel-elim on QDQ fixtures: quantized weights lose their dead rows and the matching consumer
+/// columns, per-axis scales / zero points along the sliced axis shrink with them, and the result computes
+/// exactly what the masked model computes (tract, sample inputs).
 #[test]
-fn dead_channel_elim_refuses_quantized_weights_with_a_reason() {
-    let m0 = load(&fixture("digits_mlp_qdq_s8.onnx")).unwrap();
-    let mut m1 = m0.clone();
-    let r = run("score{method=l1},mask{sparsity=0.5,granularity=channel},dead-channel-elim", &mut m1, None);
-    let mut m2 = m0.clone();
-    run("score{method=l1},mask{sparsity=0.5,granularity=channel}", &mut m2, None);
-    assert!(to_bytes(&m1).unwrap() == to_bytes(&m2).unwrap(), "dead-channel-elim changed a quantized model");
-    let notes: Vec<String> = notes(&r).iter().map(|(s, n)| format!("{s}: {n}")).collect();
-    assert!(
-        notes.iter().any(|n| n.contains("'fc1.weight_quantized' is a quantized weight (i8)")),
-        "no reason naming the tensor: {notes:?}"
-    );
+fn dead_channel_elim_slices_qdq_weights_with_their_scales_and_zero_points() {
+    for (file, model) in [("digits_mlp_qdq_s8.onnx", "digits_mlp"), ("digits_cnn_qdq_u8pc.onnx", "digits_cnn")] {
+        let m0 = load(&fixture(file)).unwrap();
+        let mut masked = m0.clone();
+        run("mask{granularity=channel,sparsity=0.25}", &mut masked, None);
+        let mut m1 = masked.clone();
+        let r = run("dead-channel-elim", &mut m1, None);
+        let removed = r.passes[0].counters["channels_removed"];
+        assert!(removed > 0.0, "{file}: nothing removed: {:?}", notes(&r));
+        let mut shrunk = 0;
+        for w in quantized_weights(&masked) {
+            let (d0, d1) = (masked.graph.weight(&w.id).unwrap().shape(), m1.graph.weight(&w.id).unwrap().shape());
+            let node = m1.graph.node(m1.graph.consumers(w.id.name())[0].0);
+            assert_eq!(node.op_type, "DequantizeLinear");
+            for slot in [1, 2] {
+                let p = m1.graph.weight(&m1.graph.constant_source(&node.inputs[slot]).unwrap()).unwrap();
+                let n = p.numel().unwrap();
+                if n > 1 {
+                    // per axis along axis 0 in the fixtures: one entry per remaining output channel
+                    assert_eq!(n, d1[0], "{file}: '{}' has {} channels, its '{}' {n}", w.id.name(), d1[0], p.name);
+                }
+            }
+            if d0 != d1 {
+                shrunk += 1;
+                println!("{file}: '{}' {d0:?} -> {d1:?}", w.id.name());
+            }
+        }
+        assert!(shrunk >= 2, "{file}: only {shrunk} weights shrank");
+        let sample = validate::load_feed(&common::bundled(model).join("sample"), &input_decls(&m0)).unwrap();
+        let (err, scale) = output_error(&masked, &m1, &sample);
+        assert!(err <= 1e-5 * scale.max(1.0), "{file}: output moved by {err} (max |output| {scale})");
+        println!("{file}: removed {removed} channels, max |Δ output| vs the masked model {err:e}");
+    }
+}
+
+/// QOperator (QLinearConv / QGemm) and dynamic (MatMulInteger) models: no channel is removed, nothing
+/// changes, no panic.
+#[test]
+fn dead_channel_elim_leaves_qoperator_and_dynamic_models_alone() {
+    for file in ["digits_cnn_qop.onnx", "char_lm_dyn_s8.onnx", "char_lm_qop.onnx"] {
+        let m0 = load(&fixture(file)).unwrap();
+        let mut masked = m0.clone();
+        run("mask{granularity=channel,sparsity=0.25}", &mut masked, None);
+        let mut m1 = masked.clone();
+        let r = run("dead-channel-elim", &mut m1, None);
+        assert!(to_bytes(&m1).unwrap() == to_bytes(&masked).unwrap(), "{file}: dead-channel-elim changed it");
+        let ns: Vec<String> = notes(&r).iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        assert!(
+            ns.iter().any(|n| n.contains("quantized operator") && n.contains("_quantized'")),
+            "{file}: no note naming a quantized-operator weight: {ns:?}"
+        );
+    }
 }
 
 /// Wanda on the dynamic (MatMulInteger) and QOperator (QLinearMatMul) char_lm: the activation is the float

@@ -9,6 +9,11 @@
 //! - A zero channel with a non-zero bias, BatchNorm shift or activation at 0 outputs a constant; it is
 //!   removed only when that constant can be folded exactly into every consumer's bias (Gemm, MatMul,
 //!   unpadded Conv; a missing bias is created), else kept with the reason in the notes.
+//! - Quantized (QDQ) weights: the integer constant behind a `DequantizeLinear` is sliced like a float
+//!   weight, with its scale and zero point when they are per axis along the sliced axis; an int32 bias
+//!   behind its own `DequantizeLinear` goes with its per-channel scale. A shared per-axis scale / zero point
+//!   keeps the channels (noted); a non-zero constant is not folded through a quantized consumer weight.
+//!   QOperator / integer-op weights (`QLinearConv`, `MatMulInteger`, ...) are not sliced (noted).
 //! - Never touched: channels reaching a graph output, shared weights, channels under normalizations
 //!   across the channel axis, anything the analysis does not understand (each noted for dead channels).
 //!   Grouped convs lose equal counts per group; a tensor always keeps at least one channel.
@@ -132,6 +137,27 @@ impl Pass for DeadChannelElim {
                 }
             }
         }
+        // Quantized operators (QLinearConv, QGemm, MatMulInteger, ...) are not producers to the analysis:
+        // their zero channels stay, named here.
+        for w in g.find_weights() {
+            let op = w.op();
+            if sparsify_ir::quant::float_op(op) == op {
+                continue;
+            }
+            let Some(t) = g.weight(&w.id) else { continue };
+            let flags = g.weight_zero_flags(&w.id).unwrap_or_else(|_| t.zero_flags());
+            let zero = crate::channels::graph_zero_slices(t, &flags, w.out_axis()).iter().filter(|z| **z).count();
+            if zero > 0 {
+                cx.note(
+                    w.id.name().to_string(),
+                    format!(
+                        "'{}' is read by a quantized operator ({op}): its {zero} zero output channel(s) stay; \
+                         only QDQ weights (DequantizeLinear) are sliced",
+                        w.id.name()
+                    ),
+                );
+            }
+        }
         for ((layer, why), chans) in &kept {
             cx.note(layer.clone(), format!("kept {} dead channel(s) {:?}: {why}", chans.len(), chans));
         }
@@ -241,6 +267,91 @@ mod tests {
         assert_eq!(c, Changed::No);
         assert!(
             notes.iter().any(|n| n.contains("fc2: kept 1 dead channel(s) [0]: reaches graph output 'y'")),
+            "{notes:?}"
+        );
+    }
+
+    fn i8t(name: &str, dims: Vec<i64>, v: &[i8]) -> Tensor {
+        Tensor::new(name, sparsify_ir::DType::I8, dims, v.iter().map(|&x| x as u8).collect::<Vec<u8>>().into()).unwrap()
+    }
+
+    fn dq(name: &str, ins: &[&str], out: &str, axis: i64) -> Node {
+        let mut n = Node::new("DequantizeLinear", name, ins, &[out]);
+        n.set_attr("axis", sparsify_ir::AttrValue::Int(axis));
+        n
+    }
+
+    /// QDQ MLP: w1 int8 [4,3] per-row scale / zero point, int32 bias with per-channel scale, Relu, w2 int8
+    /// [2,4] per-row (axis 0, not the sliced axis 1). Rows 1 and 3 of w1 sit at their zero points with
+    /// bias 0: dead.
+    fn qdq_mlp(share_scale: bool) -> Model {
+        let mut g = Graph::new();
+        let zp1 = [1i8, -2, 0, 3];
+        let mut w1 = vec![0i8; 12];
+        for r in 0..4 {
+            for c in 0..3 {
+                w1[r * 3 + c] = if r % 2 == 1 { zp1[r] } else { (r * 3 + c) as i8 - 4 };
+            }
+        }
+        g.initializers.push(i8t("w1", vec![4, 3], &w1));
+        g.initializers.push(Tensor::from_f32("s1", vec![4], &[0.5, 0.25, 0.125, 2.0]).unwrap());
+        g.initializers.push(i8t("z1", vec![4], &zp1));
+        let b: Vec<u8> = [7i32, 0, -3, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        g.initializers.push(Tensor::new("b1", sparsify_ir::DType::I32, vec![4], b.into()).unwrap());
+        g.initializers.push(Tensor::from_f32("sb", vec![4], &[0.01, 0.02, 0.03, 0.04]).unwrap());
+        g.initializers.push(i8t("w2", vec![2, 4], &[1, 2, 3, 4, 5, 6, 7, -8]));
+        g.initializers.push(Tensor::from_f32("s2", vec![2], &[0.1, 0.2]).unwrap());
+        g.inputs.push(ValueInfo::tensor("x", 1, &[1, 3]));
+        g.outputs.push(ValueInfo::tensor("y", 1, &[1, 2]));
+        let mut fc1 = Node::new("Gemm", "fc1", &["x", "w1d", "b1d"], &["h"]);
+        fc1.set_attr("transB", sparsify_ir::AttrValue::Int(1));
+        let mut fc2 = Node::new("Gemm", "fc2", &["r", "w2d"], &["y"]);
+        fc2.set_attr("transB", sparsify_ir::AttrValue::Int(1));
+        let mut nodes = vec![
+            dq("dq1", &["w1", "s1", "z1"], "w1d", 0),
+            dq("dqb", &["b1", "sb"], "b1d", 0),
+            dq("dq2", &["w2", "s2"], "w2d", 0),
+            fc1,
+            Node::new("Relu", "relu", &["h"], &["r"]),
+            fc2,
+        ];
+        if share_scale {
+            g.initializers.push(i8t("w3", vec![4], &[1, 2, 3, 4]));
+            g.outputs.push(ValueInfo::tensor("o3", 1, &[4]));
+            nodes.push(dq("dq3", &["w3", "s1"], "o3", 0));
+        }
+        Model { ir_version: Some(8), opset_import: vec![], graph: g.with_nodes(nodes), opaque: vec![] }
+    }
+
+    #[test]
+    fn slices_qdq_weights_scales_zero_points_and_quantized_bias() {
+        let mut m = qdq_mlp(false);
+        let (c, notes) = run(&mut m);
+        assert_eq!(c, Changed::Yes, "{notes:?}");
+        let g = &m.graph;
+        let dims = |n: &str| g.initializer(n).unwrap().dims.clone();
+        assert_eq!(dims("w1"), vec![2, 3]);
+        assert_eq!(g.initializer("s1").unwrap().to_f32().unwrap().as_slice().unwrap(), &[0.5, 0.125]);
+        assert_eq!(&g.initializer("z1").unwrap().bytes()[..], &[1u8, 0]);
+        assert_eq!(dims("b1"), vec![2]);
+        assert_eq!(sparsify_ir::quant::read_ints(g.initializer("b1").unwrap()).unwrap(), vec![7, -3]);
+        assert_eq!(g.initializer("sb").unwrap().to_f32().unwrap().as_slice().unwrap(), &[0.01, 0.03]);
+        assert_eq!(dims("w2"), vec![2, 2]);
+        assert_eq!(&g.initializer("w2").unwrap().bytes()[..], &[1u8, 3, 5, 7]);
+        assert_eq!(dims("s2"), vec![2], "per axis along the unsliced axis: unchanged");
+        assert_eq!(run(&mut m).0, Changed::No, "idempotent");
+    }
+
+    #[test]
+    fn shared_scale_keeps_the_channels_with_a_reason() {
+        let mut m = qdq_mlp(true);
+        let before = m.clone();
+        let (c, notes) = run(&mut m);
+        assert_eq!(c, Changed::No, "{notes:?}");
+        assert_eq!(m.graph.initializer("w1").unwrap().dims, before.graph.initializer("w1").unwrap().dims);
+        assert!(
+            notes.iter().any(|n| n.contains("fc1: kept 2 dead channel(s) [1, 3]")
+                && n.contains("scale 's1' of quantized 'w1' is shared by 2 readers")),
             "{notes:?}"
         );
     }

@@ -2,7 +2,7 @@
 //! `ops.rs`, layout remapping (Concat/Split/Slice/Flatten/Reshape/Transpose/Shape) in `remap.rs`.
 
 use super::shapes::{self, Shape};
-use super::{consts, Analysis, Layout};
+use super::{consts, Analysis, Layout, Site, SliceRole};
 use sparsify_ir::{AttrValue, Graph, NodeId, Tensor, WeightId, WeightInfo, WeightUse};
 use std::collections::BTreeMap;
 
@@ -33,11 +33,19 @@ pub(crate) fn zero_slices_of(t: &Tensor, flags: &[bool], axis: usize) -> Vec<boo
     z
 }
 
-/// A per-channel constant parameter: its source, the axis holding the channels and its values.
+/// A per-channel constant parameter: its source, the axis holding the channels and its values
+/// (dequantized when a `DequantizeLinear` reads it).
 pub(crate) struct Param {
     pub id: WeightId,
     pub axis: usize,
     pub vals: Vec<f64>,
+    /// The op input it was read through.
+    pub input: String,
+}
+
+/// A standard `DequantizeLinear`.
+pub(crate) fn is_dq(n: &sparsify_ir::Node) -> bool {
+    n.op_type == "DequantizeLinear" && n.is_onnx()
 }
 
 impl<'g> Builder<'g> {
@@ -93,6 +101,7 @@ impl<'g> Builder<'g> {
             "MatMul" => self.matmul(id),
             _ if !has_region => {}
             "BatchNormalization" => self.batchnorm(id),
+            "QuantizeLinear" | "DequantizeLinear" => self.qdq(id),
             _ if consts::UNARY.contains(&op) => self.unary(id),
             _ if consts::NARY.contains(&op) => self.nary(id),
             _ if consts::POOL.contains(&op) => self.pool(id),
@@ -177,7 +186,7 @@ impl<'g> Builder<'g> {
             }
             let Some(p) = self.g.producer_of(&cur) else { return Err(format!("'{cur}' is not a constant")) };
             let n = self.g.node(p);
-            if !matches!(n.op_type.as_str(), "Identity" | "Cast" | "Transpose") {
+            if !matches!(n.op_type.as_str(), "Identity" | "Cast" | "Transpose") && !is_dq(n) {
                 return Err(format!("'{cur}' comes through {} (per-channel parameters would need slicing)", n.op_type));
             }
             mids.push(cur.clone());
@@ -192,7 +201,10 @@ impl<'g> Builder<'g> {
         let id =
             self.g.constant_source(&self.route_source(name)).ok_or_else(|| format!("'{name}' is not a constant"))?;
         let t = self.g.weight(&id).ok_or_else(|| format!("'{name}' not found"))?;
-        let vals = t.to_f64().map_err(|e| e.to_string())?;
+        let vals: Vec<f64> = match self.dq_on_route(name) {
+            Some(dq) => self.dequantized(dq, t)?,
+            None => t.to_f64().map_err(|e| e.to_string())?.iter().copied().collect(),
+        };
         let dims = t.shape();
         let axis = match dims.iter().position(|&d| d == len) {
             Some(a) if dims.iter().product::<usize>() == len => a,
@@ -200,7 +212,123 @@ impl<'g> Builder<'g> {
             _ => return Err(format!("'{name}' has shape {dims:?}, not one entry per channel ({len})")),
         };
         self.a.intermediates.extend(mids);
-        Ok(Param { id, axis: axis.min(dims.len().saturating_sub(1)), vals: vals.iter().copied().collect() })
+        Ok(Param { id, axis: axis.min(dims.len().saturating_sub(1)), vals, input: name.to_string() })
+    }
+
+    /// The `DequantizeLinear` on the route from op input `name` back to its constant, if any.
+    pub fn dq_on_route(&self, name: &str) -> Option<NodeId> {
+        let mut cur = name.to_string();
+        for _ in 0..64 {
+            if self.g.constant_source(&cur).is_some() {
+                return None;
+            }
+            let p = self.g.producer_of(&cur)?;
+            let n = self.g.node(p);
+            if is_dq(n) {
+                return Some(p);
+            }
+            if !matches!(n.op_type.as_str(), "Identity" | "Cast" | "Transpose") {
+                return None;
+            }
+            cur = n.inputs.first().cloned().unwrap_or_default();
+        }
+        None
+    }
+
+    /// A constant input of a node (scale / zero point) as (value name, source, tensor).
+    fn dq_param(&self, dq: NodeId, slot: usize) -> Option<(String, WeightId, &Tensor)> {
+        let name = self.g.node(dq).inputs.get(slot).filter(|s| !s.is_empty())?.clone();
+        let id = self.g.constant_source(&name)?;
+        let t = self.g.weight(&id)?;
+        Some((name, id, t))
+    }
+
+    /// The axis `dq` dequantizes along, in the layout of its (stored) input; 0 for 1-D tensors.
+    fn dq_axis(&self, dq: NodeId, rank: usize) -> usize {
+        let a = self.g.node(dq).attr_int("axis").unwrap_or(1);
+        let a = if a < 0 { a + rank as i64 } else { a };
+        if rank <= 1 {
+            0
+        } else {
+            a.max(0) as usize
+        }
+    }
+
+    /// `(q − zp)·scale` of a constant read by `DequantizeLinear` `dq` (any integer dtype, int32 biases
+    /// too), computed in `f32` as the op does.
+    pub fn dequantized(&self, dq: NodeId, t: &Tensor) -> Result<Vec<f64>, String> {
+        let dn = self.g.node(dq).display_name();
+        let q = sparsify_ir::quant::read_ints(t).map_err(|e| e.to_string())?;
+        let (_, _, st) = self.dq_param(dq, 1).ok_or_else(|| format!("scale of '{dn}' is not a constant"))?;
+        let s: Vec<f32> = st.to_f32().map_err(|e| e.to_string())?.iter().copied().collect();
+        let zp = match self.dq_param(dq, 2) {
+            Some((_, _, zt)) => sparsify_ir::quant::read_ints(zt).map_err(|e| e.to_string())?,
+            None => vec![0],
+        };
+        let dims = t.shape();
+        let axis = self.dq_axis(dq, dims.len());
+        let (n, inner) = (dims.get(axis).copied().unwrap_or(1).max(1), dims.iter().skip(axis + 1).product::<usize>());
+        let pick = |v: usize, c: usize| if v == 1 { 0 } else { c };
+        if s.is_empty() || zp.is_empty() || (s.len() != 1 && s.len() != n) || (zp.len() != 1 && zp.len() != n) {
+            return Err(format!("'{dn}' has scale / zero point lengths {} / {}, not 1 or {n}", s.len(), zp.len()));
+        }
+        Ok(q.iter()
+            .enumerate()
+            .map(|(i, &q)| {
+                let c = (i / inner.max(1)) % n;
+                f64::from((q - zp[pick(zp.len(), c)]) as f32 * s[pick(s.len(), c)])
+            })
+            .collect())
+    }
+
+    /// Extra sites for slicing the constant behind op input `input` along `axis` (its stored layout)
+    /// when a `DequantizeLinear` reads it: its scale and zero point when they are per axis along
+    /// `axis` (per tensor, or per axis along another axis: nothing to slice). Errors name the tensor
+    /// when that cannot be done (shared scale / zero point, blocked quantization, a route between the
+    /// constant and the `DequantizeLinear`).
+    pub fn quant_sites(&self, input: &str, node: NodeId, axis: usize, atoms: &[usize]) -> Result<Vec<Site>, String> {
+        let Some(dq) = self.dq_on_route(input) else { return Ok(vec![]) };
+        let n = self.g.node(dq);
+        let dn = n.display_name();
+        let src = n.inputs.first().cloned().unwrap_or_default();
+        let Some(wid) = self.g.constant_source(&src) else {
+            return Err(format!("'{dn}' dequantizes '{src}', which is not a constant"));
+        };
+        let Some(t) = self.g.weight(&wid) else { return Err(format!("'{src}' not found")) };
+        if n.attr_int("block_size").unwrap_or(0) != 0 {
+            return Err(format!("'{}' uses blocked quantization (block_size) in '{dn}'", wid.name()));
+        }
+        let rank = t.dims.len();
+        let dq_axis = self.dq_axis(dq, rank);
+        let mut sites = Vec::new();
+        for (slot, what) in [(1, "scale"), (2, "zero point")] {
+            let Some((pname, pid, pt)) = self.dq_param(dq, slot) else {
+                if n.inputs.get(slot).is_some_and(|s| !s.is_empty()) {
+                    return Err(format!("{what} of '{}' is computed at run time", wid.name()));
+                }
+                continue;
+            };
+            if pt.numel().unwrap_or(1) <= 1 || dq_axis != axis {
+                continue; // per tensor, or per axis along an axis that keeps its length
+            }
+            if pt.dims.len() != 1 || pt.dims[0] as usize != atoms.len() {
+                return Err(format!(
+                    "{what} '{pname}' of quantized '{}' has shape {:?}, not one entry per channel ({})",
+                    wid.name(),
+                    pt.dims,
+                    atoms.len()
+                ));
+            }
+            if self.use_count(&pname) != 1 || self.g.inputs.iter().any(|i| i.name == pname) {
+                return Err(format!(
+                    "{what} '{pname}' of quantized '{}' is shared by {} readers; slicing it would change the others",
+                    wid.name(),
+                    self.use_count(&pname)
+                ));
+            }
+            sites.push(Site::Param { node, weight: pid, axis: 0, atoms: atoms.to_vec(), role: SliceRole::Quant });
+        }
+        Ok(sites)
     }
 
     fn route_source(&self, name: &str) -> String {
@@ -210,7 +338,10 @@ impl<'g> Builder<'g> {
                 break;
             }
             match self.g.producer_of(&cur) {
-                Some(p) if matches!(self.g.node(p).op_type.as_str(), "Identity" | "Cast" | "Transpose") => {
+                Some(p)
+                    if matches!(self.g.node(p).op_type.as_str(), "Identity" | "Cast" | "Transpose")
+                        || is_dq(self.g.node(p)) =>
+                {
                     cur = self.g.node(p).inputs[0].clone()
                 }
                 _ => break,

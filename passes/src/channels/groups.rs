@@ -20,6 +20,9 @@ pub enum SliceRole {
     Norm(u8),
     /// Any other per-channel constant operand (Mul, Div, PRelu slope, ...).
     Operand,
+    /// The per-channel scale or zero point of a quantized weight or bias (`DequantizeLinear` per axis
+    /// along the channel axis).
+    Quant,
 }
 
 /// One channel's part of a weight slice: index `index` along the slice's axis, restricted to

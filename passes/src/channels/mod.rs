@@ -30,6 +30,7 @@ pub(crate) mod shapes;
 pub(crate) mod slice;
 
 pub use coupled::mask_coupled;
+pub(crate) use graph::zero_slices_of as graph_zero_slices;
 pub use groups::{channel_groups, group_scores, zero_channels, ChannelGroup, GroupSlice, SliceEntry, SliceRole};
 
 use sparsify_ir::{NodeId, WeightId};

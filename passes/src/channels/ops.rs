@@ -51,6 +51,56 @@ impl Builder<'_> {
         self.set(&out, xl, c);
     }
 
+    /// Activation `QuantizeLinear` / `DequantizeLinear` with one scale and zero point (per tensor):
+    /// element-wise, so the layout passes through; a constant channel maps to its (de)quantized value,
+    /// computed in `f32` as the ops do. Per-axis or run-time parameters block.
+    pub(super) fn qdq(&mut self, id: NodeId) {
+        let n = self.g.node(id);
+        let (x, out, name) = (n.inputs[0].clone(), n.outputs[0].clone(), self.name(id));
+        let Some(xl) = self.layout(&x) else { return };
+        let param = |slot: usize| -> Result<Option<&sparsify_ir::Tensor>, ()> {
+            match n.inputs.get(slot).filter(|s| !s.is_empty()) {
+                None => Ok(None),
+                Some(s) => self.g.constant_source(s).and_then(|i| self.g.weight(&i)).map(Some).ok_or(()),
+            }
+        };
+        let (Ok(Some(st)), Ok(zt)) = (param(1), param(2)) else {
+            return self.block_tensor(&x, format!("'{name}' has run-time quantization parameters"));
+        };
+        if st.numel() != Ok(1) || zt.is_some_and(|z| z.numel() != Ok(1)) || n.attr("output_dtype").is_some() {
+            return self.block_tensor(&x, format!("'{name}' quantizes per axis"));
+        }
+        let s = st.to_f32().ok().and_then(|v| v.iter().next().copied()).filter(|s| s.is_finite() && *s > 0.0);
+        let zp = match zt {
+            Some(z) => sparsify_ir::quant::read_ints(z).ok().and_then(|v| v.first().copied()),
+            None => Some(0),
+        };
+        let zdt = zt.map_or(sparsify_ir::DType::U8, |z| z.dtype);
+        let range = match zdt {
+            sparsify_ir::DType::U8 => Some((0.0f32, 255.0f32)),
+            sparsify_ir::DType::I8 => Some((-128.0, 127.0)),
+            _ => None,
+        };
+        let (Some(s), Some(zp)) = (s, zp) else {
+            return self.block_tensor(&x, format!("'{name}' has an unusable scale or zero point"));
+        };
+        let quantize = n.op_type == "QuantizeLinear";
+        let c: Vec<Option<f64>> = self
+            .consts_of(&x)
+            .iter()
+            .map(|k| {
+                let k = (*k)? as f32;
+                if quantize {
+                    let (lo, hi) = range?;
+                    Some(f64::from(((k / s).round_ties_even() + zp as f32).clamp(lo, hi)))
+                } else {
+                    Some(f64::from((k - zp as f32) * s))
+                }
+            })
+            .collect();
+        self.set(&out, xl, c);
+    }
+
     /// The constant behind an op operand: a constant, or a Reshape/Unsqueeze of one.
     fn const_operand(&self, name: &str) -> Option<Result<ConstOperand, String>> {
         let direct = |nm: &str| {

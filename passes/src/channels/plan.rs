@@ -19,6 +19,13 @@ pub(crate) fn fold_blocker(g: &Graph, s: &Sink) -> Option<String> {
     let n = g.node(s.node);
     let name = n.display_name();
     let excl = |t: &str| g.consumers(t).len() == 1 && !g.is_output(t) && !g.inputs.iter().any(|i| i.name == t);
+    if let Some(t) = g.weight(&s.weight).filter(|t| !t.dtype.is_prunable_float()) {
+        return Some(format!(
+            "'{}' is a quantized weight ({}): folding a constant through it into a bias is not supported",
+            t.name,
+            t.dtype.name()
+        ));
+    }
     match s.kind {
         SinkKind::Conv { exact: false } => {
             Some(format!("'{name}' is a padded Conv: the constant would meet its zero padding"))

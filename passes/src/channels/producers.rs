@@ -4,11 +4,13 @@ use super::graph::{zero_slices_of, Builder, Param};
 use super::{Layout, Sink, SinkKind, Site, SliceRole};
 use sparsify_ir::{AttrValue, NodeId, WeightId};
 
-/// Why a producer weight cannot be sliced because it is quantized (non-float), naming it.
-fn quantized_refusal(wid: &WeightId, t: &sparsify_ir::Tensor) -> Option<String> {
-    (!t.dtype.is_prunable_float()).then(|| {
+/// Why a producer weight cannot be sliced because it is quantized (non-float) and not read through a
+/// `DequantizeLinear` (whose scale and zero point the rewrite slices along), naming it.
+fn quantized_refusal(b: &Builder<'_>, input: &str, wid: &WeightId, t: &sparsify_ir::Tensor) -> Option<String> {
+    (!t.dtype.is_prunable_float() && b.dq_on_route(input).is_none()).then(|| {
         format!(
-            "'{}' is a quantized weight ({}); slicing it with its per-channel scales and zero points is not supported",
+            "'{}' is a quantized weight ({}) not read through DequantizeLinear; only QDQ weights are sliced \
+             with their scales and zero points",
             wid.name(),
             t.dtype.name()
         )
@@ -30,8 +32,8 @@ impl Builder<'_> {
     ) {
         let (wid, axis, groups) = w;
         let Some(t) = self.g.weight(&wid) else { return };
-        // Quantized weights: dead channels are those at their zero points; never sliced (their per-channel
-        // scales and zero points would have to follow), so they are kept with this reason.
+        // Quantized weights: dead channels are those at their zero points; QDQ weights are sliced with
+        // their per-axis scales and zero points (and a quantized bias with its own).
         let flags = self.g.weight_zero_flags(&wid).unwrap_or_else(|_| t.zero_flags());
         let zero = zero_slices_of(t, &flags, axis);
         let atoms = self.a.fresh(zero.len());
@@ -44,7 +46,21 @@ impl Builder<'_> {
                 None
             }
         };
-        if let Some(why) = quantized_refusal(&wid, t) {
+        let mut quant = Vec::new();
+        if ok.is_ok() {
+            let mut q = self.quant_sites(&input, id, axis, &atoms);
+            if let (Ok(_), Some(b)) = (&q, bias.as_ref().filter(|b| b.vals.len() == atoms.len() && atoms.len() > 1)) {
+                match self.quant_sites(&b.input, id, b.axis, &atoms) {
+                    Ok(s) => q.iter_mut().for_each(|v| v.extend(s.clone())),
+                    Err(e) => q = Err(e),
+                }
+            }
+            match q {
+                Ok(s) => quant = s,
+                Err(e) => ok = Err(e),
+            }
+        }
+        if let Some(why) = quantized_refusal(self, &input, &wid, t) {
             ok = Err(why);
         }
         let consts: Vec<Option<f64>> = (0..zero.len())
@@ -69,6 +85,7 @@ impl Builder<'_> {
                         role: SliceRole::Bias,
                     });
                 }
+                self.a.sites.extend(quant);
             }
             Err(e) => self.a.block(&atoms, format!("weight of '{}': {e}", self.g.node(id).display_name())),
         }
@@ -89,9 +106,17 @@ impl Builder<'_> {
             return self
                 .block_tensor(x, format!("'{name}' reduces over {red:?} features, the tensor has {}", l.atoms.len()));
         }
-        match self.exclusive(&input) {
-            Ok(m) => {
+        let ok = self.exclusive(&input).and_then(|m| {
+            let q = self.quant_sites(&input, id, red_axis, &l.atoms)?;
+            if groups > 1 && !q.is_empty() {
+                return Err("a grouped Conv weight quantized along its input channels".to_string());
+            }
+            Ok((m, q))
+        });
+        match ok {
+            Ok((m, q)) => {
                 self.a.intermediates.extend(m);
+                self.a.sites.extend(q);
                 self.a.sites.push(Site::Cols {
                     node: id,
                     weight: wid.clone(),
@@ -171,13 +196,20 @@ impl Builder<'_> {
         let Some(t) = self.g.weight(&wid) else { return };
         let flags = self.g.weight_zero_flags(&wid).unwrap_or_else(|_| t.zero_flags());
         let zero = zero_slices_of(t, &flags, oa);
-        let sums: Vec<f64> = match t.to_f64() {
+        let sums: Vec<f64> = match self.g.weight_values_f64(&wid) {
             Ok(v) => (0..zero.len()).map(|c| v.index_axis(ndarray::Axis(oa), c).sum()).collect(),
             Err(_) => vec![f64::NAN; zero.len()],
         };
         let input = n.inputs[1].clone();
         let ok = self.exclusive(&input).and_then(|m| bias.as_ref().map(|_| m).map_err(|e| e.clone()));
-        let ok = match quantized_refusal(&wid, t) {
+        let ok = ok.and_then(|m| {
+            let mut q = self.quant_sites(&input, id, oa, &xl.atoms)?;
+            if let Some(b) = bias.as_ref().ok().and_then(|b| b.as_ref()).filter(|b| b.vals.len() > 1) {
+                q.extend(self.quant_sites(&b.input, id, b.axis, &xl.atoms)?);
+            }
+            Ok((m, q))
+        });
+        let ok = match quantized_refusal(self, &input, &wid, t) {
             Some(why) => Err(why),
             None => ok,
         };
@@ -198,8 +230,9 @@ impl Builder<'_> {
             }
         }
         match ok {
-            Ok(m) => {
+            Ok((m, q)) => {
                 self.a.intermediates.extend(m);
+                self.a.sites.extend(q);
                 self.a.sites.push(Site::Rows { node: id, weight: wid, axis: oa, atoms: xl.atoms.clone(), groups: 1 });
                 if let Some(b) = b.filter(|b| b.vals.len() > 1) {
                     self.a.sites.push(Site::Param {
@@ -237,7 +270,9 @@ impl Builder<'_> {
         let Some(nn) = self.g.weight(&wid).map(|t| t.shape()[oa]) else { return };
         let bias = match &c {
             None => Ok(None),
-            Some(c) if self.g.constant_source(c).is_none() => Err(format!("C '{c}' is computed at run time")),
+            Some(c) if self.g.constant_source(c).is_none() && self.dq_on_route(c).is_none() => {
+                Err(format!("C '{c}' is computed at run time"))
+            }
             Some(c) => self.param(c, nn).or_else(|e| self.param(c, 1).map_err(|_| e)).map(Some),
         };
         self.produce(id, &out, (wid, oa, 1), bias, beta, 0, Some(2));
