@@ -277,9 +277,31 @@ fn apply_shift(g: &mut Graph, u: &WeightUse, weight: &str, shift: &[f64]) -> Res
             add_to_bias_input(g, node_id, &node, 2, &scaled, weight)?
         }
         "MatMul" => add_after_matmul(g, node_id, &node, shift, weight)?,
+        "MatMulInteger" => {
+            // Dynamic quantization: the float result is `Mul(Cast(MatMulInteger), scale)`; the shift
+            // goes after that Mul, as after a float MatMul.
+            let mul = rescale_of_integer_op(g, &node)?;
+            let mul_node = g.node(mul).clone();
+            add_after_matmul(g, mul, &mul_node, shift, weight)?
+        }
         op => return Err(format!("{op} has no bias to correct")),
     };
     Ok((place, size))
+}
+
+/// The `Mul` that turns an integer op's result into floats: `op → Cast → Mul`, each read only by the next.
+fn rescale_of_integer_op(g: &Graph, node: &Node) -> Result<sparsify_ir::NodeId, String> {
+    let only_reader = |t: &str, op: &str| -> Option<sparsify_ir::NodeId> {
+        match g.consumers(t).as_slice() {
+            [(n, _)] if g.node(*n).op_type == op && !g.is_output(t) && !g.used_in_subgraphs(t) => Some(*n),
+            _ => None,
+        }
+    };
+    let y = node.outputs.first().ok_or("integer op without output")?;
+    let cast =
+        only_reader(y, "Cast").ok_or_else(|| format!("'{}' is not followed by Cast → Mul", node.display_name()))?;
+    let c = g.node(cast).outputs.first().cloned().unwrap_or_default();
+    only_reader(&c, "Mul").ok_or_else(|| format!("'{}' is not followed by Cast → Mul", node.display_name()))
 }
 
 /// A constant that only `reader` reads, directly, and that is not a graph output.

@@ -96,10 +96,13 @@ pub fn mean_request(g: &Graph, u: &WeightUse, shape: &[usize]) -> Result<CalibRe
         ("Gemm", 1) => {
             (0, Some(if node.attr_int("transA").unwrap_or(0) != 0 { FeatureAxis::Index(0) } else { FeatureAxis::Last }))
         }
-        ("MatMul", 1) => (0, Some(FeatureAxis::Last)),
+        ("MatMul", 1) | ("MatMulInteger", 1) => (0, Some(FeatureAxis::Last)),
         (op, slot) => return Err(format!("{op} reading the weight as input {slot} has no per-channel bias")),
     };
     let tensor = node.inputs.get(input).filter(|s| !s.is_empty()).ok_or("the op has no data input")?.clone();
+    // Dynamic quantization: the mean of the float activation the integer input was quantized from.
+    let tensor =
+        if u.op == "MatMulInteger" { crate::score::float_activation(g, &tensor, &u.node_name)? } else { tensor };
     if g.constant_source(&tensor).is_some() {
         return Err(format!("the data input '{tensor}' of '{}' is a constant", u.node_name));
     }

@@ -290,7 +290,7 @@ fn consumer_activation(g: &Graph, u: &WeightUse) -> Result<(CalibRequest, Featur
 /// `QuantizeLinear` / `DynamicQuantizeLinear` producing it. An integer tensor from another quantized op (or
 /// a layout op over one) has no float activation: an error, and the weight falls back to l1. Other
 /// producers (a float input, as `DynamicQuantizeMatMul` reads) are returned as they are.
-fn float_activation(g: &Graph, tensor: &str, node: &str) -> Result<String, String> {
+pub(crate) fn float_activation(g: &Graph, tensor: &str, node: &str) -> Result<String, String> {
     let Some(p) = g.producer_of(tensor) else { return Ok(tensor.to_string()) };
     let p = g.node(p);
     match p.op_type.as_str() {
