@@ -253,6 +253,12 @@ impl MagKeys {
         }
     }
 
+    /// The key of an element with bits `b` (what [`MagKeys::key`] reads from the weight).
+    #[inline(always)]
+    pub fn key_of_bits(&self, b: u32) -> u64 {
+        MagKeys::key_of(b, self.squared)
+    }
+
     #[inline(always)]
     fn key_of(b: u32, squared: bool) -> u64 {
         let x = f32::from_bits(b);

@@ -271,6 +271,43 @@ impl Tensor {
         }
     }
 
+    /// [`Tensor::zero_by`] for f32 tensors with a predicate that sees each element's bits:
+    /// `prune(i, bits)` (no second read of the element). Same result and return value as `zero_by`.
+    pub fn zero_by_f32_bits(&mut self, prune: impl Fn(usize, u32) -> bool + Sync) -> Result<usize, TensorError> {
+        use rayon::prelude::*;
+        if self.dtype != DType::F32 {
+            return Err(TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() });
+        }
+        const TASK: usize = 1 << 16;
+        let src = &self.data[..];
+        let mut out = vec![0u8; src.len()];
+        let changed: usize = out
+            .par_chunks_mut(TASK * 4)
+            .zip(src.par_chunks(TASK * 4))
+            .enumerate()
+            .map(|(c, (o, s))| {
+                let base = c * TASK;
+                let mut n = 0usize;
+                for (j, (oc, sc)) in o.chunks_exact_mut(4).zip(s.chunks_exact(4)).enumerate() {
+                    let w: [u8; 4] = sc.try_into().expect("chunks of 4 bytes");
+                    let b = u32::from_le_bytes(w);
+                    if prune(base + j, b) {
+                        n += usize::from(b << 1 != 0);
+                    } else {
+                        oc.copy_from_slice(&w);
+                    }
+                }
+                n
+            })
+            .sum();
+        if changed == 0 {
+            return Ok(0);
+        }
+        self.data = Bytes::from(out);
+        self.modified = true;
+        Ok(changed)
+    }
+
     /// Set to +0 every element `i` for which `prune(i)` holds, in one pass over the bytes; kept elements
     /// stay bit-identical. Returns how many elements changed (were non-zero before); the tensor is left
     /// untouched (not marked modified) when none did.

@@ -375,7 +375,14 @@ fn apply_one(
         g.zero_weight_where(&t.id, &keep)?
     } else {
         let w = g.weight_mut(&t.id).expect("gathered above");
-        w.zero_by(|j| pruned.at(j))?
+        match pruned {
+            // f32 magnitude: the key comes from the bits the zeroing loop already holds.
+            Pruned::Mag(mk, cut) => match cut {
+                Some(c) => w.zero_by_f32_bits(|j, b| c.takes(j, mk.key_of_bits(b)))?,
+                None => 0,
+            },
+            _ => w.zero_by(|j| pruned.at(j))?,
+        }
     };
     out.per_target[i].zeros_added = added;
     out.any_changed |= added > 0;
