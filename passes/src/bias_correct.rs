@@ -29,7 +29,9 @@
 //!   old name). A bias shared with another op, computed at run time, or not shaped per channel is left
 //!   alone with a note. QDQ graphs (issue 14): a bias `DequantizeLinear(int32 q, scale)` read only by the op
 //!   gets `q += round(shift / scale)` per channel (exact up to half a step of the bias grid, scale = input
-//!   scale × weight scale); pruned quantized weights are compared on their dequantized values.
+//!   scale × weight scale); pruned quantized weights are compared on their dequantized values. Dynamic
+//!   quantization (`MatMulInteger`): the mean is the float activation's (the `DynamicQuantizeLinear`
+//!   input) and the shift goes after the `Cast → Mul` that rescales the integer result, as after a MatMul.
 //! - **Skipped with a note:** ConvTranspose (the bias matching the mean over output positions depends
 //!   on output cropping by pads / output_padding; not implemented), weights read as the activation-side
 //!   input, non-2-D MatMul weights, weights reached through `Cast` (the activation dtype is not the
