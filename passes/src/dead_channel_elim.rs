@@ -23,7 +23,9 @@
 //!   updated; entries that cannot be updated are dropped and named in the notes.
 //! - Report: per layer the channels removed; counters `channels_removed`, `channels_kept_dead`,
 //!   `params_before/after`, `macs_before/after` (per example: symbolic dims count as 1), `biases_folded`.
-//! - Idempotent: the output has no removable dead channel left, so a second run changes nothing.
+//! - Idempotent: the pass repeats analysis → plan → slice (up to 8 rounds) until nothing is removable —
+//!   removing channels can make more removable (a grouped consumer down to its kept dead channels) —
+//!   so a second run changes nothing (found by the `graphs` fuzz target).
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -118,7 +120,54 @@ impl Pass for DeadChannelElim {
         vec![("fold", self.fold.to_string())]
     }
 
+    /// Rounds to a fixed point: removing channels can make more removable (a grouped Conv that could
+    /// only lose equal counts per group may lose whole groups once they are down to their kept dead
+    /// channels; the channels those fed become constant). Later rounds add their removals to the
+    /// report; the "kept" notes and counters describe the final model.
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
+        const ROUNDS: usize = 8;
+        if self.round(model, cx)? == Changed::No {
+            return Ok(Changed::No);
+        }
+        let mut more = false;
+        for _ in 1..ROUNDS {
+            let mut cache = sparsify_pm::AnalysisCache::default();
+            let mut rcx = PassCx::new(&mut cache, cx.calibrator);
+            let changed = self.round(model, &mut rcx)?;
+            let kept = |n: &sparsify_pm::Note| n.message.starts_with("kept ");
+            if changed == Changed::No {
+                // Later rounds removed more: the first round's "kept" notes are stale; report the final
+                // model's (its channel indices).
+                if more {
+                    cx.notes.retain(|n| !kept(n));
+                    cx.notes.extend(rcx.notes.into_iter().filter(kept).map(|mut n| {
+                        n.message.push_str(" (channel indices of the final model)");
+                        n
+                    }));
+                    if let Some(v) = rcx.counters.get("channels_kept_dead") {
+                        cx.counters.insert("channels_kept_dead".into(), *v);
+                    }
+                }
+                break;
+            }
+            more = true;
+            cx.notes.extend(rcx.notes.into_iter().filter(|n| n.message.starts_with("removed ")));
+            for key in ["channels_removed", "biases_folded"] {
+                cx.stat(key, rcx.counters.get(key).copied().unwrap_or(0.0));
+            }
+            for key in ["params_after", "macs_after"] {
+                if let Some(v) = rcx.counters.get(key) {
+                    cx.counters.insert(key.into(), *v);
+                }
+            }
+        }
+        Ok(Changed::Yes)
+    }
+}
+
+impl DeadChannelElim {
+    /// One analysis → plan → fold → slice round.
+    fn round(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
         let stage = cx.stage("dead-channel-elim: analyse, plan, fold, slice", 4);
         let g = &mut model.graph;
         let a = analyze(g);
@@ -242,6 +291,48 @@ mod tests {
         let mut cx = PassCx::new(&mut cache, None);
         let c = DeadChannelElim::default().run(m, &mut cx).unwrap();
         (c, cx.notes.iter().map(|n| format!("{}: {}", n.subject, n.message)).collect())
+    }
+
+    /// The fuzz finding (docs/reliability.md): an all-zero Conv feeding a grouped Conv. One run must
+    /// reach the fixed point, so a second run changes nothing.
+    #[test]
+    fn grouped_consumer_of_dead_channels_reaches_a_fixed_point_in_one_run() {
+        let mut g = Graph::new();
+        g.initializers.push(Tensor::from_f32("w1", vec![3, 1, 1, 1], &[0.0, 1.25, 0.0]).unwrap());
+        g.initializers.push(Tensor::from_f32("w6", vec![6, 3, 1, 1], &[0.0; 18]).unwrap());
+        let w11: Vec<f32> = (0..12).map(|i| if i % 2 == 0 { 0.25 + i as f32 * 0.125 } else { 0.0 }).collect();
+        g.initializers.push(Tensor::from_f32("w11", vec![4, 3, 1, 1], &w11).unwrap());
+        g.initializers.push(Tensor::from_f32("b12", vec![4], &[0.0, 1.25, 0.0, -0.75]).unwrap());
+        let w19: Vec<f32> = (0..32).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
+        g.initializers.push(Tensor::from_f32("w19", vec![32, 1], &w19).unwrap());
+        g.inputs.push(ValueInfo::tensor("x", 1, &[1, 3, 4, 2]));
+        g.outputs.push(ValueInfo::tensor("y", 1, &[1, 1]));
+        let conv = |name: &str, ins: &[&str], out: &str, group: i64| {
+            let mut n = Node::new("Conv", name, ins, &[out]);
+            n.set_attr("group", sparsify_ir::AttrValue::Int(group));
+            n.set_attr("kernel_shape", sparsify_ir::AttrValue::Ints(vec![1, 1]));
+            n
+        };
+        let mut flat = Node::new("Flatten", "flatten", &["r"], &["f"]);
+        flat.set_attr("axis", sparsify_ir::AttrValue::Int(1));
+        let g = g.with_nodes(vec![
+            conv("conv5", &["x", "w1"], "c5", 3),
+            conv("conv10", &["c5", "w6"], "c10", 1),
+            conv("conv14", &["c10", "w11", "b12"], "c14", 2),
+            Node::new("Relu", "relu", &["c14"], &["r"]),
+            flat,
+            Node::new("MatMul", "mm", &["f", "w19"], &["y"]),
+        ]);
+        let mut m = Model {
+            ir_version: Some(8),
+            opset_import: vec![sparsify_ir::OpsetId { domain: String::new(), version: 13 }],
+            graph: g,
+            opaque: vec![],
+        };
+        let (c, notes) = run(&mut m);
+        assert_eq!(c, Changed::Yes, "{notes:?}");
+        let (again, notes2) = run(&mut m);
+        assert_eq!(again, Changed::No, "second run changed the model: {notes2:?}");
     }
 
     #[test]
