@@ -11,10 +11,14 @@
 //! the `sample/` inputs. To add a row (2:4, SparseGPT, ...), add a `(label, pipeline)` to [`ROWS`].
 
 use anyhow::{anyhow, bail, Context, Result};
-use sparsify_onnx::validate::{self, npy::read_npy, Array, Feed, InputDecl, ModelSource, Thresholds};
+use sparsify_onnx::validate::{self, Thresholds};
 use sparsify_onnx::{input_decls, load, to_bytes, Pipeline, TractCalibrator};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+
+#[path = "common/tasks.rs"]
+mod tasks;
+use tasks::{run, Spec, MODELS};
 
 /// The rows of the table: a label and the pipeline that produces it ("" = the dense model).
 const ROWS: &[(&str, &str)] = &[
@@ -25,24 +29,6 @@ const ROWS: &[(&str, &str)] = &[
     ("wanda 50%, 4 cubic steps", "score{method=wanda},mask{sparsity=0.5,steps=4,schedule=cubic}"),
     ("sparsegpt 50%", "sparsegpt{sparsity=0.5}"),
     ("sparsegpt 2:4", "sparsegpt{n=2,m=4}"),
-];
-
-/// How one model is evaluated.
-struct Spec {
-    name: &'static str,
-    /// The output compared with the dense model (relative L2, cosine).
-    output: &'static str,
-    metric_name: &'static str,
-    /// (model folder, model bytes, graph inputs) → the metric.
-    metric: fn(&Path, &[u8], &[InputDecl]) -> Result<f64>,
-}
-
-const MODELS: &[Spec] = &[
-    Spec { name: "digits_mlp", output: "logits", metric_name: "test accuracy", metric: digits_accuracy },
-    Spec { name: "digits_cnn", output: "logits", metric_name: "test accuracy", metric: digits_accuracy },
-    Spec { name: "char_lm", output: "logits", metric_name: "held-out nats/char", metric: char_lm_nats },
-    Spec { name: "ppocr_cls_mobile_v2", output: "", metric_name: "sample accuracy", metric: ppocr_accuracy },
-    Spec { name: "paraphrase_minilm_l3_v2", output: "461", metric_name: "pair AUC", metric: minilm_auc },
 ];
 
 fn main() -> Result<()> {
@@ -99,98 +85,4 @@ fn evaluate(spec: &Spec, dir: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn run(bytes: &[u8], feed: &Feed) -> Result<Vec<(String, Array)>> {
-    Ok(validate::run_model(ModelSource::Bytes(bytes), feed, &[])?)
-}
-
-fn f32s(a: &Array) -> Result<Vec<f32>> {
-    match a {
-        Array::F32(x) => Ok(x.iter().copied().collect()),
-        other => bail!("expected float32, got {}", other.dtype_name()),
-    }
-}
-
-fn ints(a: &Array) -> Vec<i64> {
-    a.to_f64_vec().into_iter().map(|v| v as i64).collect()
-}
-
-/// Fraction of rows whose arg-max over the last axis equals the label.
-fn accuracy(scores: &Array, labels: &[i64]) -> Result<f64> {
-    let classes = *scores.shape().last().unwrap();
-    let v = f32s(scores)?;
-    let hits = v
-        .chunks(classes)
-        .zip(labels)
-        .filter(|(row, &y)| {
-            let best = row.iter().enumerate().fold(0, |b, (i, x)| if *x > row[b] { i } else { b });
-            best as i64 == y
-        })
-        .count();
-    Ok(hits as f64 / labels.len() as f64)
-}
-
-/// Runs the model on one array fed to its first input; returns the first output.
-fn first_output(bytes: &[u8], decls: &[InputDecl], x: Array) -> Result<Array> {
-    let name = decls.first().ok_or_else(|| anyhow!("no input"))?.name.clone();
-    let out = run(bytes, &Feed { arrays: vec![(name, x)] })?;
-    Ok(out.into_iter().next().ok_or_else(|| anyhow!("no output"))?.1)
-}
-
-fn digits_accuracy(dir: &Path, bytes: &[u8], decls: &[InputDecl]) -> Result<f64> {
-    let out = first_output(bytes, decls, read_npy(&dir.join("test_x.npy"))?)?;
-    accuracy(&out, &ints(&read_npy(&dir.join("test_y.npy"))?))
-}
-
-fn ppocr_accuracy(dir: &Path, bytes: &[u8], decls: &[InputDecl]) -> Result<f64> {
-    let out = first_output(bytes, decls, read_npy(&dir.join("sample/input_0.npy"))?)?;
-    accuracy(&out, &ints(&read_npy(&dir.join("sample/labels.npy"))?))
-}
-
-/// Mean cross-entropy (nats per character) of the next-character logits [B, T, V].
-fn char_lm_nats(dir: &Path, bytes: &[u8], decls: &[InputDecl]) -> Result<f64> {
-    let out = first_output(bytes, decls, read_npy(&dir.join("heldout_x.npy"))?)?;
-    let vocab = *out.shape().last().unwrap();
-    let y = ints(&read_npy(&dir.join("heldout_y.npy"))?);
-    let logits = f32s(&out)?;
-    let mut total = 0f64;
-    for (row, &t) in logits.chunks(vocab).zip(&y) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-        total += lse - row[t as usize] as f64;
-    }
-    Ok(total / y.len() as f64)
-}
-
-/// Paraphrase-pair AUC: sentences 2i and 2i+1 form pair i (sample.json); the score is the cosine of
-/// their embeddings (output '461'), the label `pair_labels.npy[i]`.
-fn minilm_auc(dir: &Path, bytes: &[u8], decls: &[InputDecl]) -> Result<f64> {
-    let feed = validate::load_feed(&dir.join("sample"), decls)?;
-    let out = run(bytes, &feed)?;
-    let (_, emb) = out.iter().find(|(n, _)| n == "461").ok_or_else(|| anyhow!("no output 461"))?;
-    let d = emb.shape()[1];
-    let e = f32s(emb)?;
-    let labels = ints(&read_npy(&dir.join("sample/pair_labels.npy"))?);
-    let cos = |a: &[f32], b: &[f32]| {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
-        let n = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        dot / (n(a) * n(b))
-    };
-    let scores: Vec<f64> =
-        (0..labels.len()).map(|i| cos(&e[2 * i * d..(2 * i + 1) * d], &e[(2 * i + 1) * d..(2 * i + 2) * d])).collect();
-    let (mut wins, mut pairs) = (0f64, 0f64);
-    for (i, &li) in labels.iter().enumerate() {
-        for (j, &lj) in labels.iter().enumerate() {
-            if li == 1 && lj == 0 {
-                pairs += 1.0;
-                wins += match scores[i].partial_cmp(&scores[j]) {
-                    Some(std::cmp::Ordering::Greater) => 1.0,
-                    Some(std::cmp::Ordering::Equal) => 0.5,
-                    _ => 0.0,
-                };
-            }
-        }
-    }
-    Ok(wins / pairs)
 }

@@ -4,32 +4,13 @@
 
 mod common;
 
-use sparsify_onnx::ir::{Model, WeightInfo};
+use common::{feed, model, targeted};
+
+use sparsify_onnx::ir::Model;
 use sparsify_onnx::validate::{self, Array, Feed, ModelSource};
-use sparsify_onnx::{input_decls, load, to_bytes, Pipeline, TractCalibrator};
+use sparsify_onnx::{to_bytes, Pipeline, TractCalibrator};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-fn model(dir: &Path) -> Model {
-    load(&dir.join("model.onnx")).unwrap()
-}
-
-fn feed(dir: &Path, sub: &str, m: &Model) -> Feed {
-    validate::load_feed(&dir.join(sub), &input_decls(m)).unwrap()
-}
-
-fn targeted(m: &Model) -> Vec<WeightInfo> {
-    let g = &m.graph;
-    g.find_weights()
-        .into_iter()
-        .filter(|w| {
-            let t = g.weight(&w.id).unwrap();
-            t.dtype.is_prunable_float()
-                && t.dims.len() >= 2
-                && w.uses.iter().all(|u| ["Conv", "Gemm", "MatMul"].contains(&u.op.as_str()))
-        })
-        .collect()
-}
 
 fn run(text: &str, m: &mut Model, cal: &TractCalibrator) {
     Pipeline::parse(text).unwrap().run(m, Some(cal as &dyn sparsify_onnx::Calibrator)).unwrap();

@@ -4,34 +4,13 @@
 
 mod common;
 
+use common::{feed, model, targeted};
+
 use sparsify_onnx::ir::{Model, WeightInfo};
-use sparsify_onnx::validate::{self, Array, Feed, ModelSource, Thresholds};
-use sparsify_onnx::{input_decls, load, save, to_bytes, ExportOptions, Pipeline, TractCalibrator};
+use sparsify_onnx::validate::{self, Array, ModelSource, Thresholds};
+use sparsify_onnx::{load, save, to_bytes, ExportOptions, Pipeline, TractCalibrator};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-fn model(dir: &Path) -> Model {
-    load(&dir.join("model.onnx")).unwrap()
-}
-
-fn feed(dir: &Path, sub: &str, m: &Model) -> Feed {
-    validate::load_feed(&dir.join(sub), &input_decls(m)).unwrap()
-}
-
-/// The weights the default scope targets, decided here from the op types: float weights of rank ≥ 2
-/// read only by Conv, Gemm or MatMul.
-fn targeted(m: &Model) -> Vec<WeightInfo> {
-    let g = &m.graph;
-    g.find_weights()
-        .into_iter()
-        .filter(|w| {
-            let t = g.weight(&w.id).unwrap();
-            t.dtype.is_prunable_float()
-                && t.dims.len() >= 2
-                && w.uses.iter().all(|u| ["Conv", "Gemm", "MatMul"].contains(&u.op.as_str()))
-        })
-        .collect()
-}
 
 fn zero_count(m: &Model, w: &WeightInfo) -> usize {
     m.graph.weight(&w.id).unwrap().zero_flags().iter().filter(|z| **z).count()

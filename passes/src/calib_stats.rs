@@ -251,15 +251,20 @@ pub fn stages(g: &Graph, ops: &[(NodeId, String)]) -> Vec<Vec<usize>> {
             seen
         })
         .collect();
-    let mut done = vec![false; ops.len()];
+    ready_stages(ops.len(), |i, j| ancestors[i].contains(&ops[j].0))
+}
+
+/// Group `n` items into sequential stages: a stage holds every pending item (in order) that depends on
+/// no other pending item (`depends(i, j)`: item i must wait for item j). A cycle cannot stall it: when
+/// nothing is ready, the first pending item goes alone. Shared by bias correction and SparseGPT's
+/// sequential mode.
+pub fn ready_stages(n: usize, depends: impl Fn(usize, usize) -> bool) -> Vec<Vec<usize>> {
+    let mut done = vec![false; n];
     let mut out = Vec::new();
     while done.iter().any(|d| !d) {
-        let pending: Vec<usize> = (0..ops.len()).filter(|&i| !done[i]).collect();
-        let mut ready: Vec<usize> = pending
-            .iter()
-            .copied()
-            .filter(|&i| pending.iter().all(|&j| j == i || !ancestors[i].contains(&ops[j].0)))
-            .collect();
+        let pending: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
+        let mut ready: Vec<usize> =
+            pending.iter().copied().filter(|&i| pending.iter().all(|&j| j == i || !depends(i, j))).collect();
         if ready.is_empty() {
             ready.push(pending[0]);
         }

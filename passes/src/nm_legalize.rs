@@ -165,33 +165,25 @@ impl Pass for NmLegalize {
         let stage = cx.stage("nm-legalize: weights", eligible.len());
         for (info, axis) in &eligible {
             stage.inc(1);
-            let view = crate::scores::weight_view(&model.graph, &info.id)?;
-            let t: &sparsify_ir::Tensor = &view;
-            let axis_view = AxisView::new(&t.shape(), *axis);
+            let view = AxisView::new(&model.graph.weight(&info.id).map(|t| t.shape()).unwrap_or_default(), *axis);
             let keep = {
-                let src = nm_source(cx.analyses.get::<WeightScores>(), t, &info.id)?;
-                match MagKeys::of(&src, t) {
-                    Some(mk) => nm_keep_by(t.numel()?, |i| mk.key(i), axis_view, n, m),
+                // Quantized weights are read dequantized (`weight_view`); f32 magnitude keys from the bytes.
+                let t = crate::scores::weight_view(&model.graph, &info.id)?;
+                let src = nm_source(cx.analyses.get::<WeightScores>(), &t, &info.id)?;
+                match MagKeys::of(&src, &t) {
+                    Some(mk) => nm_keep_by(t.numel()?, |i| mk.key(i), view, n, m),
                     None => {
-                        let (keys, _, _) = selection_keys(src, t)?;
-                        nm_keep_keys(&keys, axis_view, n, m)
+                        let (keys, _, _) = selection_keys(src, &t)?;
+                        nm_keep_keys(&keys, view, n, m)
                     }
                 }
             };
-            let float = matches!(view, std::borrow::Cow::Borrowed(_));
-            drop(view);
-            let z = if float {
-                let t = model.graph.weight_mut(&info.id).expect("looked up above");
-                t.zero_by(|i| !keep[i])?
-            } else {
-                model.graph.zero_weight_where(&info.id, &keep)?
-            };
+            let z = model.graph.zero_weight_where(&info.id, &keep)?;
             if z > 0 {
                 if let Some(t) = model.graph.weight_mut(&info.id) {
                     cx.settle(t)?;
                 }
             }
-            let view = axis_view;
             let groups = view.groups(m);
             if z > 0 {
                 legalized += 1;

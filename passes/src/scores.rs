@@ -229,8 +229,7 @@ pub fn weight_view<'g>(g: &'g Graph, id: &WeightId) -> Result<Cow<'g, Tensor>, T
     if g.weight_quant(id)?.is_none() {
         return Ok(Cow::Borrowed(t));
     }
-    let v = g.weight_values(id)?;
-    let vals: Vec<f32> = v.iter().copied().collect();
+    let (vals, _) = g.weight_values(id)?.as_standard_layout().into_owned().into_raw_vec_and_offset();
     Ok(Cow::Owned(Tensor::from_f32(t.name.clone(), t.dims.clone(), &vals)?))
 }
 

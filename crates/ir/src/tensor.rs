@@ -274,25 +274,48 @@ impl Tensor {
     /// [`Tensor::zero_by`] for f32 tensors with a predicate that sees each element's bits:
     /// `prune(i, bits)` (no second read of the element). Same result and return value as `zero_by`.
     pub fn zero_by_f32_bits(&mut self, prune: impl Fn(usize, u32) -> bool + Sync) -> Result<usize, TensorError> {
-        use rayon::prelude::*;
         if self.dtype != DType::F32 {
             return Err(TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() });
         }
+        Ok(self.zero_words::<4>(|i, w| prune(i, u32::from_le_bytes(w))))
+    }
+
+    /// Set to +0 every element `i` for which `prune(i)` holds, in one pass over the bytes; kept elements
+    /// stay bit-identical. Returns how many elements changed (were non-zero before); the tensor is left
+    /// untouched (not marked modified) when none did.
+    pub fn zero_by(&mut self, prune: impl Fn(usize) -> bool + Sync) -> Result<usize, TensorError> {
+        // The prunable floats are f16/bf16 (2 bytes), f32 (4) and f64 (8).
+        match self.dtype.size().filter(|_| self.dtype.is_prunable_float()) {
+            Some(2) => Ok(self.zero_words::<2>(|i, _| prune(i))),
+            Some(4) => Ok(self.zero_words::<4>(|i, _| prune(i))),
+            Some(8) => Ok(self.zero_words::<8>(|i, _| prune(i))),
+            _ => Err(TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() }),
+        }
+    }
+
+    /// The zeroing loop behind [`Tensor::zero_by`]: over `W`-byte little-endian elements, in parallel
+    /// tasks, the output written once from the input (pruned elements +0, kept ones copied); counts
+    /// pruned elements that were not ±0 and replaces the bytes only if there is any.
+    fn zero_words<const W: usize>(&mut self, prune: impl Fn(usize, [u8; W]) -> bool + Sync) -> usize {
+        use rayon::prelude::*;
         const TASK: usize = 1 << 16;
         let src = &self.data[..];
         let mut out = vec![0u8; src.len()];
         let changed: usize = out
-            .par_chunks_mut(TASK * 4)
-            .zip(src.par_chunks(TASK * 4))
+            .par_chunks_mut(TASK * W)
+            .zip(src.par_chunks(TASK * W))
             .enumerate()
             .map(|(c, (o, s))| {
-                let base = c * TASK;
                 let mut n = 0usize;
-                for (j, (oc, sc)) in o.chunks_exact_mut(4).zip(s.chunks_exact(4)).enumerate() {
-                    let w: [u8; 4] = sc.try_into().expect("chunks of 4 bytes");
-                    let b = u32::from_le_bytes(w);
-                    if prune(base + j, b) {
-                        n += usize::from(b << 1 != 0);
+                for (j, (oc, sc)) in o.chunks_exact_mut(W).zip(s.chunks_exact(W)).enumerate() {
+                    let w: [u8; W] = sc.try_into().expect("chunks of W bytes");
+                    if prune(c * TASK + j, w) {
+                        // Non-zero: any bit set other than the sign (top bit of the last byte).
+                        let mut any = w[W - 1] & 0x7f;
+                        for &b in &w[..W - 1] {
+                            any |= b;
+                        }
+                        n += usize::from(any != 0);
                     } else {
                         oc.copy_from_slice(&w);
                     }
@@ -300,87 +323,23 @@ impl Tensor {
                 n
             })
             .sum();
-        if changed == 0 {
-            return Ok(0);
+        if changed > 0 {
+            self.data = Bytes::from(out);
+            self.modified = true;
         }
-        self.data = Bytes::from(out);
-        self.modified = true;
-        Ok(changed)
-    }
-
-    /// Set to +0 every element `i` for which `prune(i)` holds, in one pass over the bytes; kept elements
-    /// stay bit-identical. Returns how many elements changed (were non-zero before); the tensor is left
-    /// untouched (not marked modified) when none did.
-    pub fn zero_by(&mut self, prune: impl Fn(usize) -> bool + Sync) -> Result<usize, TensorError> {
-        use rayon::prelude::*;
-        let size = self
-            .dtype
-            .size()
-            .filter(|_| self.dtype.is_prunable_float())
-            .ok_or_else(|| TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() })?;
-        // Elements per parallel task; the output is written once, element by element, from the input.
-        const TASK: usize = 1 << 16;
-        let src = &self.data[..];
-        let mut out = vec![0u8; src.len()];
-        let changed: usize = out
-            .par_chunks_mut(TASK * size)
-            .zip(src.par_chunks(TASK * size))
-            .enumerate()
-            .map(|(c, (o, s))| {
-                let base = c * TASK;
-                match size {
-                    4 => zero_words::<4>(o, s, base, &prune),
-                    2 => zero_words::<2>(o, s, base, &prune),
-                    8 => zero_words::<8>(o, s, base, &prune),
-                    _ => {
-                        let mut n = 0usize;
-                        for (j, (oc, sc)) in o.chunks_exact_mut(size).zip(s.chunks_exact(size)).enumerate() {
-                            if prune(base + j) {
-                                // Non-zero: any bit set other than the sign (top bit of the last byte).
-                                let (last, rest) = sc.split_last().expect("size > 0");
-                                n += usize::from(*last & 0x7f != 0 || rest.iter().any(|&x| x != 0));
-                            } else {
-                                oc.copy_from_slice(sc);
-                            }
-                        }
-                        n
-                    }
-                }
-            })
-            .sum();
-        if changed == 0 {
-            return Ok(0);
-        }
-        self.data = Bytes::from(out);
-        self.modified = true;
-        Ok(changed)
+        changed
     }
 
     /// Set to +0 every element whose `keep` flag is false; kept elements stay bit-identical.
     /// Returns how many elements changed (were non-zero before). Marks the tensor modified only if any did.
     pub fn zero_where(&mut self, keep: &[bool]) -> Result<usize, TensorError> {
-        let size = self
-            .dtype
-            .size()
-            .filter(|_| self.dtype.is_prunable_float())
-            .ok_or_else(|| TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() })?;
+        if !self.dtype.is_prunable_float() {
+            return Err(TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() });
+        }
         if keep.len() != self.numel()? {
             return Err(self.invalid(format!("mask has {} entries", keep.len())));
         }
-        let zeros = self.zero_flags();
-        let changed = keep.iter().zip(&zeros).filter(|(k, z)| !**k && !**z).count();
-        if changed == 0 {
-            return Ok(0);
-        }
-        let mut out = self.data.to_vec();
-        for (i, k) in keep.iter().enumerate() {
-            if !k {
-                out[i * size..(i + 1) * size].fill(0);
-            }
-        }
-        self.data = Bytes::from(out);
-        self.modified = true;
-        Ok(changed)
+        self.zero_by(|i| !keep[i])
     }
 
     /// FNV-1a-64 hash of the non-zero bitmap: stable across platforms, independent of the values.
@@ -392,26 +351,6 @@ impl Tensor {
         }
         h
     }
-}
-
-/// One task of [`Tensor::zero_by`] over `W`-byte little-endian elements: copy kept elements of `s` to
-/// `o` (which starts zeroed), leave pruned ones +0; count pruned elements that were not ±0.
-#[inline]
-fn zero_words<const W: usize>(o: &mut [u8], s: &[u8], base: usize, prune: &(impl Fn(usize) -> bool + Sync)) -> usize {
-    let mut n = 0usize;
-    for (j, (oc, sc)) in o.chunks_exact_mut(W).zip(s.chunks_exact(W)).enumerate() {
-        let w: [u8; W] = sc.try_into().expect("chunks of W bytes");
-        if prune(base + j) {
-            let mut any = w[W - 1] & 0x7f;
-            for &b in &w[..W - 1] {
-                any |= b;
-            }
-            n += usize::from(any != 0);
-        } else {
-            oc.copy_from_slice(&w);
-        }
-    }
-    n
 }
 
 /// The elements of a float tensor in its own dtype, read in place from little-endian bytes.

@@ -49,11 +49,10 @@ impl<'s, W: Write> Sink<'s, W> {
 
     /// Write `src` with a kernel copy when it is stored bytes; `Ok(false)` when it is not.
     fn copy_direct(&mut self, src: &[u8]) -> std::io::Result<bool> {
-        let Some((handle, scratch)) = &self.direct else { return Ok(false) };
-        if let Some((s, loc)) = scratch.and_then(|s| s.locate(src).map(|loc| (s, loc))) {
-            return s.copy_to(loc, src.len(), handle, None).map(|_| true);
+        match &self.direct {
+            Some((handle, scratch)) => copy_stored(handle, src, *scratch, None),
+            None => Ok(false),
         }
-        crate::external::copy_mapped(src, handle, None)
     }
     fn flush_buf(&mut self) {
         if self.err.is_none() && !self.buf.is_empty() {
@@ -206,15 +205,24 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Write `bytes` to `f`: from the scratch file in the kernel when they live there, else from memory.
-fn write_bytes(f: &mut File, bytes: &[u8], scratch: Option<&Scratch>) -> std::io::Result<()> {
-    if let Some((s, loc)) = scratch.and_then(|s| s.locate(bytes).map(|loc| (s, loc))) {
-        return s.copy_to(loc, bytes.len(), f, None);
-    }
-    if crate::external::copy_mapped(bytes, f, None)? {
+/// Write `bytes` to `f` (at `at`, or at its position): file to file in the kernel when they are stored
+/// in `scratch` or still a mapped input file's bytes, else from memory.
+fn write_bytes(f: &File, bytes: &[u8], scratch: Option<&Scratch>, at: Option<u64>) -> std::io::Result<()> {
+    if copy_stored(f, bytes, scratch, at)? {
         return Ok(());
     }
-    f.write_all(bytes)
+    match at {
+        Some(o) => f.write_all_at(bytes, o),
+        None => (&mut &*f).write_all(bytes),
+    }
+}
+
+/// The kernel-copy half of [`write_bytes`]: `Ok(false)` when `bytes` are neither stored nor mapped.
+fn copy_stored(f: &File, bytes: &[u8], scratch: Option<&Scratch>, at: Option<u64>) -> std::io::Result<bool> {
+    match scratch.and_then(|s| s.locate(bytes).map(|loc| (s, loc))) {
+        Some((s, loc)) => s.copy_to(loc, bytes.len(), f, at).map(|_| true),
+        None => crate::external::copy_mapped(bytes, f, at),
+    }
 }
 
 /// Write `bytes` to `path` atomically (see [`AtomicFile`]).
@@ -304,7 +312,7 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Op
             for (offset, bytes) in &plan.chunks {
                 let pad = (offset - pos) as usize;
                 f.file().write_all(&vec![0u8; pad]).map_err(werr(&data_path))?;
-                write_bytes(f.file(), bytes, scratch).map_err(werr(&data_path))?;
+                write_bytes(f.file(), bytes, scratch, None).map_err(werr(&data_path))?;
                 pos = offset + bytes.len() as u64;
             }
             data = Some(f);
@@ -347,17 +355,7 @@ fn finish_in_place(s: &Scratch, data_path: &Path, plan: &ExternalPlan) -> Option
     let werr = |source| IoError::Write { path: data_path.to_path_buf(), source };
     for (offset, bytes) in &plan.chunks {
         if placed(bytes) != Some(*offset) {
-            // Unchanged input bytes and spilled bytes are copied file to file; anything else written.
-            let copied = match s.locate(bytes) {
-                Some(loc) => s.copy_to(loc, bytes.len(), f.file(), Some(*offset)).map(|_| true),
-                None => crate::external::copy_mapped(bytes, f.file(), Some(*offset)),
-            };
-            let done = match copied {
-                Ok(true) => Ok(()),
-                Ok(false) => f.file().write_all_at(bytes, *offset),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = done {
+            if let Err(e) = write_bytes(f.file(), bytes, Some(s), Some(*offset)) {
                 return Some(Err(werr(e)));
             }
         }

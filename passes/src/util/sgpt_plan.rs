@@ -154,26 +154,9 @@ fn collect_ancestors(g: &Graph, start: NodeId, out: &mut BTreeSet<NodeId>) {
 /// Sequential stages: each stage holds the weights (in graph order) whose activations depend on no
 /// weight still to be pruned, so every weight is calibrated on a model whose upstream weights are done.
 pub fn stages(plans: &[Plan]) -> Vec<Vec<usize>> {
-    let mut done = vec![false; plans.len()];
-    let mut out = Vec::new();
-    while done.iter().any(|d| !d) {
-        let pending: Vec<usize> = (0..plans.len()).filter(|&i| !done[i]).collect();
-        let mut ready: Vec<usize> = pending
-            .iter()
-            .copied()
-            .filter(|&i| {
-                pending.iter().all(|&j| j == i || !plans[j].consumers.iter().any(|c| plans[i].ancestors.contains(c)))
-            })
-            .collect();
-        if ready.is_empty() {
-            ready.push(pending[0]);
-        }
-        for &i in &ready {
-            done[i] = true;
-        }
-        out.push(ready);
-    }
-    out
+    crate::calib_stats::ready_stages(plans.len(), |i, j| {
+        plans[j].consumers.iter().any(|c| plans[i].ancestors.contains(c))
+    })
 }
 
 /// The Hessians of a plan (one per group, row-major cols × cols, scaled 2/n) from its answered requests.
