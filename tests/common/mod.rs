@@ -1,6 +1,8 @@
 //! Helpers shared by the root integration tests.
 #![allow(dead_code)]
 
+pub mod proto;
+
 use sparsify_onnx::ir::{Model, WeightInfo};
 use sparsify_onnx::validate::{self, Feed};
 use sparsify_onnx::{input_decls, load};
