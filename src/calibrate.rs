@@ -6,7 +6,13 @@
 //! declared shapes (recurrent states passed whole, batch on axis 1, a last short batch, a folder of
 //! samples for fixed-batch models; see `sparsify_validate::calib_batches`) and keeps the decisions as
 //! [`TractCalibrator::notes`] for the run report.
+//!
+//! Padding: an attention-mask input is detected in the calibration data (or named, or turned off, with
+//! [`TractCalibrator::with_token_mask`]; rules in [`crate::token_mask`]); while one is in force, the
+//! per-position statistics of features on the last axis (Wanda norms, Gram matrices, feature means) count
+//! only the real-token positions.
 
+use crate::token_mask::{self, TokenMask};
 use sparsify_ir::Model;
 use sparsify_passes::calib_stats::{conv_patch_sums, feature_sums};
 use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
@@ -19,6 +25,8 @@ pub struct TractCalibrator {
     notes: Vec<String>,
     progress: Option<Progress>,
     fingerprint: u64,
+    /// The calibration input marking real tokens, when statistics skip padding.
+    mask: Option<String>,
 }
 
 /// Called after each calibration batch with (batches done, batches in this sweep).
@@ -28,7 +36,8 @@ impl TractCalibrator {
     /// Split `feed` into batches of at most `batch` rows along axis 0 (every input must share it).
     pub fn new(feed: &Feed, batch: usize) -> Result<TractCalibrator, crate::Error> {
         let batches = sparsify_validate::split_batches(feed, batch.max(1))?;
-        Ok(TractCalibrator { fingerprint: fingerprint(&batches), batches, notes: Vec::new(), progress: None })
+        let cal = TractCalibrator { fingerprint: 0, batches, notes: Vec::new(), progress: None, mask: None };
+        cal.with_token_mask(&TokenMask::Auto)
     }
 
     /// Split `samples` into batches of at most `batch` rows along each input's batch axis, found from
@@ -36,12 +45,25 @@ impl TractCalibrator {
     /// runs as given. The decisions are in [`TractCalibrator::notes`].
     pub fn plan(samples: &[Feed], decls: &[InputDecl], batch: usize) -> Result<TractCalibrator, crate::Error> {
         let plan = sparsify_validate::plan_batches(samples, decls, batch.max(1))?;
-        Ok(TractCalibrator {
-            fingerprint: fingerprint(&plan.batches),
-            batches: plan.batches,
-            notes: plan.notes,
-            progress: None,
-        })
+        let cal =
+            TractCalibrator { fingerprint: 0, batches: plan.batches, notes: plan.notes, progress: None, mask: None };
+        cal.with_token_mask(&TokenMask::Auto)
+    }
+
+    /// Choose which calibration input marks real tokens (`new` and `plan` detect one: [`TokenMask::Auto`]);
+    /// the decision is added to the notes. Errors when a named input is missing or not 0/1.
+    pub fn with_token_mask(mut self, choice: &TokenMask) -> Result<TractCalibrator, crate::Error> {
+        let (mask, note) = token_mask::resolve(choice, &self.batches).map_err(crate::Error::Calibration)?;
+        self.notes.retain(|n| !n.starts_with(token_mask::NOTE_PREFIX));
+        self.notes.extend(note);
+        self.mask = mask;
+        self.fingerprint = fingerprint(&self.batches, self.mask.as_deref());
+        Ok(self)
+    }
+
+    /// The calibration input whose zeros mark padding, when statistics count only real tokens.
+    pub fn token_mask(&self) -> Option<&str> {
+        self.mask.as_deref()
     }
 
     /// What [`TractCalibrator::plan`] decided (batch axes, inputs passed whole, samples run as given).
@@ -59,13 +81,13 @@ impl TractCalibrator {
         &self.batches
     }
 
-    /// Run the model over every batch, calling `visit(request index, activation)` for each requested
-    /// tensor of each batch.
+    /// Run the model over every batch, calling `visit(tensor index, activation, batch)` for each
+    /// requested tensor of each batch.
     pub fn for_each_activation(
         &self,
         model: &Model,
         tensors: &[String],
-        mut visit: impl FnMut(usize, &Array) -> Result<(), CalibError>,
+        mut visit: impl FnMut(usize, &Array, &Feed) -> Result<(), CalibError>,
     ) -> Result<(), CalibError> {
         let bytes = sparsify_onnx_io::model_to_bytes(model).map_err(|e| CalibError(e.to_string()))?;
         let hint = self.batches.first();
@@ -75,7 +97,7 @@ impl TractCalibrator {
             let outs = runner.run(batch).map_err(|e| CalibError(e.to_string()))?;
             let extras = &outs[outs.len() - tensors.len()..];
             for (i, (_, a)) in extras.iter().enumerate() {
-                visit(i, a)?;
+                visit(i, a, batch)?;
             }
             if let Some(p) = &self.progress {
                 p(done + 1, self.batches.len());
@@ -85,10 +107,13 @@ impl TractCalibrator {
     }
 }
 
-/// A hash of the batches (names, shapes, value bits), never 0.
-fn fingerprint(batches: &[Feed]) -> u64 {
+/// A hash of the batches (names, shapes, value bits) and of the mask in force, never 0.
+fn fingerprint(batches: &[Feed], mask: Option<&str>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    if let Some(m) = mask {
+        m.hash(&mut h);
+    }
     for b in batches {
         for (name, a) in &b.arrays {
             name.hash(&mut h);
@@ -116,13 +141,25 @@ impl Calibrator for TractCalibrator {
             }
         }
         let mut out: Vec<Acc> = requests.iter().map(|_| Acc::Empty).collect();
-        self.for_each_activation(model, &names, |i, a| {
-            let mut vals: Option<Vec<f64>> = None;
+        self.for_each_activation(model, &names, |i, all, batch| {
+            // Real-token positions of this activation (features on the last axis), when a mask applies.
+            let real = self.mask.as_ref().and_then(|m| batch.get(m)).and_then(|m| token_mask::real_positions(m, all));
+            let (mut vals_all, mut vals_real): (Option<Vec<f64>>, Option<Vec<f64>>) = (None, None);
             for (ri, r) in requests.iter().enumerate() {
                 let tensor = r.tensor();
                 if tensor != names[i] {
                     continue;
                 }
+                let last_axis = matches!(
+                    r,
+                    CalibRequest::FeatureSqNorm { axis: FeatureAxis::Last, .. }
+                        | CalibRequest::Gram { axis: FeatureAxis::Last, .. }
+                        | CalibRequest::FeatureSum { axis: FeatureAxis::Last, .. }
+                );
+                let (a, vals) = match &real {
+                    Some(r) if last_axis => (r, &mut vals_real),
+                    _ => (all, &mut vals_all),
+                };
                 let err = |m: String| CalibError(format!("'{tensor}': {m}"));
                 match r {
                     CalibRequest::FeatureSqNorm { axis, .. } => {

@@ -26,6 +26,7 @@
 //! ```
 
 pub mod calibrate;
+pub mod token_mask;
 
 pub use calibrate::TractCalibrator;
 pub use sparsify_ir as ir;
@@ -59,6 +60,9 @@ pub enum Error {
     Pass(#[from] sparsify_pm::PmError),
     #[error(transparent)]
     Validate(#[from] sparsify_validate::ValidateError),
+    /// Calibration data that cannot be used as asked (e.g. a `--calib-mask` input that is not 0/1).
+    #[error("calibration: {0}")]
+    Calibration(String),
 }
 
 /// Load an ONNX model (external data resolved next to it, mapped lazily).

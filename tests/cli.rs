@@ -108,6 +108,23 @@ fn bad_pipelines_are_usage_errors() {
 }
 
 #[test]
+fn a_calibration_mask_that_is_not_an_input_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("o.onnx");
+    let dir = model("char_lm");
+    let (m, calib) = (dir.join("model.onnx"), dir.join("calib"));
+    let args = ["run", m.to_str().unwrap(), "-o", out.to_str().unwrap(), "--calib", calib.to_str().unwrap()];
+    let o = run(&[&args[..], &["--pipeline", "score{method=wanda},mask", "--calib-mask", "attention_mask"]].concat());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("calibration mask input 'attention_mask' is not in the calibration data"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn refuses_to_overwrite_the_input() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("m.onnx");

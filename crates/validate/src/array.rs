@@ -96,6 +96,29 @@ impl Array {
         }
     }
 
+    /// The rows of this array, seen as `[len / row_len, row_len]` in C order, for which `keep` is true,
+    /// as a 2-D array `[kept, row_len]` of the same element type. `None` when `row_len` is 0 or does not
+    /// divide the length, or `keep` does not have one entry per row.
+    pub fn select_rows(&self, row_len: usize, keep: &[bool]) -> Option<Array> {
+        if row_len == 0 || self.len() % row_len != 0 || self.len() / row_len != keep.len() {
+            return None;
+        }
+        let kept = keep.iter().filter(|&&k| k).count();
+        Some(rewrap_array!(self, a => {
+            let owned: Vec<_>;
+            let flat = match a.as_slice() {
+                Some(s) => s,
+                None => {
+                    owned = a.iter().cloned().collect();
+                    &owned
+                }
+            };
+            let vals: Vec<_> =
+                flat.chunks(row_len).zip(keep).filter(|(_, &k)| k).flat_map(|(row, _)| row.iter().cloned()).collect();
+            ArrayD::from_shape_vec(ndarray::IxDyn(&[kept, row_len]), vals).expect("kept rows × row length")
+        }))
+    }
+
     /// The numpy name of the element type (`"float32"`, `"int64"`, `"bool"`, ...).
     pub fn dtype_name(&self) -> &'static str {
         match self {

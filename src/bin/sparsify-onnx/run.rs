@@ -26,6 +26,11 @@ pub struct Args {
     /// Rows per calibration batch run in tract (along each input's batch axis; the last may be smaller).
     #[arg(long, default_value_t = 16)]
     calib_batch: usize,
+    /// Which calibration input marks real tokens (0 = padding, not counted in the statistics): `auto`
+    /// detects an input named like `attention_mask` holding 0/1 values of the token inputs' shape;
+    /// `none` counts every position; or the input's name.
+    #[arg(long, default_value = "auto")]
+    calib_mask: String,
     /// Inputs for --validate (same formats as --calib); seeded random from declared shapes if absent.
     #[arg(long)]
     inputs: Option<PathBuf>,
@@ -97,7 +102,8 @@ pub fn main(a: Args) -> Result<Outcome> {
             let decls = sparsify_onnx::input_decls(&model);
             let samples = sparsify_onnx::validate::load_samples(p, &decls)
                 .with_context(|| format!("loading calibration data from {}", p.display()))?;
-            let calib = TractCalibrator::plan(&samples, &decls, a.calib_batch)?;
+            let calib = TractCalibrator::plan(&samples, &decls, a.calib_batch)?
+                .with_token_mask(&sparsify_onnx::token_mask::TokenMask::parse(&a.calib_mask))?;
             for n in calib.notes() {
                 println!("calibration: {n}");
             }
