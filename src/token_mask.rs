@@ -116,7 +116,7 @@ fn is_zero_one(a: &Array) -> bool {
 /// tokens under `mask`; `None` when the mask does not line up with the activation's positions.
 pub fn real_rows(mask: &Array, act: &[usize]) -> Option<Vec<bool>> {
     let (lead, m) = (act.split_last()?.1, mask.shape());
-    let lines_up = lead == m || (lead.len() == 1 && lead[0] == mask.len() && mask.len() > 0);
+    let lines_up = lead == m || (lead.len() == 1 && lead[0] == mask.len() && !mask.is_empty());
     lines_up.then(|| mask.to_f64_vec().iter().map(|&x| x != 0.0).collect())
 }
 

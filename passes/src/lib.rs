@@ -15,6 +15,7 @@ pub mod mask;
 pub mod nm_check;
 pub mod nm_legalize;
 pub mod permute;
+pub mod refine;
 pub mod schedule;
 pub mod scope;
 pub mod score;
@@ -39,6 +40,7 @@ pub fn registry() -> Registry {
     r.register(sparsegpt::INFO);
     r.register(dead_channel_elim::INFO);
     r.register(bias_correct::INFO);
+    r.register(refine::INFO);
     r.register(sensitivity::INFO);
     r
 }

@@ -100,7 +100,7 @@ impl Array {
     /// as a 2-D array `[kept, row_len]` of the same element type. `None` when `row_len` is 0 or does not
     /// divide the length, or `keep` does not have one entry per row.
     pub fn select_rows(&self, row_len: usize, keep: &[bool]) -> Option<Array> {
-        if row_len == 0 || self.len() % row_len != 0 || self.len() / row_len != keep.len() {
+        if row_len == 0 || !self.len().is_multiple_of(row_len) || self.len() / row_len != keep.len() {
             return None;
         }
         let kept = keep.iter().filter(|&&k| k).count();
