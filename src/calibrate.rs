@@ -91,7 +91,8 @@ impl TractCalibrator {
     ) -> Result<(), CalibError> {
         let bytes = sparsify_onnx_io::model_to_bytes(model).map_err(|e| CalibError(e.to_string()))?;
         let hint = self.batches.first();
-        let runner = Runner::new(ModelSource::Bytes(&bytes), hint, tensors)
+        // Only the requested tensors are computed (the graph outputs are not selected).
+        let runner = Runner::for_tensors(ModelSource::Bytes(&bytes), hint, tensors)
             .map_err(|e| CalibError(format!("tract cannot run the model for calibration: {e}")))?;
         for (done, batch) in self.batches.iter().enumerate() {
             let outs = runner.run(batch).map_err(|e| CalibError(e.to_string()))?;

@@ -63,8 +63,29 @@ impl Runner {
         input_shapes_hint: Option<&Feed>,
         extra_outputs: &[String],
     ) -> Result<Self, ValidateError> {
+        Runner::build(src, input_shapes_hint, extra_outputs, true)
+    }
+
+    /// Like [`Runner::new`] but [`Runner::run`] returns only the tensors named in `tensors`: the graph
+    /// outputs are not selected, so the plan computes only what those tensors depend on (an early
+    /// layer's activation costs a fraction of a full run).
+    pub fn for_tensors(
+        src: ModelSource,
+        input_shapes_hint: Option<&Feed>,
+        tensors: &[String],
+    ) -> Result<Self, ValidateError> {
+        Runner::build(src, input_shapes_hint, tensors, false)
+    }
+
+    fn build(
+        src: ModelSource,
+        input_shapes_hint: Option<&Feed>,
+        extra_outputs: &[String],
+        graph_outputs: bool,
+    ) -> Result<Self, ValidateError> {
         let mut model = load(src)?;
-        let mut outlets: Vec<OutletId> = model.output_outlets().map_err(tract("reading outputs"))?.to_vec();
+        let mut outlets: Vec<OutletId> =
+            if graph_outputs { model.output_outlets().map_err(tract("reading outputs"))?.to_vec() } else { Vec::new() };
         let mut output_names: Vec<String> = outlets.iter().map(|&o| outlet_name(&model, o)).collect();
         for name in extra_outputs {
             outlets.push(find_tensor(&model, name)?);
