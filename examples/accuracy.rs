@@ -5,6 +5,7 @@
 //! cargo run --release --example accuracy -- bias      # bias-correct / RIA rows
 //! cargo run --release --example accuracy -- budget    # mask{max_error=E}, uniform vs allocate=sensitivity
 //! cargo run --release --example accuracy -- budget char_lm   # one model
+//! cargo run --release --example accuracy -- quality   # issue 15: real-token statistics, refine, recipes
 //! ```
 //!
 //! Calibration uses each model's `calib/` inputs (batches of 16); errors are measured on the held-out
@@ -12,6 +13,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use sparsify_onnx::validate::{self, Thresholds};
+use sparsify_onnx::token_mask::TokenMask;
 use sparsify_onnx::{input_decls, load, to_bytes, Pipeline, TractCalibrator};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -34,16 +36,31 @@ const BIAS_ROWS: &[(&str, &str)] = &[
     ("sparsegpt 2:4 + bias-correct", "sparsegpt{n=2,m=4},bias-correct"),
 ];
 
+/// Issue 15 rows. A label ending in "(padding counted)" calibrates with `--calib-mask none`.
+const QUALITY_ROWS: &[(&str, &str)] = &[
+    ("wanda 50% (padding counted)", "score{method=wanda},mask{sparsity=0.5}"),
+    ("wanda 50%", "score{method=wanda},mask{sparsity=0.5}"),
+    ("wanda 50% + refine", "score{method=wanda},mask{sparsity=0.5},refine"),
+    ("sparsegpt 50% (padding counted)", "sparsegpt{sparsity=0.5}"),
+    ("sparsegpt 50%", "sparsegpt{sparsity=0.5}"),
+    ("sparsegpt 50% damp=0.1", "sparsegpt{sparsity=0.5,damp=0.1}"),
+    ("wanda 2:4", "score{method=wanda},nm-legalize{n=2,m=4}"),
+    ("wanda 2:4 + refine", "score{method=wanda},nm-legalize{n=2,m=4},refine"),
+    ("sparsegpt 2:4 (padding counted)", "sparsegpt{n=2,m=4}"),
+    ("sparsegpt 2:4", "sparsegpt{n=2,m=4}"),
+    ("sparsegpt 2:4 damp=0.1", "sparsegpt{n=2,m=4,damp=0.1}"),
+];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mode, only) = match args.as_slice() {
         [m] => (m.clone(), None),
         [m, name] => (m.clone(), Some(name.clone())),
-        _ => bail!("usage: accuracy bias|budget [MODEL]"),
+        _ => bail!("usage: accuracy bias|budget|quality [MODEL]"),
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     match mode.as_str() {
-        "bias" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
+        "bias" | "quality" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
         "budget" => println!(
             "| model | allocation | error bound E | global sparsity | validated rel. L2 (calib) | held-out rel. L2 (sample) | task metric | seconds |\n|---|---|---|---|---|---|---|---|"
         ),
@@ -62,8 +79,9 @@ fn main() -> Result<()> {
             eprintln!("skipped: {} absent at {}", spec.name, dir.display());
             continue;
         }
-        if mode == "bias" {
-            let rows: Vec<(String, String)> = BIAS_ROWS.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect();
+        if mode == "bias" || mode == "quality" {
+            let table = if mode == "bias" { BIAS_ROWS } else { QUALITY_ROWS };
+            let rows: Vec<(String, String)> = table.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect();
             evaluate(spec, &dir, &rows, false)?;
         } else {
             let mut rows = Vec::new();
@@ -85,12 +103,15 @@ fn evaluate(spec: &Spec, dir: &Path, rows: &[(String, String)], budget: bool) ->
     let dense = load(&dir.join("model.onnx"))?;
     let decls = input_decls(&dense);
     let sample = validate::load_feed(&dir.join("sample"), &decls)?;
-    let calib = TractCalibrator::new(&validate::load_feed(&dir.join("calib"), &decls)?, 16)?;
+    let calib_feed = validate::load_feed(&dir.join("calib"), &decls)?;
+    let calib = TractCalibrator::new(&calib_feed, 16)?;
+    let counted = TractCalibrator::new(&calib_feed, 16)?.with_token_mask(&TokenMask::Off)?;
     let dense_out = run(&to_bytes(&dense)?, &sample)?;
     for (label, text) in rows {
         let start = Instant::now();
         let mut m = dense.clone();
-        let report = Pipeline::parse(text)?.run(&mut m, Some(&calib))?;
+        let cal = if label.ends_with("(padding counted)") { &counted } else { &calib };
+        let report = Pipeline::parse(text)?.run(&mut m, Some(cal))?;
         let secs = start.elapsed().as_secs_f64();
         let bytes = to_bytes(&m)?;
         let metric = (spec.metric)(dir, &bytes, &decls)?;
