@@ -10,11 +10,19 @@
 //! - `granularity=channel`: floor(S·C) whole output channels per tensor, ranked by the L2 norm of the
 //!   channel's scores (sqrt(Σ s²); for l2 scores sqrt(Σ s) = ‖w‖₂), and the matching entries of the
 //!   op's bias (Conv input 2, Gemm C) are zeroed too. The pruned channels are listed in the notes.
-//! - `granularity=coupled` (added by the dead-channel-elim work, see [`crate::channels::mask_coupled`]):
-//!   channels coupled across layers (residual adds, BatchNorm, depthwise convs, consumers) are scored as
-//!   a group — the sum of the norms of every coupled producer row and consumer column — and floor(S·n)
-//!   of each group's n removable channels are pruned (producer rows and biases zeroed), so
-//!   `dead-channel-elim` can remove them. Needs `steps=1`.
+//! - `granularity=coupled` (see [`crate::channels::mask_coupled`] and [`crate::channels::calibrated`]):
+//!   channels coupled across layers (residual adds, BatchNorm, depthwise convs, consumers) are chosen as
+//!   a group and pruned by zeroing their producer rows and biases, so `dead-channel-elim` removes them.
+//!   `criterion` picks them: `norm` (the sum of the norms of every coupled producer row and consumer
+//!   column, from the score analysis or |w|), `wanda` (Σ over the consumers of ‖X_j‖·‖W_j‖, from the
+//!   consumer's input Gram), `obs` (greedy structured OBS: least increase of the consumers' output error
+//!   after their refit). `reconstruct` repairs the consumers that lose inputs, from their calibration
+//!   Grams: `obs` (refit of the kept input rows and of the bias), `lsq` (kept rows only), `bias`
+//!   (bias compensation Σ E[x_j]·W_j), `none`. `auto` (default for both) is `obs` with calibration data
+//!   and `norm` / `none` without, so pipelines without `--calib` behave as before. `scope=global` spends
+//!   one budget, floor(S·N) of the N removable channels of every group, across layers by ΔE divided by
+//!   the consumer's output energy (needs `obs` or `wanda`); otherwise floor(S·n) of each group's n
+//!   channels. Needs `steps=1`. With reconstruction the pass may add a bias to a consumer (topology).
 //! - Lowest scores go first; ties prune the higher index first (the lower index is kept); weights that
 //!   are already zero count as pruned and go before everything else, so a group that already has more
 //!   zeros than the target is left as it is.
@@ -22,16 +30,22 @@
 //!   (`linear` S·i/k, `cubic` S·(1−(1−i/k)³)); between steps Wanda scores are recomputed on the partly
 //!   pruned model (recalibration through the calibrator), magnitude scores just lose the pruned entries.
 //!
-//! Effects: weight values. Afterwards the cached scores of pruned elements are 0 and the analysis is
-//! preserved, so a later `nm-legalize` keeps using it. Idempotent: running it on its own output (or
-//! twice) changes nothing. Weights whose axes conflict are skipped for `row`/`channel` (noted).
+//! Effects: weight values (coupled with reconstruction: also topology, a consumer may get a bias).
+//! Afterwards the cached scores of pruned elements are 0 and the analysis is preserved, so a later
+//! `nm-legalize` keeps using it. Idempotent: running it on its own output (or twice) changes nothing
+//! (coupled with reconstruction: the removed channels are dead, so they are chosen again and their
+//! refit is zero; the outputs stay within float rounding, tested). Weights whose axes conflict are
+//! skipped for `row`/`channel` (noted).
 //!
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `sparsity` | `0.5` | target fraction of zeros, in [0, 1] |
 //! | `granularity` | `element` | `element` \| `channel` (whole output channels and their bias) \| `coupled` (coupled channel groups) |
-//! | `scope` | `auto` | comparison group: `auto` \| `layer` \| `row` \| `global` (channel: `auto` \| `layer`) |
+//! | `scope` | `auto` | comparison group: `auto` \| `layer` \| `row` \| `global` (channel: `auto` \| `layer`; coupled: not `row`) |
 //! | `steps` | `1` | number of pruning steps |
+//! | `criterion` | `auto` | coupled only: `auto` \| `obs` \| `wanda` \| `norm` |
+//! | `reconstruct` | `auto` | coupled only: `auto` \| `obs` \| `lsq` \| `bias` \| `none` |
+//! | `damp` | `0.01` | coupled only: Gram dampening, fraction of the mean diagonal |
 //! | `schedule` | `oneshot` | `oneshot` (needs `steps=1`) \| `linear` \| `cubic` |
 //! | `allocate`, `max_error`, `min_sparsity`, `max_sparsity`, `levels` | see [`crate::budget`] | sparsity budgets (sensitivity allocation, error bound) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are masked |
