@@ -52,7 +52,8 @@ fn main() -> Result<()> {
             eprintln!("skipped: {} absent at {}", spec.name, dir.display());
             continue;
         }
-        let levels: &[f64] = if spec.name == "digits_cnn" || spec.name == "ppocr_cls_mobile_v2" { &[0.25] } else { &[0.25, 0.5] };
+        let levels: &[f64] =
+            if spec.name == "digits_cnn" || spec.name == "ppocr_cls_mobile_v2" { &[0.25] } else { &[0.25, 0.5] };
         evaluate(spec, &dir, levels)?;
     }
     Ok(())
@@ -69,7 +70,12 @@ fn evaluate(spec: &Spec, dir: &Path, levels: &[f64]) -> Result<()> {
     let calib = TractCalibrator::new(&validate::load_feed(&dir.join("calib"), &decls)?, 16)?;
     let dense_out = run(&to_bytes(&dense)?, &sample)?;
     let dense_metric = (spec.metric)(dir, &to_bytes(&dense)?, &decls)?;
-    println!("| {} | 0 | dense | 0 | {dense_metric:.4} | {} | — | — |", spec.name, params(&dense));
+    println!(
+        "| {} | 0 | dense | 0 | {dense_metric:.4} ({}) | {} | — | — |",
+        spec.name,
+        spec.metric_name,
+        params(&dense)
+    );
     let pick = |outs: &[(String, validate::Array)], other: &[(String, validate::Array)]| -> Result<f64> {
         let cmp = validate::compare_outputs(outs, other, &Thresholds::default());
         let o = cmp
@@ -83,7 +89,8 @@ fn evaluate(spec: &Spec, dir: &Path, levels: &[f64]) -> Result<()> {
         for (label, opts) in ROWS {
             let start = Instant::now();
             let mut masked = dense.clone();
-            Pipeline::parse(&format!("mask{{sparsity={s},granularity=coupled,{opts}}}"))?.run(&mut masked, Some(&calib))?;
+            Pipeline::parse(&format!("mask{{sparsity={s},granularity=coupled,{opts}}}"))?
+                .run(&mut masked, Some(&calib))?;
             let secs = start.elapsed().as_secs_f64();
             let mut small = masked.clone();
             Pipeline::parse("dead-channel-elim")?.run(&mut small, None)?;

@@ -138,7 +138,8 @@ fn pipeline_text_and_calibration_requirements() {
     assert_eq!(sparsify_onnx::to_bytes(&a).unwrap(), sparsify_onnx::to_bytes(&b).unwrap());
     let mut c = dense.clone();
     let e = Pipeline::parse("mask{sparsity=0.5,granularity=coupled,criterion=obs}").unwrap().run(&mut c, None);
-    let msg = format!("{:#}", e.err().expect("obs without calibration must fail"));
+    let Err(err) = e else { panic!("obs without calibration must fail") };
+    let msg = format!("{err:#}");
     assert!(msg.contains("calib"), "{msg}");
     // scope=global with the norm criterion is refused (norms are not comparable across layers).
     let calib = TractCalibrator::new(&load_feed(&dir.join("calib"), &input_decls(&dense)).unwrap(), 16).unwrap();

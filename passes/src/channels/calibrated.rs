@@ -120,17 +120,28 @@ struct Consumer {
     removed: usize,
 }
 
+/// A channel's rows in one consumer: (consumer index, input rows).
+type Part = (usize, Vec<usize>);
+
+/// A group and the channels chosen in it.
+pub type Picked = (ChannelGroup, Vec<usize>);
+
 struct Cand {
     group: usize,
     channel: usize,
-    parts: Vec<(usize, Vec<usize>)>,
+    parts: Vec<Part>,
     zero: bool,
     /// Static score (norm / wanda) when not dynamic.
     score: f64,
 }
 
 /// Blocks of input rows of `grp`'s channels in a consumer, or why the consumer is not supported.
-fn consumer_blocks(grp: &ChannelGroup, weight: &WeightId, plan: &Plan, red_axis: usize) -> Result<BTreeMap<usize, Vec<usize>>, String> {
+fn consumer_blocks(
+    grp: &ChannelGroup,
+    weight: &WeightId,
+    plan: &Plan,
+    red_axis: usize,
+) -> Result<BTreeMap<usize, Vec<usize>>, String> {
     let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for s in grp.slices.iter().filter(|s| s.role == SliceRole::Consumer && &s.weight == weight) {
         if s.axis != red_axis {
@@ -153,7 +164,7 @@ pub fn run(
     cx: &mut PassCx<'_>,
     groups: Vec<Eligible>,
     set: Settings,
-) -> Result<(Vec<(ChannelGroup, Vec<usize>)>, usize), PassError> {
+) -> Result<(Vec<Picked>, usize), PassError> {
     let needs_calib = set.criterion != Criterion::Norm || set.reconstruct != Reconstruct::None;
     let g = &model.graph;
     let infos: BTreeMap<WeightId, WeightInfo> = g.find_weights().into_iter().map(|w| (w.id.clone(), w)).collect();
@@ -161,7 +172,7 @@ pub fn run(
     let mut consumers: Vec<Consumer> = Vec::new();
     let mut by_id: BTreeMap<WeightId, usize> = BTreeMap::new();
     let mut unsupported: BTreeMap<usize, String> = BTreeMap::new();
-    let mut blocks: Vec<BTreeMap<usize, Vec<(usize, Vec<usize>)>>> = vec![BTreeMap::new(); groups.len()];
+    let mut blocks: Vec<BTreeMap<usize, Vec<Part>>> = vec![BTreeMap::new(); groups.len()];
     if needs_calib {
         for (gi, e) in groups.iter().enumerate() {
             let mut ids: Vec<&WeightId> =
@@ -207,7 +218,9 @@ pub fn run(
         calibrate(model, cx, &mut consumers)?;
     }
     let mut notes: Vec<(String, String)> = Vec::new();
-    if needs_calib && (set.criterion == Criterion::Obs || matches!(set.reconstruct, Reconstruct::Obs | Reconstruct::Lsq)) {
+    if needs_calib
+        && (set.criterion == Criterion::Obs || matches!(set.reconstruct, Reconstruct::Obs | Reconstruct::Lsq))
+    {
         notes.extend(solvers(&mut consumers, &model.graph, set.reconstruct == Reconstruct::Obs, set.damp));
         for (gi, bl) in blocks.iter().enumerate() {
             if let Some((ci, _)) = bl.values().flatten().find(|(ci, _)| consumers[*ci].solver.is_none()) {
@@ -234,7 +247,8 @@ pub fn run(
         let norm = if crit == Criterion::Norm { Some(group_scores(g, &e.group, scores)?) } else { None };
         quota[gi] = (set.sparsity * e.free.len() as f64 + 1e-9).floor() as usize;
         for &c in &e.free {
-            let parts = if unsupported.contains_key(&gi) { vec![] } else { blocks[gi].get(&c).cloned().unwrap_or_default() };
+            let parts =
+                if unsupported.contains_key(&gi) { vec![] } else { blocks[gi].get(&c).cloned().unwrap_or_default() };
             let score = match crit {
                 Criterion::Norm => norm.as_ref().map_or(0.0, |n| n[c]),
                 Criterion::Wanda => parts
@@ -243,7 +257,10 @@ pub fn run(
                         let cs = &consumers[*ci];
                         let s: f64 = b
                             .iter()
-                            .map(|&r| cs.h[r * cs.k + r] * cs.w[r * cs.outs..(r + 1) * cs.outs].iter().map(|v| v * v).sum::<f64>())
+                            .map(|&r| {
+                                cs.h[r * cs.k + r]
+                                    * cs.w[r * cs.outs..(r + 1) * cs.outs].iter().map(|v| v * v).sum::<f64>()
+                            })
                             .sum();
                         if set.global {
                             s / cs.energy.max(f64::MIN_POSITIVE)
@@ -285,7 +302,7 @@ pub fn run(
     };
     let mut done: Vec<usize> = vec![0; groups.len()];
     let stage = cx.stage("mask (coupled channels): selection", total_quota);
-    for _ in 0..total_quota {
+    for step in 0..total_quota {
         let mut best: Option<(f64, usize)> = None;
         for i in 0..cands.len() {
             let c = &cands[i];
@@ -321,13 +338,18 @@ pub fn run(
             // Ties prune the higher (group, channel) first.
             let better = match best {
                 None => true,
-                Some((bk, bi)) => key < bk || (key == bk && (c.group, c.channel) > (cands[bi].group, cands[bi].channel)),
+                Some((bk, bi)) => {
+                    key < bk || (key == bk && (c.group, c.channel) > (cands[bi].group, cands[bi].channel))
+                }
             };
             if better {
                 best = Some((key, i));
             }
         }
-        let Some((_, i)) = best else { break };
+        let Some((_, i)) = best else {
+            stage.inc((total_quota - step) as u64);
+            break;
+        };
         taken[i] = true;
         order.push(i);
         done[cands[i].group] += 1;
@@ -387,7 +409,8 @@ pub fn run(
             let before = g.weight_values_f64(&cs.id)?;
             changed += before.iter().zip(arr.iter()).filter(|(a, b)| a != b).count();
             g.write_weight_f64(&cs.id, &arr)?;
-            let mut msg = format!("reconstruct={}: {} channel(s) removed from its inputs", set.reconstruct.name(), cs.removed);
+            let mut msg =
+                format!("reconstruct={}: {} channel(s) removed from its inputs", set.reconstruct.name(), cs.removed);
             if let Some(s) = &cs.solver {
                 if s.damp > set.damp {
                     msg.push_str(&format!("; Gram damped with {} (asked {})", s.damp, set.damp));
@@ -445,7 +468,7 @@ fn transpose(w: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 
 fn remove_rows(
     consumers: &mut [Consumer],
-    parts: &[(usize, Vec<usize>)],
+    parts: &[Part],
     by_consumer: &BTreeMap<usize, Vec<usize>>,
     cache: &mut [Option<f64>],
 ) {

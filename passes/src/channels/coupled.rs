@@ -9,8 +9,8 @@
 //! whose producer rows and biases are already zero count as pruned and go first, so running it twice
 //! changes nothing.
 
-use super::graph::zero_slices;
 use super::calibrated::{self, Eligible, Settings};
+use super::graph::zero_slices;
 use super::groups::{channel_groups, zero_channels, ChannelGroup, SliceRole};
 use crate::scope::Scope;
 use sparsify_ir::{Graph, Model, WeightId};
@@ -32,7 +32,12 @@ fn already_zero(g: &Graph, grp: &ChannelGroup) -> Vec<bool> {
 
 /// Run the coupled channel mask on `model` over the weights `scope` selects, with the selection
 /// criterion, repair and budget of `set` (see [`super::calibrated`]).
-pub fn mask_coupled(model: &mut Model, cx: &mut PassCx<'_>, set: Settings, scope: &Scope) -> Result<Changed, PassError> {
+pub fn mask_coupled(
+    model: &mut Model,
+    cx: &mut PassCx<'_>,
+    set: Settings,
+    scope: &Scope,
+) -> Result<Changed, PassError> {
     let g = &model.graph;
     let selected: BTreeSet<WeightId> = scope.select(g).into_iter().map(|x| x.id).collect();
     let mut eligible: Vec<Eligible> = Vec::new();

@@ -24,8 +24,8 @@ use faer::{Accum, Mat, MatRef, Par};
 pub struct RowRemoval {
     n: usize,
     d: usize,
-    /// W [n, d].
-    w: Mat<f64>,
+    /// Wᵀ [d, n] (column-major: each row of W is contiguous).
+    wt: Mat<f64>,
     /// (H + λI)⁻¹ restricted to the rows alive (zero on removed rows / columns), [n, n].
     hinv: Mat<f64>,
     alive: Vec<bool>,
@@ -68,7 +68,11 @@ impl RowRemoval {
     /// damping increase, or on a shape mismatch.
     pub fn new(w: Vec<f64>, n: usize, d: usize, h: &[f64], damp: f64) -> Result<RowRemoval, String> {
         if w.len() != n * d || h.len() != n * n {
-            return Err(format!("shape mismatch: W has {} values for [{n}, {d}], H {} for [{n}, {n}]", w.len(), h.len()));
+            return Err(format!(
+                "shape mismatch: W has {} values for [{n}, {d}], H {} for [{n}, {n}]",
+                w.len(),
+                h.len()
+            ));
         }
         if w.iter().chain(h).any(|v| !v.is_finite()) {
             return Err("non-finite weight or Gram value".into());
@@ -86,8 +90,8 @@ impl RowRemoval {
             let mut inv = Mat::<f64>::zeros(n, n);
             matmul(inv.as_mut(), Accum::Replace, um.transpose(), um, 1.0, Par::Seq);
             if (0..n).all(|i| (0..n).all(|j| inv[(i, j)].is_finite())) {
-                let w = Mat::from_fn(n, d, |i, j| w[i * d + j]);
-                return Ok(RowRemoval { n, d, w, hinv: inv, alive: vec![true; n], damp: frac });
+                let wt = Mat::from_fn(d, n, |c, i| w[i * d + c]);
+                return Ok(RowRemoval { n, d, wt, hinv: inv, alive: vec![true; n], damp: frac });
             }
         }
         Err(format!("the Gram matrix is not positive definite even with damping {frac}"))
@@ -95,7 +99,7 @@ impl RowRemoval {
 
     /// The current W [n, d], row-major.
     pub fn weights(&self) -> Vec<f64> {
-        (0..self.n * self.d).map(|e| self.w[(e / self.d, e % self.d)]).collect()
+        (0..self.n * self.d).map(|e| self.wt[(e % self.d, e / self.d)]).collect()
     }
 
     pub fn rows(&self) -> usize {
@@ -132,20 +136,29 @@ impl RowRemoval {
     fn solve_block(&self, block: &[usize]) -> Option<Vec<f64>> {
         let l = self.factor(block)?;
         let d = self.d;
-        let mut x: Vec<f64> = block.iter().flat_map(|&i| (0..d).map(move |c| (i, c))).map(|(i, c)| self.w[(i, c)]).collect();
+        let mut x: Vec<f64> =
+            block.iter().flat_map(|&i| (0..d).map(move |c| (i, c))).map(|(i, c)| self.wt[(c, i)]).collect();
         chol_solve(&l, block.len(), &mut x, d);
         Some(x)
     }
 
     /// ΔE of removing `block` now: tr(W_Bᵀ (H⁻¹_BB)⁻¹ W_B); 0 for an empty or already removed block.
     pub fn cost(&self, block: &[usize]) -> f64 {
+        if let [j] = block {
+            // One row (MatMul / Gemm input): ‖W_j‖² / H⁻¹_jj.
+            let h = self.hinv[(*j, *j)];
+            if !self.alive[*j] || h.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                return 0.0;
+            }
+            return (0..self.d).map(|c| self.wt[(c, *j)] * self.wt[(c, *j)]).sum::<f64>() / h;
+        }
         let block: Vec<usize> = block.iter().copied().filter(|&i| self.alive[i]).collect();
         if block.is_empty() {
             return 0.0;
         }
         let Some(x) = self.solve_block(&block) else { return 0.0 };
         let d = self.d;
-        block.iter().enumerate().map(|(bi, &i)| (0..d).map(|c| self.w[(i, c)] * x[bi * d + c]).sum::<f64>()).sum()
+        block.iter().enumerate().map(|(bi, &i)| (0..d).map(|c| self.wt[(c, i)] * x[bi * d + c]).sum::<f64>()).sum()
     }
 
     /// Remove `block`: refit the rows left, downdate H⁻¹, zero the block's rows.
@@ -157,14 +170,16 @@ impl RowRemoval {
         let (n, d, b) = (self.n, self.d, block.len());
         if let Some(x) = self.solve_block(&block) {
             // C = H⁻¹[:, B], [n, b]
-            let c: Vec<f64> = (0..n).flat_map(|i| block.iter().map(move |&j| (i, j))).map(|(i, j)| self.hinv[(i, j)]).collect();
+            let c: Vec<f64> =
+                (0..n).flat_map(|i| block.iter().map(move |&j| (i, j))).map(|(i, j)| self.hinv[(i, j)]).collect();
             let cm = MatRef::from_row_major_slice(&c, n, b);
             // W -= C X
             let xm = MatRef::from_row_major_slice(&x, b, d);
-            matmul(self.w.as_mut(), Accum::Add, cm, xm, -1.0, Par::Seq);
+            matmul(self.wt.as_mut(), Accum::Add, xm.transpose(), cm.transpose(), -1.0, Par::Seq);
             // H⁻¹ -= C (H⁻¹_BB)⁻¹ Cᵀ
             if let Some(l) = self.factor(&block) {
-                let mut k: Vec<f64> = (0..b).flat_map(|bi| (0..n).map(move |r| (r, bi))).map(|(r, bi)| c[r * b + bi]).collect();
+                let mut k: Vec<f64> =
+                    (0..b).flat_map(|bi| (0..n).map(move |r| (r, bi))).map(|(r, bi)| c[r * b + bi]).collect();
                 chol_solve(&l, b, &mut k, n);
                 let km = MatRef::from_row_major_slice(&k, b, n);
                 matmul(self.hinv.as_mut(), Accum::Add, cm, km, -1.0, Par::Seq);
@@ -173,7 +188,7 @@ impl RowRemoval {
         for &i in &block {
             self.alive[i] = false;
             for c in 0..d {
-                self.w[(i, c)] = 0.0;
+                self.wt[(c, i)] = 0.0;
             }
             for j in 0..n {
                 self.hinv[(i, j)] = 0.0;
@@ -263,10 +278,7 @@ mod tests {
     #[test]
     fn sequential_removal_equals_the_least_squares_refit() {
         // Blocks of 1 (MatMul rows) and of 3 (a Conv channel's kernel columns), undamped.
-        for (n, d, blocks) in [
-            (8, 5, vec![vec![2], vec![5], vec![0]]),
-            (12, 4, vec![vec![3, 4, 5], vec![9, 10, 11]]),
-        ] {
+        for (n, d, blocks) in [(8, 5, vec![vec![2], vec![5], vec![0]]), (12, 4, vec![vec![3, 4, 5], vec![9, 10, 11]])] {
             let (w, h) = problem(n, d, 40, 7 + n as u64);
             let mut r = RowRemoval::new(w.clone(), n, d, &h, 0.0).unwrap();
             for b in &blocks {
