@@ -85,7 +85,9 @@ fn evaluate(spec: &Spec, dir: &Path, levels: &[f64]) -> Result<()> {
             .ok_or_else(|| anyhow!("no output '{}'", spec.output))?;
         Ok(o.rel_l2_err)
     };
+    let cnn = levels.len() == 1;
     for &s in levels {
+        let mut norm_params = 0;
         for (label, opts) in ROWS {
             let start = Instant::now();
             let mut masked = dense.clone();
@@ -108,6 +110,31 @@ fn evaluate(spec: &Spec, dir: &Path, levels: &[f64]) -> Result<()> {
                 s * 100.0,
                 params(&small),
             );
+            if opts.starts_with("criterion=norm") {
+                norm_params = params(&small);
+            }
+        }
+        if cnn {
+            // scope=global removes cheaper channels: raise its fraction until the parameter count is at
+            // most the norm row's, for a comparison at the same size.
+            for step in 0..=40 {
+                let g = s + 0.01 * step as f64;
+                let mut small = dense.clone();
+                let text = format!("mask{{sparsity={g},granularity=coupled,scope=global}},dead-channel-elim");
+                Pipeline::parse(&text)?.run(&mut small, Some(&calib))?;
+                if params(&small) <= norm_params {
+                    let bytes = to_bytes(&small)?;
+                    let err = pick(&dense_out, &run(&bytes, &sample)?)?;
+                    let metric = (spec.metric)(dir, &bytes, &decls)?;
+                    println!(
+                        "| {} | {:.0}% | obs + obs, scope=global, at the norm row's size | {err:.4} | {metric:.4} | {} | — | — |",
+                        spec.name,
+                        g * 100.0,
+                        params(&small)
+                    );
+                    break;
+                }
+            }
         }
     }
     Ok(())
