@@ -2,12 +2,23 @@
 //! layers) and `char_lm` (the MLP blocks — the only removable channels: the residual stream sits under
 //! LayerNorm and the attention heads are reshaped). Channels are zeroed by lowest group L2 norm, then
 //! `dead-channel-elim` removes them. Prints the dense / pruned latency ratio per model.
+//!
+//! Issue 12: char_lm and MiniLM L3 (when `../shared/models` has it) also go through the calibrated
+//! structured pipeline `mask{sparsity=0.5,granularity=coupled,reconstruct=obs},dead-channel-elim`
+//! (calibration on `calib/`); the bench prints parameters, MACs per example and the median tract
+//! latency before / after, and the held-out rel. L2 of the main output.
+//!
+//! ```text
+//! cargo bench --profile dev --bench channel_speed      # dev profile: deps are optimised there too
+//! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sparsify_onnx::ir::Model;
 use sparsify_onnx::validate::{load_feed, Feed, ModelSource, Runner};
+use sparsify_onnx::TractCalibrator;
 use sparsify_onnx::{input_decls, Pipeline};
 use sparsify_passes::channels::{channel_groups, group_scores, zero_channels};
+use sparsify_passes::dead_channel_elim::{mac_count, param_count};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -70,5 +81,47 @@ fn channel_speed(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, channel_speed);
+/// The calibrated structured pipeline at FFN 50%: params, MACs, latency before / after.
+fn structured_speed(c: &mut Criterion) {
+    let shared = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/models/paraphrase_minilm_l3_v2"));
+    for (name, folder, output, runs) in
+        [("char_lm", dir("char_lm"), "logits", 31), ("paraphrase_minilm_l3_v2", shared, "461", 31)]
+    {
+        if !folder.join("model.onnx").exists() {
+            eprintln!("skipped: {name} absent at {}", folder.display());
+            continue;
+        }
+        let model = sparsify_onnx::load(&folder.join("model.onnx")).unwrap();
+        let decls = input_decls(&model);
+        let feed = load_feed(&folder.join("sample"), &decls).unwrap();
+        let calib = TractCalibrator::new(&load_feed(&folder.join("calib"), &decls).unwrap(), 16).unwrap();
+        let mut small = model.clone();
+        Pipeline::parse("mask{sparsity=0.5,granularity=coupled,reconstruct=obs},dead-channel-elim")
+            .unwrap()
+            .run(&mut small, Some(&calib))
+            .unwrap();
+        let (dense_r, small_r) = (runner(&model, &feed), runner(&small, &feed));
+        let (a, b) = (dense_r.run(&feed).unwrap(), small_r.run(&feed).unwrap());
+        let cmp = sparsify_onnx::validate::compare_outputs(&a, &b, &Default::default());
+        let err = cmp.outputs.iter().find(|o| o.name == output).map_or(f64::NAN, |o| o.rel_l2_err);
+        let mut group = c.benchmark_group(format!("tract-structured-{name}"));
+        group.sample_size(10);
+        group.bench_function("dense", |b| b.iter(|| dense_r.run(&feed).unwrap()));
+        group.bench_function("ffn-50%-obs", |b| b.iter(|| small_r.run(&feed).unwrap()));
+        group.finish();
+        let (d, s) = (median(&dense_r, &feed, runs), median(&small_r, &feed, runs));
+        println!(
+            "{name} (FFN 50%, obs): params {} -> {}, MACs/example {} -> {}, median tract {:.3} ms -> {:.3} ms ({:.2}x), held-out rel L2 {err:.4}",
+            param_count(&model.graph),
+            param_count(&small.graph),
+            mac_count(&model.graph),
+            mac_count(&small.graph),
+            d.as_secs_f64() * 1e3,
+            s.as_secs_f64() * 1e3,
+            d.as_secs_f64() / s.as_secs_f64()
+        );
+    }
+}
+
+criterion_group!(benches, channel_speed, structured_speed);
 criterion_main!(benches);

@@ -263,7 +263,7 @@ impl Pass for BiasCorrect {
 
 /// Add `shift` (the pre-bias output change to undo, per output channel) to the op's bias. Returns where
 /// it went and the largest |shift|.
-fn apply_shift(g: &mut Graph, u: &WeightUse, weight: &str, shift: &[f64]) -> Result<(String, f64), String> {
+pub(crate) fn apply_shift(g: &mut Graph, u: &WeightUse, weight: &str, shift: &[f64]) -> Result<(String, f64), String> {
     let size = shift.iter().fold(0f64, |a, b| a.max(b.abs()));
     let node_id = u.node;
     let node = g.node(node_id).clone();

@@ -10,11 +10,19 @@
 //! - `granularity=channel`: floor(S·C) whole output channels per tensor, ranked by the L2 norm of the
 //!   channel's scores (sqrt(Σ s²); for l2 scores sqrt(Σ s) = ‖w‖₂), and the matching entries of the
 //!   op's bias (Conv input 2, Gemm C) are zeroed too. The pruned channels are listed in the notes.
-//! - `granularity=coupled` (added by the dead-channel-elim work, see [`crate::channels::mask_coupled`]):
-//!   channels coupled across layers (residual adds, BatchNorm, depthwise convs, consumers) are scored as
-//!   a group — the sum of the norms of every coupled producer row and consumer column — and floor(S·n)
-//!   of each group's n removable channels are pruned (producer rows and biases zeroed), so
-//!   `dead-channel-elim` can remove them. Needs `steps=1`.
+//! - `granularity=coupled` (see [`crate::channels::mask_coupled`] and [`crate::channels::calibrated`]):
+//!   channels coupled across layers (residual adds, BatchNorm, depthwise convs, consumers) are chosen as
+//!   a group and pruned by zeroing their producer rows and biases, so `dead-channel-elim` removes them.
+//!   `criterion` picks them: `norm` (the sum of the norms of every coupled producer row and consumer
+//!   column, from the score analysis or |w|), `wanda` (Σ over the consumers of ‖X_j‖·‖W_j‖, from the
+//!   consumer's input Gram), `obs` (greedy structured OBS: least increase of the consumers' output error
+//!   after their refit). `reconstruct` repairs the consumers that lose inputs, from their calibration
+//!   Grams: `obs` (refit of the kept input rows and of the bias), `lsq` (kept rows only), `bias`
+//!   (bias compensation Σ E[x_j]·W_j), `none`. `auto` (default for both) is `obs` with calibration data
+//!   and `norm` / `none` without, so pipelines without `--calib` behave as before. `scope=global` spends
+//!   one budget, floor(S·N) of the N removable channels of every group, across layers by ΔE divided by
+//!   the consumer's output energy (needs `obs` or `wanda`); otherwise floor(S·n) of each group's n
+//!   channels. Needs `steps=1`. With reconstruction the pass may add a bias to a consumer (topology).
 //! - Lowest scores go first; ties prune the higher index first (the lower index is kept); weights that
 //!   are already zero count as pruned and go before everything else, so a group that already has more
 //!   zeros than the target is left as it is.
@@ -22,21 +30,28 @@
 //!   (`linear` S·i/k, `cubic` S·(1−(1−i/k)³)); between steps Wanda scores are recomputed on the partly
 //!   pruned model (recalibration through the calibrator), magnitude scores just lose the pruned entries.
 //!
-//! Effects: weight values. Afterwards the cached scores of pruned elements are 0 and the analysis is
-//! preserved, so a later `nm-legalize` keeps using it. Idempotent: running it on its own output (or
-//! twice) changes nothing. Weights whose axes conflict are skipped for `row`/`channel` (noted).
+//! Effects: weight values (coupled with reconstruction: also topology, a consumer may get a bias).
+//! Afterwards the cached scores of pruned elements are 0 and the analysis is preserved, so a later
+//! `nm-legalize` keeps using it. Idempotent: running it on its own output (or twice) changes nothing
+//! (coupled with reconstruction: the removed channels are dead, so they are chosen again and their
+//! refit is zero; the outputs stay within float rounding, tested). Weights whose axes conflict are
+//! skipped for `row`/`channel` (noted).
 //!
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `sparsity` | `0.5` | target fraction of zeros, in [0, 1] |
 //! | `granularity` | `element` | `element` \| `channel` (whole output channels and their bias) \| `coupled` (coupled channel groups) |
-//! | `scope` | `auto` | comparison group: `auto` \| `layer` \| `row` \| `global` (channel: `auto` \| `layer`) |
+//! | `scope` | `auto` | comparison group: `auto` \| `layer` \| `row` \| `global` (channel: `auto` \| `layer`; coupled: not `row`) |
 //! | `steps` | `1` | number of pruning steps |
+//! | `criterion` | `auto` | coupled only: `auto` \| `obs` \| `wanda` \| `norm` |
+//! | `reconstruct` | `auto` | coupled only: `auto` \| `obs` \| `lsq` \| `bias` \| `none` |
+//! | `damp` | `0.01` | coupled only: Gram dampening, fraction of the mean diagonal |
 //! | `schedule` | `oneshot` | `oneshot` (needs `steps=1`) \| `linear` \| `cubic` |
 //! | `allocate`, `max_error`, `min_sparsity`, `max_sparsity`, `levels` | see [`crate::budget`] | sparsity budgets (sensitivity allocation, error bound) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are masked |
 
 use crate::budget::{Budget, BUDGET_OPTIONS};
+use crate::channels::calibrated::{Criterion, Reconstruct, Settings};
 use crate::schedule::PruningSchedule;
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::{compute_scores, ScoreRecipe};
@@ -46,7 +61,7 @@ use crate::util::score_math::Method;
 use sparsify_ir::Model;
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
 
-const OPTIONS: [OptionSpec; 14] = [
+const OPTIONS: [OptionSpec; 17] = [
     OptionSpec { name: "sparsity", default: "0.5", help: "target fraction of zeros per comparison group, in [0, 1]" },
     OptionSpec {
         name: "granularity",
@@ -67,6 +82,23 @@ const OPTIONS: [OptionSpec; 14] = [
         name: "schedule",
         default: "oneshot",
         help: "sparsity per step: oneshot (steps=1) | linear | cubic (Zhu & Gupta)",
+    },
+    OptionSpec {
+        name: "criterion",
+        default: "auto",
+        help: "granularity=coupled: channel choice: auto (obs with --calib, else norm) | obs (least output error \
+               after refit, greedy) | wanda (‖X_j‖·‖W_j‖ over the consumers) | norm (weight norms)",
+    },
+    OptionSpec {
+        name: "reconstruct",
+        default: "auto",
+        help: "granularity=coupled: repair of the consumers: auto (obs with --calib, else none) | obs (OBS refit of \
+               kept rows and bias) | lsq (refit of kept rows) | bias (bias compensation) | none",
+    },
+    OptionSpec {
+        name: "damp",
+        default: "0.01",
+        help: "granularity=coupled: Gram dampening, as a fraction of its mean diagonal",
     },
     BUDGET_OPTIONS[0],
     BUDGET_OPTIONS[1],
@@ -103,6 +135,10 @@ pub struct MaskPass {
     scope: Scope,
     /// `granularity=coupled`: group-aware channel masking (crate::channels::mask_coupled).
     coupled: bool,
+    /// `granularity=coupled`: `criterion` / `reconstruct` (None = auto) and `damp`.
+    criterion: Option<Criterion>,
+    reconstruct: Option<Reconstruct>,
+    damp: f64,
     /// `allocate=sensitivity` / `max_error` (crate::budget).
     budget: Option<Budget>,
 }
@@ -130,8 +166,28 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
         "cubic" => Schedule::Cubic,
         _ => Schedule::OneShot,
     };
+    let criterion = match opts.take_choice("criterion", &["auto", "obs", "wanda", "norm"], "auto")?.as_str() {
+        "obs" => Some(Criterion::Obs),
+        "wanda" => Some(Criterion::Wanda),
+        "norm" => Some(Criterion::Norm),
+        _ => None,
+    };
+    let reconstruct = match opts.take_choice("reconstruct", &["auto", "obs", "lsq", "bias", "none"], "auto")?.as_str() {
+        "obs" => Some(Reconstruct::Obs),
+        "lsq" => Some(Reconstruct::Lsq),
+        "bias" => Some(Reconstruct::Bias),
+        "none" => Some(Reconstruct::None),
+        _ => None,
+    };
+    let damp = opts.take_range("damp", 0.01, 0.0, 100.0)?;
     let budget = Budget::from_options(opts)?;
     let scope = Scope::from_options(opts)?;
+    if !coupled && (criterion.is_some() || reconstruct.is_some() || damp != 0.01) {
+        return Err(opts.error((0, 0), "mask: criterion, reconstruct and damp apply to granularity=coupled"));
+    }
+    if coupled && group == Group::Row {
+        return Err(opts.error((0, 0), "mask: granularity=coupled takes scope=auto, layer (per group) or global"));
+    }
     if budget.is_some() && (granularity != Granularity::Element || steps > 1) {
         return Err(opts.error((0, 0), "mask: allocate=sensitivity / max_error need granularity=element and steps=1"));
     }
@@ -143,7 +199,7 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
             opts.error((0, 0), "mask: steps > 1 needs schedule=linear or schedule=cubic (oneshot prunes at once)")
         );
     }
-    if granularity == Granularity::Channel && matches!(group, Group::Row | Group::Global) {
+    if granularity == Granularity::Channel && !coupled && matches!(group, Group::Row | Group::Global) {
         return Err(opts.error(
             (0, 0),
             "mask: granularity=channel compares channels within each tensor: use scope=auto or scope=layer",
@@ -152,7 +208,19 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
     if coupled && steps > 1 {
         return Err(opts.error((0, 0), "mask: granularity=coupled prunes in one step (steps=1)"));
     }
-    Ok(Box::new(MaskPass { sparsity, granularity, group, steps, schedule, scope, coupled, budget }))
+    Ok(Box::new(MaskPass {
+        sparsity,
+        granularity,
+        group,
+        steps,
+        schedule,
+        scope,
+        coupled,
+        criterion,
+        reconstruct,
+        damp,
+        budget,
+    }))
 }
 
 impl MaskPass {
@@ -185,7 +253,12 @@ impl Pass for MaskPass {
         INFO.name
     }
     fn effects(&self) -> Effects {
-        INFO.effects
+        // Reconstruction may give a consumer a new bias (input or Add node).
+        if self.coupled && self.reconstruct != Some(Reconstruct::None) {
+            Effects(Effects::WEIGHT_VALUES.0 | Effects::TOPOLOGY.0)
+        } else {
+            INFO.effects
+        }
     }
     fn options(&self) -> Vec<(&'static str, String)> {
         let mut v = vec![
@@ -211,6 +284,12 @@ impl Pass for MaskPass {
                 .to_string(),
             ),
         ];
+        if self.coupled {
+            let auto = |n: Option<&'static str>| n.unwrap_or("auto").to_string();
+            v.push(("criterion", auto(self.criterion.map(Criterion::name))));
+            v.push(("reconstruct", auto(self.reconstruct.map(Reconstruct::name))));
+            v.push(("damp", format!("{}", self.damp)));
+        }
         if let Some(b) = &self.budget {
             v.extend(b.options());
         }
@@ -224,7 +303,15 @@ impl Pass for MaskPass {
         }
         if self.coupled {
             let stage = cx.stage("mask (coupled channels)", 1);
-            let changed = crate::channels::mask_coupled(model, cx, self.sparsity, &self.scope);
+            let calibrated = cx.calibrator.is_some();
+            let set = Settings {
+                sparsity: self.sparsity,
+                criterion: self.criterion.unwrap_or(if calibrated { Criterion::Obs } else { Criterion::Norm }),
+                reconstruct: self.reconstruct.unwrap_or(if calibrated { Reconstruct::Obs } else { Reconstruct::None }),
+                global: self.group == Group::Global,
+                damp: self.damp,
+            };
+            let changed = crate::channels::mask_coupled(model, cx, set, &self.scope);
             stage.inc(1);
             return changed;
         }

@@ -9,10 +9,10 @@
 //! whose producer rows and biases are already zero count as pruned and go first, so running it twice
 //! changes nothing.
 
+use super::calibrated::{self, Eligible, Settings};
 use super::graph::zero_slices;
-use super::groups::{channel_groups, group_scores, zero_channels, ChannelGroup, SliceRole};
+use super::groups::{channel_groups, zero_channels, ChannelGroup, SliceRole};
 use crate::scope::Scope;
-use crate::scores::WeightScores;
 use sparsify_ir::{Graph, Model, WeightId};
 use sparsify_pm::{Changed, PassCx, PassError};
 use std::collections::BTreeSet;
@@ -30,50 +30,38 @@ fn already_zero(g: &Graph, grp: &ChannelGroup) -> Vec<bool> {
     out
 }
 
-/// Run the coupled channel mask on `model` at sparsity `s` over the weights `scope` selects.
-pub fn mask_coupled(model: &mut Model, cx: &mut PassCx<'_>, s: f64, scope: &Scope) -> Result<Changed, PassError> {
-    let g = &mut model.graph;
+/// Run the coupled channel mask on `model` over the weights `scope` selects, with the selection
+/// criterion, repair and budget of `set` (see [`super::calibrated`]).
+pub fn mask_coupled(
+    model: &mut Model,
+    cx: &mut PassCx<'_>,
+    set: Settings,
+    scope: &Scope,
+) -> Result<Changed, PassError> {
+    let g = &model.graph;
     let selected: BTreeSet<WeightId> = scope.select(g).into_iter().map(|x| x.id).collect();
-    let mut picks: Vec<(ChannelGroup, Vec<usize>)> = Vec::new();
-    let mut notes = Vec::new();
-    {
-        let scores = cx.analyses.get::<WeightScores>();
-        for grp in channel_groups(g) {
-            let producers: Vec<&WeightId> =
-                grp.slices.iter().filter(|x| x.role == SliceRole::Producer).map(|x| &x.weight).collect();
-            let Some(first) = producers.first().map(|w| w.name().to_string()) else { continue };
-            if producers.iter().any(|w| !selected.contains(*w)) {
-                continue;
-            }
-            let free: Vec<usize> = (0..grp.channels).filter(|&c| grp.blocked[c].is_none()).collect();
-            if free.is_empty() {
-                let why = grp.blocked.iter().flatten().next().cloned().unwrap_or_default();
-                notes.push((first, format!("coupled channels not pruned: {why}")));
-                continue;
-            }
-            let sc = group_scores(g, &grp, scores)?;
-            let zero = already_zero(g, &grp);
-            let key = |c: usize| if zero[c] { f64::NEG_INFINITY } else { sc[c] };
-            let mut order = free.clone();
-            order.sort_by(|&a, &b| key(a).total_cmp(&key(b)).then(b.cmp(&a)));
-            let k = (s * free.len() as f64 + 1e-9).floor() as usize;
-            order.truncate(k);
-            order.sort();
-            let n_prod = producers.len();
-            notes.push((
-                first,
-                format!("coupled group of {n_prod} producer(s): pruning {k} of {} removable channels", free.len()),
-            ));
-            picks.push((grp, order));
+    let mut eligible: Vec<Eligible> = Vec::new();
+    for grp in channel_groups(g) {
+        let producers: Vec<&WeightId> =
+            grp.slices.iter().filter(|x| x.role == SliceRole::Producer).map(|x| &x.weight).collect();
+        let Some(first) = producers.first().map(|w| w.name().to_string()) else { continue };
+        if producers.iter().any(|w| !selected.contains(*w)) {
+            continue;
         }
+        let free: Vec<usize> = (0..grp.channels).filter(|&c| grp.blocked[c].is_none()).collect();
+        if free.is_empty() {
+            let why = grp.blocked.iter().flatten().next().cloned().unwrap_or_default();
+            cx.note(first, format!("coupled channels not pruned: {why}"));
+            continue;
+        }
+        let zero = already_zero(g, &grp);
+        eligible.push(Eligible { group: grp, free, zero, subject: first });
     }
-    let mut changed = 0;
+    let (picks, mut changed) = calibrated::run(model, cx, eligible, set)?;
+    let g = &mut model.graph;
     for (grp, chans) in &picks {
         changed += zero_channels(g, grp, chans)?;
         cx.stat("channels_pruned", chans.len() as f64);
-    }
-    for (subject, msg) in notes {
-        cx.note(subject, msg);
     }
     cx.stat("coupled_groups", picks.len() as f64);
     cx.stat("elements_zeroed", changed as f64);

@@ -17,11 +17,13 @@
 //!
 //! [`channel_groups`] exposes the result for group-aware channel scoring.
 
+pub mod calibrated;
 pub(crate) mod consts;
 mod coupled;
 pub(crate) mod fold;
 mod graph;
 mod groups;
+pub mod obs_removal;
 mod ops;
 pub(crate) mod plan;
 mod producers;
