@@ -12,8 +12,8 @@
 //! `sample/` inputs, which calibration never sees.
 
 use anyhow::{anyhow, bail, Result};
-use sparsify_onnx::validate::{self, Thresholds};
 use sparsify_onnx::token_mask::TokenMask;
+use sparsify_onnx::validate::{self, Thresholds};
 use sparsify_onnx::{input_decls, load, to_bytes, Pipeline, TractCalibrator};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

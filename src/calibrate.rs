@@ -144,7 +144,8 @@ impl Calibrator for TractCalibrator {
         let mut out: Vec<Acc> = requests.iter().map(|_| Acc::Empty).collect();
         self.for_each_activation(model, &names, |i, all, batch| {
             // Real-token positions of this activation (features on the last axis), when a mask applies.
-            let real = self.mask.as_ref().and_then(|m| batch.get(m)).and_then(|m| token_mask::real_positions(m, all));
+            let mask = self.mask.as_ref().and_then(|m| batch.get(m));
+            let real = mask.and_then(|m| token_mask::real_positions(m, all));
             let (mut vals_all, mut vals_real): (Option<Vec<f64>>, Option<Vec<f64>>) = (None, None);
             for (ri, r) in requests.iter().enumerate() {
                 let tensor = r.tensor();
@@ -189,11 +190,18 @@ impl Calibrator for TractCalibrator {
                             .get(ax)
                             .ok_or_else(|| err(format!("feature axis {ax} out of range for shape {shape:?}")))?;
                         if matches!(out[ri], Acc::Empty) {
-                            out[ri] = Acc::Gram(GramAcc::new(k));
+                            out[ri] = Acc::Gram(GramAcc::new(k), None);
                         }
-                        let Acc::Gram(acc) = &mut out[ri] else { unreachable!("set above") };
+                        let Acc::Gram(acc, padding) = &mut out[ri] else { unreachable!("set above") };
                         let v = vals.get_or_insert_with(|| a.to_f64_vec());
                         acc.add_features(v, shape, ax).map_err(err)?;
+                        // The padded rows go to their own Gram: used only when the real rows are too
+                        // few for the feature count (see `Acc::finish`).
+                        if let (true, Some(pad)) = (last_axis, mask.and_then(|m| token_mask::padded_positions(m, all)))
+                        {
+                            let pacc = padding.get_or_insert_with(|| GramAcc::new(k));
+                            pacc.add_features(&pad.to_f64_vec(), pad.shape(), 1).map_err(err)?;
+                        }
                     }
                     CalibRequest::ConvGram { .. } => {
                         let geo = ConvGeometry::of_request(r).expect("a ConvGram request");
@@ -210,15 +218,20 @@ impl Calibrator for TractCalibrator {
                         let ax = feature_axis(a.shape(), *axis).map_err(err)?;
                         let v = vals.get_or_insert_with(|| a.to_f64_vec());
                         let (sums, rows) = feature_sums(v, a.shape(), ax).map_err(err)?;
-                        match &mut out[ri] {
-                            Acc::Sum(acc, n) => {
-                                if acc.len() != sums.len() {
-                                    return Err(err("feature count changed between batches".into()));
-                                }
-                                acc.iter_mut().zip(&sums).for_each(|(a, b)| *a += b);
-                                *n += rows;
-                            }
-                            slot => *slot = Acc::Sum(sums, rows),
+                        // Padded rows apart, as for Gram matrices (the two must agree: solves combine them).
+                        let pad = match (last_axis, mask.and_then(|m| token_mask::padded_positions(m, all))) {
+                            (true, Some(p)) => Some(feature_sums(&p.to_f64_vec(), p.shape(), 1).map_err(err)?),
+                            _ => None,
+                        };
+                        if matches!(out[ri], Acc::Empty) {
+                            out[ri] = Acc::Sum((vec![0.0; sums.len()], 0), None);
+                        }
+                        let Acc::Sum(acc, padding) = &mut out[ri] else {
+                            return Err(err("a request answered twice".into()));
+                        };
+                        add_sums(acc, (&sums, rows)).map_err(err)?;
+                        if let Some((p, n)) = pad {
+                            add_sums(padding.get_or_insert_with(|| (vec![0.0; p.len()], 0)), (&p, n)).map_err(err)?;
                         }
                     }
                     CalibRequest::ConvPatchSum { kernel, strides, pads, dilations, groups, .. } => {
@@ -274,6 +287,16 @@ impl Calibrator for TractCalibrator {
     }
 }
 
+/// Add per-feature sums and their row count to an accumulator.
+fn add_sums(acc: &mut (Vec<f64>, u64), (sums, rows): (&[f64], u64)) -> Result<(), String> {
+    if acc.0.len() != sums.len() {
+        return Err("feature count changed between batches".into());
+    }
+    acc.0.iter_mut().zip(sums).for_each(|(a, b)| *a += b);
+    acc.1 += rows;
+    Ok(())
+}
+
 /// The index of a feature axis in `shape`.
 fn feature_axis(shape: &[usize], axis: FeatureAxis) -> Result<usize, String> {
     match axis {
@@ -288,9 +311,11 @@ fn feature_axis(shape: &[usize], axis: FeatureAxis) -> Result<usize, String> {
 enum Acc {
     Empty,
     SqNorm(Vec<f64>, u64),
-    Gram(GramAcc),
+    /// The Gram of the counted rows and, when a token mask applies, the Gram of the padded rows.
+    Gram(GramAcc, Option<GramAcc>),
     Groups(Vec<GramAcc>),
-    Sum(Vec<f64>, u64),
+    /// Σ x and rows of the counted rows and, when a token mask applies, of the padded rows.
+    Sum((Vec<f64>, u64), Option<(Vec<f64>, u64)>),
     GroupSum(Vec<Vec<f64>>, u64),
     Values(Vec<f32>, Vec<usize>),
 }
@@ -299,8 +324,15 @@ impl Acc {
     fn finish(self, r: &CalibRequest) -> CalibStat {
         match (self, r) {
             (Acc::SqNorm(sums, rows), _) => CalibStat::FeatureSqNorm { sums, rows },
-            (Acc::Gram(acc), _) => {
+            (Acc::Gram(mut acc, padding), _) => {
                 let k = acc.k();
+                // Real tokens only, unless they are fewer than twice the features: a Gram from so few
+                // rows is (nearly) singular and the solves that use it overfit (measured on MiniLM's
+                // 1536-wide FFN input with 1106 real positions); then every position counts. Feature
+                // sums follow the same rule, so a solve that combines a Gram with means sees one set of rows.
+                if let Some(pad) = padding.filter(|_| acc.rows() < 2 * k as u64) {
+                    acc.absorb(pad);
+                }
                 let (h, rows) = acc.finish();
                 CalibStat::Gram { h, k, rows }
             }
@@ -309,7 +341,13 @@ impl Acc {
                 let rows = accs.first().map_or(0, |a| a.rows());
                 CalibStat::GroupGrams { h: accs.into_iter().map(|a| a.finish().0).collect(), k, rows }
             }
-            (Acc::Sum(sums, rows), _) => CalibStat::FeatureSum { sums, rows },
+            (Acc::Sum((mut sums, mut rows), padding), _) => {
+                if let Some((p, n)) = padding.filter(|_| rows < 2 * sums.len() as u64) {
+                    sums.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+                    rows += n;
+                }
+                CalibStat::FeatureSum { sums, rows }
+            }
             (Acc::GroupSum(sums, rows), _) => CalibStat::GroupSums { sums, rows },
             (Acc::Values(values, shape), _) => CalibStat::Values { values, shape },
             (Acc::Empty, CalibRequest::FeatureSum { .. }) => CalibStat::FeatureSum { sums: Vec::new(), rows: 0 },

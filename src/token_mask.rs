@@ -6,6 +6,10 @@
 //! real positions in every per-position statistic of a MatMul / Gemm input (Wanda norms, SparseGPT Gram
 //! matrices, bias-correction means).
 //!
+//! - Gram matrices and feature means count the real positions only when they number at least twice the
+//!   features; otherwise every position counts for both (a Gram from fewer rows than features is
+//!   singular and its solves overfit; means follow so that solves combining the two see one set of rows).
+//!   The calibrator accumulates the padded rows apart and decides when a sweep ends.
 //! - [`TokenMask::Auto`] (the default): a calibration input whose name contains `mask` (any case, e.g.
 //!   `attention_mask`, `input_mask`) is used when it holds only 0/1 values and another calibration input
 //!   has exactly its shape (the token ids). At most one such input may qualify; otherwise nothing is used
@@ -124,6 +128,13 @@ pub fn real_rows(mask: &Array, act: &[usize]) -> Option<Vec<bool>> {
 /// when the mask does not apply to it.
 pub fn real_positions(mask: &Array, act: &Array) -> Option<Array> {
     let keep = real_rows(mask, act.shape())?;
+    act.select_rows(*act.shape().last()?, &keep)
+}
+
+/// The padding rows of `act` (mask entry 0) as a `[padded, features]` array, or `None` when the mask
+/// does not apply to it.
+pub fn padded_positions(mask: &Array, act: &Array) -> Option<Array> {
+    let keep: Vec<bool> = real_rows(mask, act.shape())?.into_iter().map(|r| !r).collect();
     act.select_rows(*act.shape().last()?, &keep)
 }
 

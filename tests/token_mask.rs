@@ -58,6 +58,42 @@ fn real_token_statistics_change_wanda_on_padded_data_and_nothing_on_unpadded() {
     assert!(pruned(&m0, &auto) == pruned(&m0, &off), "unpadded data: the mask must change nothing");
 }
 
+/// Gram matrices and means count real tokens only when there are at least twice as many as features;
+/// MiniLM's calibration set has 1106 real positions of 2048: its 384-wide inputs count real tokens, its
+/// 1536-wide FFN input counts every position (for Gram and mean alike), Wanda norms always real tokens.
+#[test]
+fn grams_and_means_fall_back_to_every_position_when_real_tokens_are_few() {
+    use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis};
+    let Some(dir) = common::minilm() else { return };
+    let m0 = model(&dir);
+    let cal = TractCalibrator::new(&feed(&dir, "calib", &m0), 16).unwrap();
+    let g = &m0.graph;
+    let input_of = |k: i64| {
+        let w = g.find_weights().into_iter().find(|w| g.weight(&w.id).unwrap().dims[0] == k).unwrap();
+        g.node(w.uses[0].node).inputs[0].clone()
+    };
+    for (k, want) in [(384usize, 1106u64), (1536, 2048)] {
+        let tensor = input_of(k as i64);
+        let axis = FeatureAxis::Last;
+        let reqs = [
+            CalibRequest::Gram { tensor: tensor.clone(), axis },
+            CalibRequest::FeatureSum { tensor: tensor.clone(), axis },
+            CalibRequest::FeatureSqNorm { tensor, axis },
+        ];
+        let st = cal.collect(&m0, &reqs).unwrap();
+        let rows: Vec<u64> = st
+            .iter()
+            .map(|s| match s {
+                CalibStat::Gram { rows, .. }
+                | CalibStat::FeatureSum { rows, .. }
+                | CalibStat::FeatureSqNorm { rows, .. } => *rows,
+                _ => panic!("unexpected answer"),
+            })
+            .collect();
+        assert_eq!(rows, vec![want, want, 1106], "{k} features");
+    }
+}
+
 #[test]
 fn a_named_mask_must_exist_and_hold_zeros_and_ones() {
     let dir = common::bundled("char_lm");

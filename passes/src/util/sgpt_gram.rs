@@ -38,6 +38,13 @@ impl GramAcc {
         self.rows
     }
 
+    /// Add another accumulator's rows (same `k`).
+    pub fn absorb(&mut self, other: GramAcc) {
+        assert_eq!(self.k, other.k, "GramAcc::absorb: feature counts");
+        self.lower += &other.lower;
+        self.rows += other.rows;
+    }
+
     /// Add the rows of a row-major `rows × k` matrix.
     pub fn add_rows(&mut self, x: &[f64], rows: usize) {
         assert_eq!(x.len(), rows * self.k, "GramAcc::add_rows: slice length");
