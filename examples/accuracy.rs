@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example accuracy -- bias      # bias-correct / RIA rows
+//! cargo run --release --example accuracy -- ls        # ls-correct rows (issue 15)
 //! cargo run --release --example accuracy -- budget    # mask{max_error=E}, uniform vs allocate=sensitivity
 //! cargo run --release --example accuracy -- budget char_lm   # one model
 //! ```
@@ -34,16 +35,31 @@ const BIAS_ROWS: &[(&str, &str)] = &[
     ("sparsegpt 2:4 + bias-correct", "sparsegpt{n=2,m=4},bias-correct"),
 ];
 
+/// LS correction (issue 15): each pruning with and without `ls-correct`, and the shift alone
+/// (`scale=false`, a sequential mean correction of the outputs) to show what the slope adds.
+const LS_ROWS: &[(&str, &str)] = &[
+    ("wanda 50%", "score{method=wanda},mask{sparsity=0.5}"),
+    ("wanda 50% + bias-correct", "score{method=wanda},mask{sparsity=0.5},bias-correct"),
+    ("wanda 50% + ls-correct{scale=false}", "score{method=wanda},mask{sparsity=0.5},ls-correct{scale=false}"),
+    ("wanda 50% + ls-correct", "score{method=wanda},mask{sparsity=0.5},ls-correct"),
+    ("sparsegpt 50%", "sparsegpt{sparsity=0.5}"),
+    ("sparsegpt 50% + ls-correct", "sparsegpt{sparsity=0.5},ls-correct"),
+    ("wanda 2:4", "score{method=wanda},nm-legalize{n=2,m=4}"),
+    ("wanda 2:4 + ls-correct", "score{method=wanda},nm-legalize{n=2,m=4},ls-correct"),
+    ("sparsegpt 2:4", "sparsegpt{n=2,m=4}"),
+    ("sparsegpt 2:4 + ls-correct", "sparsegpt{n=2,m=4},ls-correct"),
+];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mode, only) = match args.as_slice() {
         [m] => (m.clone(), None),
         [m, name] => (m.clone(), Some(name.clone())),
-        _ => bail!("usage: accuracy bias|budget [MODEL]"),
+        _ => bail!("usage: accuracy bias|ls|budget [MODEL]"),
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     match mode.as_str() {
-        "bias" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
+        "bias" | "ls" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
         "budget" => println!(
             "| model | allocation | error bound E | global sparsity | validated rel. L2 (calib) | held-out rel. L2 (sample) | task metric | seconds |\n|---|---|---|---|---|---|---|---|"
         ),
@@ -62,8 +78,9 @@ fn main() -> Result<()> {
             eprintln!("skipped: {} absent at {}", spec.name, dir.display());
             continue;
         }
-        if mode == "bias" {
-            let rows: Vec<(String, String)> = BIAS_ROWS.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect();
+        if mode == "bias" || mode == "ls" {
+            let table = if mode == "bias" { BIAS_ROWS } else { LS_ROWS };
+            let rows: Vec<(String, String)> = table.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect();
             evaluate(spec, &dir, &rows, false)?;
         } else {
             let mut rows = Vec::new();
