@@ -52,7 +52,7 @@ fn correct(dense: &Model, current: &mut Model, cal: &dyn Calibrator) -> (BTreeMa
     let mut cache = AnalysisCache::default();
     cache.insert(DenseSnapshot { model: dense.clone() });
     let mut cx = PassCx::new(&mut cache, Some(cal));
-    LsCorrect { scale: true, scope: Scope::default() }.run(current, &mut cx).unwrap();
+    LsCorrect { scale: true, min_positions: 1, scope: Scope::default() }.run(current, &mut cx).unwrap();
     (cx.counters.clone(), cx.notes.iter().map(|n| format!("{}: {}", n.subject, n.message)).collect())
 }
 
@@ -185,4 +185,26 @@ fn lowers_the_error_of_wanda_on_char_lm() {
     let (e0, e1) = (rel_l2(&dense, &plain, &sample), rel_l2(&dense, &fixed, &sample));
     println!("char_lm wanda 50%: rel L2 {e0:.4} -> {e1:.4} with ls-correct");
     assert!(e1 < 0.95 * e0, "ls-correct did not lower the error by 5% ({e0} -> {e1})");
+}
+
+/// An op whose output has fewer calibration positions per channel than `min_positions` (default 64)
+/// is left alone, with the reason in the report.
+#[test]
+fn few_positions_are_left_alone() {
+    let dense = mlp();
+    let feed = varied_feed(&[4, 3, 8], 0.91);
+    let cal = TractCalibrator::new(&feed, 2).unwrap();
+    let mut m = dense.clone();
+    let rep =
+        Pipeline::parse("mask{sparsity=0.5},ls-correct").unwrap().run(&mut m, Some(&cal as &dyn Calibrator)).unwrap();
+    let ls = rep.passes.last().unwrap();
+    assert_eq!(ls.counters.get("ops_corrected"), None, "{:?}", ls.notes);
+    assert_eq!(ls.counters.get("ops_skipped").copied(), Some(2.0));
+    assert!(ls.notes.iter().all(|n| n.message.contains("only 12 calibration positions")), "{:?}", ls.notes);
+    let mut m = dense.clone();
+    let rep = Pipeline::parse("mask{sparsity=0.5},ls-correct{min_positions=12}")
+        .unwrap()
+        .run(&mut m, Some(&cal as &dyn Calibrator))
+        .unwrap();
+    assert_eq!(rep.passes.last().unwrap().counters.get("ops_corrected").copied(), Some(2.0));
 }

@@ -45,11 +45,17 @@ use sparsify_pm::{
     PassInfo, PipelineError,
 };
 
-const OPTIONS: [OptionSpec; 5] = [
+const OPTIONS: [OptionSpec; 6] = [
     OptionSpec {
         name: "scale",
         default: "true",
         help: "fit the per-channel slope a = Cov(ỹ, y)/Var(ỹ) (false: a = 1, only the mean shift)",
+    },
+    OptionSpec {
+        name: "min_positions",
+        default: "64",
+        help: "leave an op alone when its output has fewer calibration positions per channel (a fit on a few \
+               rows does not generalize)",
     },
     SCOPE_OPTIONS[0],
     SCOPE_OPTIONS[1],
@@ -68,12 +74,15 @@ pub const INFO: PassInfo = PassInfo {
 
 fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
     let scale = opts.take_bool("scale", true)?;
-    Ok(Box::new(LsCorrect { scale, scope: Scope::from_options(opts)? }))
+    let min_positions = opts.take_usize("min_positions", 64)?;
+    Ok(Box::new(LsCorrect { scale, min_positions, scope: Scope::from_options(opts)? }))
 }
 
 pub struct LsCorrect {
     /// Fit the slope (`scale=true`); else a = 1.
     pub scale: bool,
+    /// Ops whose output has fewer calibration positions per channel are left alone.
+    pub min_positions: usize,
     pub scope: Scope,
 }
 
@@ -143,7 +152,7 @@ impl Pass for LsCorrect {
         INFO.effects
     }
     fn options(&self) -> Vec<(&'static str, String)> {
-        let mut v = vec![("scale", self.scale.to_string())];
+        let mut v = vec![("scale", self.scale.to_string()), ("min_positions", self.min_positions.to_string())];
         v.extend(self.scope.options());
         v
     }
@@ -296,6 +305,12 @@ impl LsCorrect {
     /// Fit one op and write the result: the shift (and the bias scaled by a) first, then the weights.
     fn correct(&self, model: &mut Model, job: &Job, st: &PairStat) -> Result<(ChannelFit, String, f64), String> {
         let u = &job.use_;
+        if st.rows < self.min_positions as u64 {
+            return Err(format!(
+                "only {} calibration positions per channel (min_positions={}): a fit would not generalize",
+                st.rows, self.min_positions
+            ));
+        }
         let fit = fit_channels(st, self.scale && job.scalable)?;
         let shape = model.graph.weight(&job.weight).ok_or("weight vanished")?.shape();
         let out_axis = u.out_axis;
