@@ -187,24 +187,25 @@ fn lowers_the_error_of_wanda_on_char_lm() {
     assert!(e1 < 0.95 * e0, "ls-correct did not lower the error by 5% ({e0} -> {e1})");
 }
 
-/// An op whose output has fewer calibration positions per channel than `min_positions` (default 64)
-/// is left alone, with the reason in the report.
+/// An op whose output has fewer calibration positions per channel than `min_positions` is left alone,
+/// with the reason in the report.
 #[test]
 fn few_positions_are_left_alone() {
     let dense = mlp();
     let feed = varied_feed(&[4, 3, 8], 0.91);
     let cal = TractCalibrator::new(&feed, 2).unwrap();
     let mut m = dense.clone();
-    let rep =
-        Pipeline::parse("mask{sparsity=0.5},ls-correct").unwrap().run(&mut m, Some(&cal as &dyn Calibrator)).unwrap();
+    let rep = Pipeline::parse("mask{sparsity=0.5},ls-correct{min_positions=13}")
+        .unwrap()
+        .run(&mut m, Some(&cal as &dyn Calibrator))
+        .unwrap();
     let ls = rep.passes.last().unwrap();
     assert_eq!(ls.counters.get("ops_corrected"), None, "{:?}", ls.notes);
     assert_eq!(ls.counters.get("ops_skipped").copied(), Some(2.0));
     assert!(ls.notes.iter().all(|n| n.message.contains("only 12 calibration positions")), "{:?}", ls.notes);
+    // The default (1) corrects them.
     let mut m = dense.clone();
-    let rep = Pipeline::parse("mask{sparsity=0.5},ls-correct{min_positions=12}")
-        .unwrap()
-        .run(&mut m, Some(&cal as &dyn Calibrator))
-        .unwrap();
+    let rep =
+        Pipeline::parse("mask{sparsity=0.5},ls-correct").unwrap().run(&mut m, Some(&cal as &dyn Calibrator)).unwrap();
     assert_eq!(rep.passes.last().unwrap().counters.get("ops_corrected").copied(), Some(2.0));
 }
