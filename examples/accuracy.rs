@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example accuracy -- bias      # bias-correct / RIA rows
+//! cargo run --release --example accuracy -- ls        # ls-correct rows (issue 15)
 //! cargo run --release --example accuracy -- budget    # mask{max_error=E}, uniform vs allocate=sensitivity
 //! cargo run --release --example accuracy -- budget char_lm   # one model
 //! cargo run --release --example accuracy -- quality   # issue 15: real-token statistics, refine, recipes
@@ -51,16 +52,31 @@ const QUALITY_ROWS: &[(&str, &str)] = &[
     ("sparsegpt 2:4 damp=0.1", "sparsegpt{n=2,m=4,damp=0.1}"),
 ];
 
+/// LS correction (issue 15): each pruning with and without `ls-correct`, and the shift alone
+/// (`scale=false`, a sequential mean correction of the outputs) to show what the slope adds.
+const LS_ROWS: &[(&str, &str)] = &[
+    ("wanda 50%", "score{method=wanda},mask{sparsity=0.5}"),
+    ("wanda 50% + bias-correct", "score{method=wanda},mask{sparsity=0.5},bias-correct"),
+    ("wanda 50% + ls-correct{scale=false}", "score{method=wanda},mask{sparsity=0.5},ls-correct{scale=false}"),
+    ("wanda 50% + ls-correct", "score{method=wanda},mask{sparsity=0.5},ls-correct"),
+    ("sparsegpt 50%", "sparsegpt{sparsity=0.5}"),
+    ("sparsegpt 50% + ls-correct", "sparsegpt{sparsity=0.5},ls-correct"),
+    ("wanda 2:4", "score{method=wanda},nm-legalize{n=2,m=4}"),
+    ("wanda 2:4 + ls-correct", "score{method=wanda},nm-legalize{n=2,m=4},ls-correct"),
+    ("sparsegpt 2:4", "sparsegpt{n=2,m=4}"),
+    ("sparsegpt 2:4 + ls-correct", "sparsegpt{n=2,m=4},ls-correct"),
+];
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mode, only) = match args.as_slice() {
         [m] => (m.clone(), None),
         [m, name] => (m.clone(), Some(name.clone())),
-        _ => bail!("usage: accuracy bias|budget|quality [MODEL]"),
+        _ => bail!("usage: accuracy bias|budget|quality|ls [MODEL]"),
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     match mode.as_str() {
-        "bias" | "quality" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
+        "bias" | "quality" | "ls" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
         "budget" => println!(
             "| model | allocation | error bound E | global sparsity | validated rel. L2 (calib) | held-out rel. L2 (sample) | task metric | seconds |\n|---|---|---|---|---|---|---|---|"
         ),
@@ -79,8 +95,12 @@ fn main() -> Result<()> {
             eprintln!("skipped: {} absent at {}", spec.name, dir.display());
             continue;
         }
-        if mode == "bias" || mode == "quality" {
-            let table = if mode == "bias" { BIAS_ROWS } else { QUALITY_ROWS };
+        if mode == "bias" || mode == "quality" || mode == "ls" {
+            let table = match mode.as_str() {
+                "bias" => BIAS_ROWS,
+                "quality" => QUALITY_ROWS,
+                _ => LS_ROWS,
+            };
             let rows: Vec<(String, String)> = table.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect();
             evaluate(spec, &dir, &rows, false)?;
         } else {

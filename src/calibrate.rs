@@ -14,9 +14,9 @@
 
 use crate::token_mask::{self, TokenMask};
 use sparsify_ir::Model;
-use sparsify_passes::calib_stats::{conv_patch_sums, feature_sums};
+use sparsify_passes::calib_stats::{channel_pair_sums, conv_patch_sums, feature_sums};
 use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
-use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
+use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PairRequest, PairStat};
 use sparsify_validate::{Array, Feed, InputDecl, ModelSource, Runner};
 
 /// Runs the model over calibration batches in tract.
@@ -131,6 +131,15 @@ fn fingerprint(batches: &[Feed], mask: Option<&str>) -> u64 {
 impl Calibrator for TractCalibrator {
     fn fingerprint(&self) -> u64 {
         self.fingerprint
+    }
+
+    fn collect_paired(
+        &self,
+        reference: &Model,
+        current: &Model,
+        requests: &[PairRequest],
+    ) -> Result<Vec<PairStat>, CalibError> {
+        collect_paired(self, reference, current, requests)
     }
 
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError> {
@@ -295,6 +304,76 @@ fn add_sums(acc: &mut (Vec<f64>, u64), (sums, rows): (&[f64], u64)) -> Result<()
     acc.0.iter_mut().zip(sums).for_each(|(a, b)| *a += b);
     acc.1 += rows;
     Ok(())
+}
+
+/// Paired statistics: both models run batch by batch in lockstep, each exposing its requested tensors;
+/// every request's two activations of a batch must have the same shape.
+fn collect_paired(
+    cal: &TractCalibrator,
+    reference: &Model,
+    current: &Model,
+    requests: &[PairRequest],
+) -> Result<Vec<PairStat>, CalibError> {
+    let unique = |pick: fn(&PairRequest) -> &String| {
+        let mut names: Vec<String> = Vec::new();
+        for r in requests {
+            if !names.contains(pick(r)) {
+                names.push(pick(r).clone());
+            }
+        }
+        names
+    };
+    let (ref_names, cur_names) = (unique(|r| &r.reference), unique(|r| &r.current));
+    let encode = |m: &Model, which: &str| -> Result<Vec<u8>, CalibError> {
+        sparsify_onnx_io::model_to_bytes(m).map_err(|e| CalibError(format!("{which} model: {e}")))
+    };
+    let (ref_bytes, cur_bytes) = (encode(reference, "reference")?, encode(current, "current")?);
+    let hint = cal.batches.first();
+    let open = |bytes: &[u8], names: &[String], which: &str| {
+        Runner::for_tensors(ModelSource::Bytes(bytes), hint, names)
+            .map_err(|e| CalibError(format!("tract cannot run the {which} model for calibration: {e}")))
+    };
+    let (ref_run, cur_run) = (open(&ref_bytes, &ref_names, "reference")?, open(&cur_bytes, &cur_names, "current")?);
+    let mut out: Vec<Option<PairStat>> = requests.iter().map(|_| None).collect();
+    for (done, batch) in cal.batches.iter().enumerate() {
+        let ref_outs = ref_run.run(batch).map_err(|e| CalibError(e.to_string()))?;
+        let cur_outs = cur_run.run(batch).map_err(|e| CalibError(e.to_string()))?;
+        let ref_extras = &ref_outs[ref_outs.len() - ref_names.len()..];
+        let cur_extras = &cur_outs[cur_outs.len() - cur_names.len()..];
+        for (ri, r) in requests.iter().enumerate() {
+            let err = |m: String| CalibError(format!("'{}': {m}", r.current));
+            let y = ref_names.iter().position(|n| *n == r.reference).map(|i| &ref_extras[i].1);
+            let yt = cur_names.iter().position(|n| *n == r.current).map(|i| &cur_extras[i].1);
+            let (Some(y), Some(yt)) = (y, yt) else {
+                return Err(err("activation missing from the outputs".into()));
+            };
+            if y.shape() != yt.shape() {
+                return Err(err(format!(
+                    "shape {:?} in the current model but {:?} in the reference '{}'",
+                    yt.shape(),
+                    y.shape(),
+                    r.reference
+                )));
+            }
+            // Real tokens only when a token mask applies (channels on the last axis, positions = the
+            // mask's [batch, seq]); both activations share their positions.
+            let mask = cal.mask.as_ref().and_then(|m| batch.get(m)).filter(|_| matches!(r.axis, FeatureAxis::Last));
+            let (y, yt) = match mask.and_then(|m| Some((token_mask::real_positions(m, y)?, token_mask::real_positions(m, yt)?))) {
+                Some((y, yt)) => (std::borrow::Cow::Owned(y), std::borrow::Cow::Owned(yt)),
+                None => (std::borrow::Cow::Borrowed(y), std::borrow::Cow::Borrowed(yt)),
+            };
+            let ax = feature_axis(yt.shape(), r.axis).map_err(err)?;
+            let st = channel_pair_sums(&yt.to_f64_vec(), &y.to_f64_vec(), yt.shape(), ax).map_err(err)?;
+            match &mut out[ri] {
+                Some(acc) => acc.merge(&st).map_err(|e| err(e.0))?,
+                slot => *slot = Some(st),
+            }
+        }
+        if let Some(p) = &cal.progress {
+            p(done + 1, cal.batches.len());
+        }
+    }
+    Ok(out.into_iter().map(Option::unwrap_or_default).collect())
 }
 
 /// The index of a feature axis in `shape`.

@@ -22,7 +22,7 @@
 //!   with the earlier stages already pruned *and corrected*, and Δb = E_dense[x]·W_dense − E_now[x]·W_pruned
 //!   restores the op's expected output to the dense one (also undoing the mean shift that reaches it from
 //!   upstream). One sweep for the dense means plus one per stage.
-//! - **Where the bias goes.** Conv: its bias input (added, or created as `<weight>.bias_correction`).
+//! - **Where the bias goes** ([`crate::bias_shift`]). Conv: its bias input (added, or created as `<weight>.bias_correction`).
 //!   Gemm: C, scaled by alpha/beta (created when absent; `beta=0` is skipped). MatMul: the constant of a
 //!   following `Add` when the MatMul output feeds only that Add and the constant broadcasts along the
 //!   last axis (torch exports MatMul+Add), else a new `Add` node after the MatMul (its output keeps the
@@ -44,9 +44,10 @@
 //! |---|---|---|
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights' ops are corrected |
 
+use crate::bias_shift::{product_to_output, shift_output};
 use crate::calib_stats::{mean_request, output_shift, output_shift_between, stages, InputMean};
 use crate::scope::{Scope, SCOPE_OPTIONS};
-use sparsify_ir::{DType, Graph, Model, Node, Tensor, WeightUse};
+use sparsify_ir::{Model, WeightUse};
 use sparsify_pm::{
     CalibRequest, Changed, DenseSnapshot, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo,
     PipelineError,
@@ -237,7 +238,10 @@ impl Pass for BiasCorrect {
                             )
                         }),
                     })
-                    .and_then(|shift| apply_shift(&mut model.graph, u, &job.weight, &shift));
+                    .and_then(|shift| {
+                        let shift = product_to_output(&model.graph, u, &shift);
+                        shift_output(&mut model.graph, u, &job.weight, &shift, None)
+                    });
                 results[j] = Some(res);
             }
         }
@@ -259,206 +263,4 @@ impl Pass for BiasCorrect {
         }
         Ok(changed)
     }
-}
-
-/// Add `shift` (the pre-bias output change to undo, per output channel) to the op's bias. Returns where
-/// it went and the largest |shift|.
-pub(crate) fn apply_shift(g: &mut Graph, u: &WeightUse, weight: &str, shift: &[f64]) -> Result<(String, f64), String> {
-    let size = shift.iter().fold(0f64, |a, b| a.max(b.abs()));
-    let node_id = u.node;
-    let node = g.node(node_id).clone();
-    let place = match u.op.as_str() {
-        "Conv" => add_to_bias_input(g, node_id, &node, 2, shift, weight)?,
-        "Gemm" => {
-            let alpha = node.attr_float("alpha").unwrap_or(1.0) as f64;
-            let beta = node.attr_float("beta").unwrap_or(1.0) as f64;
-            if beta == 0.0 {
-                return Err("Gemm with beta=0 ignores its bias input".into());
-            }
-            let scaled: Vec<f64> = shift.iter().map(|s| s * alpha / beta).collect();
-            add_to_bias_input(g, node_id, &node, 2, &scaled, weight)?
-        }
-        "MatMul" => add_after_matmul(g, node_id, &node, shift, weight)?,
-        "MatMulInteger" => {
-            // Dynamic quantization: the float result is `Mul(Cast(MatMulInteger), scale)`; the shift
-            // goes after that Mul, as after a float MatMul.
-            let mul = rescale_of_integer_op(g, &node)?;
-            let mul_node = g.node(mul).clone();
-            add_after_matmul(g, mul, &mul_node, shift, weight)?
-        }
-        op => return Err(format!("{op} has no bias to correct")),
-    };
-    Ok((place, size))
-}
-
-/// The `Mul` that turns an integer op's result into floats: `op → Cast → Mul`, each read only by the next.
-fn rescale_of_integer_op(g: &Graph, node: &Node) -> Result<sparsify_ir::NodeId, String> {
-    let only_reader = |t: &str, op: &str| -> Option<sparsify_ir::NodeId> {
-        match g.consumers(t).as_slice() {
-            [(n, _)] if g.node(*n).op_type == op && !g.is_output(t) && !g.used_in_subgraphs(t) => Some(*n),
-            _ => None,
-        }
-    };
-    let y = node.outputs.first().ok_or("integer op without output")?;
-    let cast =
-        only_reader(y, "Cast").ok_or_else(|| format!("'{}' is not followed by Cast → Mul", node.display_name()))?;
-    let c = g.node(cast).outputs.first().cloned().unwrap_or_default();
-    only_reader(&c, "Mul").ok_or_else(|| format!("'{}' is not followed by Cast → Mul", node.display_name()))
-}
-
-/// A constant that only `reader` reads, directly, and that is not a graph output.
-fn private_constant(g: &Graph, name: &str) -> Option<sparsify_ir::WeightId> {
-    let id = g.constant_source(name)?;
-    let alone = g.consumers(name).len() == 1 && !g.is_output(name) && !g.used_in_subgraphs(name);
-    alone.then_some(id)
-}
-
-/// Add `shift` to a per-channel constant (shape [n] or [1, ..., n], or [..., n] with every row shifted).
-fn add_to_constant(g: &mut Graph, id: &sparsify_ir::WeightId, shift: &[f64]) -> Result<(), String> {
-    let t = g.weight_mut(id).ok_or("bias vanished")?;
-    let dims = t.shape();
-    if dims.last().copied() != Some(shift.len()) && !(dims.len() == 1 && dims[0] == shift.len()) {
-        return Err(format!("bias '{}' has shape {dims:?}, not per output channel ({})", id.name(), shift.len()));
-    }
-    if !t.dtype.is_prunable_float() {
-        return Err(format!("bias '{}' is not a float tensor", id.name()));
-    }
-    let mut v = t.to_f64().map_err(|e| e.to_string())?;
-    let n = shift.len();
-    for (i, x) in v.iter_mut().enumerate() {
-        *x += shift[i % n];
-    }
-    t.write_f64(&v).map_err(|e| e.to_string())
-}
-
-fn fresh_name(g: &Graph, base: &str) -> String {
-    let taken = |n: &str| {
-        g.initializer(n).is_some()
-            || g.inputs.iter().any(|i| i.name == n)
-            || g.nodes().any(|(_, x)| x.outputs.iter().any(|o| o == n))
-    };
-    let mut name = base.to_string();
-    let mut k = 1;
-    while taken(&name) {
-        name = format!("{base}.{k}");
-        k += 1;
-    }
-    name
-}
-
-fn new_bias(g: &mut Graph, weight: &str, shift: &[f64]) -> Result<String, String> {
-    let wdt = g
-        .weight(&sparsify_ir::WeightId::Init(weight.to_string()))
-        .or_else(|| g.weight(&sparsify_ir::WeightId::Const(weight.to_string())))
-        .map(|t| t.dtype);
-    if wdt.is_some_and(|d| d != DType::F32) {
-        return Err("creating a bias for a non-f32 weight is not supported".into());
-    }
-    let name = fresh_name(g, &format!("{weight}.bias_correction"));
-    let vals: Vec<f32> = shift.iter().map(|&v| v as f32).collect();
-    let t = Tensor::from_f32(name.clone(), vec![shift.len() as i64], &vals).map_err(|e| e.to_string())?;
-    g.initializers.push(t);
-    Ok(name)
-}
-
-/// A bias `b = DequantizeLinear(q, scale[, zp])` (int32 `q`, per tensor or per output channel), read only by
-/// the op: `q += round(shift / scale)` per channel, so the correction is exact up to half a step of the
-/// bias grid (scale = input scale × weight scale). Errors name the tensor when the pattern differs.
-fn add_to_quantized_bias(g: &mut Graph, dq: sparsify_ir::NodeId, b: &str, shift: &[f64]) -> Result<String, String> {
-    let node = g.node(dq).clone();
-    let q = node.inputs.first().cloned().unwrap_or_default();
-    let private = g.consumers(b).len() == 1 && !g.is_output(b) && g.consumers(&q).len() == 1;
-    let qid = g
-        .constant_source(&q)
-        .filter(|_| private)
-        .ok_or_else(|| format!("quantized bias '{b}' (DequantizeLinear of '{q}') is shared or computed at run time"))?;
-    let scale_name = node.inputs.get(1).cloned().unwrap_or_default();
-    let scale: Vec<f64> = g
-        .constant_source(&scale_name)
-        .and_then(|id| g.weight(&id))
-        .and_then(|t| t.to_f64().ok())
-        .map(|a| a.iter().copied().collect())
-        .ok_or_else(|| format!("scale '{scale_name}' of quantized bias '{b}' is not a float constant"))?;
-    let t = g.weight(&qid).ok_or_else(|| format!("'{q}' vanished"))?;
-    if t.dtype != DType::I32 || t.dims.len() != 1 || t.shape()[0] != shift.len() {
-        return Err(format!("quantized bias '{q}' is {} {:?}, not int32 [{}]", t.dtype.name(), t.dims, shift.len()));
-    }
-    if scale.len() != 1 && scale.len() != shift.len() {
-        return Err(format!("scale '{scale_name}' of quantized bias '{b}' has {} elements", scale.len()));
-    }
-    let vals = sparsify_ir::quant::read_ints(t).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(vals.len() * 4);
-    for (c, &v) in vals.iter().enumerate() {
-        let s = if scale.len() == 1 { scale[0] } else { scale[c] };
-        let nv = (f64::from(v) + (shift[c] / s).round()).clamp(f64::from(i32::MIN), f64::from(i32::MAX));
-        out.extend_from_slice(&(nv as i32).to_le_bytes());
-    }
-    let t = g.weight_mut(&qid).ok_or_else(|| format!("'{q}' vanished"))?;
-    t.set_bytes(out.into()).map_err(|e| e.to_string())?;
-    Ok(format!("added to quantized bias '{q}' (rounded to its scale)"))
-}
-
-/// Conv input 2 / Gemm C: add to the existing constant, or create it.
-fn add_to_bias_input(
-    g: &mut Graph,
-    id: sparsify_ir::NodeId,
-    node: &Node,
-    slot: usize,
-    shift: &[f64],
-    weight: &str,
-) -> Result<String, String> {
-    match node.inputs.get(slot).filter(|s| !s.is_empty()) {
-        Some(b) => {
-            // QDQ graphs: the bias is an int32 constant behind DequantizeLinear.
-            if let Some(p) = g.producer_of(b).filter(|&p| g.node(p).op_type == "DequantizeLinear") {
-                return add_to_quantized_bias(g, p, b, shift);
-            }
-            let cid = private_constant(g, b).ok_or_else(|| format!("bias '{b}' is shared or computed at run time"))?;
-            add_to_constant(g, &cid, shift)?;
-            Ok(format!("added to bias '{b}'"))
-        }
-        None => {
-            let name = new_bias(g, weight, shift)?;
-            let n = g.node_mut(id);
-            while n.inputs.len() < slot {
-                n.inputs.push(String::new());
-            }
-            n.inputs.truncate(slot);
-            n.inputs.push(name.clone());
-            g.relink();
-            Ok(format!("new bias input '{name}'"))
-        }
-    }
-}
-
-/// MatMul: into the constant of the single following Add, or a new Add.
-fn add_after_matmul(
-    g: &mut Graph,
-    id: sparsify_ir::NodeId,
-    node: &Node,
-    shift: &[f64],
-    weight: &str,
-) -> Result<String, String> {
-    let y = node.outputs.first().ok_or("MatMul without output")?.clone();
-    let readers = g.consumers(&y);
-    if let [(add, slot)] = readers.as_slice() {
-        let a = g.node(*add);
-        if a.op_type == "Add" && a.is_onnx() && a.inputs.len() == 2 && !g.is_output(&y) && !g.used_in_subgraphs(&y) {
-            let other = a.inputs[1 - slot].clone();
-            if let Some(cid) = private_constant(g, &other) {
-                let dims = g.weight(&cid).map(|t| t.shape()).unwrap_or_default();
-                let per_channel = dims.last() == Some(&shift.len()) && dims[..dims.len() - 1].iter().all(|&d| d == 1);
-                if per_channel {
-                    add_to_constant(g, &cid, shift)?;
-                    return Ok(format!("added to the following Add's constant '{other}'"));
-                }
-            }
-        }
-    }
-    let bias = new_bias(g, weight, shift)?;
-    let pre = fresh_name(g, &format!("{y}.pre_bias_correction"));
-    g.node_mut(id).outputs[0] = pre.clone();
-    let add_name = fresh_name(g, &format!("{}.bias_correction", node.display_name()));
-    g.insert_after(id, Node::new("Add", &add_name, &[&pre, &bias], &[&y]));
-    Ok(format!("new Add '{add_name}' with '{bias}'"))
 }

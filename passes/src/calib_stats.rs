@@ -16,7 +16,7 @@
 
 use crate::util::sgpt_gram::{patch_offsets, ConvGeometry};
 use sparsify_ir::{AttrValue, Graph, NodeId, WeightUse};
-use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis};
+use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis, PairStat};
 use std::collections::BTreeSet;
 
 /// Σ x over every row of an activation whose features lie along `axis` of `shape` (C order), and the
@@ -35,6 +35,40 @@ pub fn feature_sums(vals: &[f64], shape: &[usize], axis: usize) -> Result<(Vec<f
         sums[blk % f] += chunk.iter().sum::<f64>();
     }
     Ok((sums, (vals.len() / f) as u64))
+}
+
+/// Paired per-channel sums of one batch of an activation in the current model (`cur`, ỹ) and the
+/// reference model (`reference`, y), both of `shape` (C order), channels along `axis`, every other axis
+/// a position: Σỹ, Σy, Σỹ², Σỹy and the positions counted (the statistics of `ls-correct`).
+pub fn channel_pair_sums(cur: &[f64], reference: &[f64], shape: &[usize], axis: usize) -> Result<PairStat, String> {
+    if axis >= shape.len() {
+        return Err(format!("channel axis {axis} out of range for shape {shape:?}"));
+    }
+    let n: usize = shape.iter().product();
+    if cur.len() != n || reference.len() != n {
+        return Err(format!(
+            "values ({} current, {} reference) do not match the shape {shape:?}",
+            cur.len(),
+            reference.len()
+        ));
+    }
+    let c = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut st = PairStat::zeros(c);
+    if c == 0 || inner == 0 {
+        return Ok(st);
+    }
+    for (blk, (a, b)) in cur.chunks(inner).zip(reference.chunks(inner)).enumerate() {
+        let ch = blk % c;
+        for (&x, &y) in a.iter().zip(b) {
+            st.sum_cur[ch] += x;
+            st.sum_ref[ch] += y;
+            st.sq_cur[ch] += x * x;
+            st.cross[ch] += x * y;
+        }
+    }
+    st.rows = (n / c) as u64;
+    Ok(st)
 }
 
 /// Σ p over the im2col patches of one Conv input batch (`shape` = [N, C, spatial...]), one vector per
@@ -289,6 +323,21 @@ mod tests {
         assert_eq!(s, vec![0.0 + 1.0 + 6.0 + 7.0, 2.0 + 3.0 + 8.0 + 9.0, 4.0 + 5.0 + 10.0 + 11.0]);
         let (s, rows) = feature_sums(&v, &[2, 3, 2], 2).unwrap();
         assert_eq!((s, rows), (vec![30.0, 36.0], 6));
+    }
+
+    #[test]
+    fn pair_sums_per_channel() {
+        // [2, 3, 2], channels on axis 1: channel c holds positions (b, c, k).
+        let cur: Vec<f64> = (0..12).map(|x| x as f64).collect();
+        let refv: Vec<f64> = (0..12).map(|x| 2.0 * x as f64 + 1.0).collect();
+        let st = channel_pair_sums(&cur, &refv, &[2, 3, 2], 1).unwrap();
+        assert_eq!(st.rows, 4);
+        assert_eq!(st.sum_cur, vec![0.0 + 1.0 + 6.0 + 7.0, 2.0 + 3.0 + 8.0 + 9.0, 4.0 + 5.0 + 10.0 + 11.0]);
+        assert_eq!(st.sum_ref[0], 1.0 + 3.0 + 13.0 + 15.0);
+        assert_eq!(st.sq_cur[1], 4.0 + 9.0 + 64.0 + 81.0);
+        assert_eq!(st.cross[2], 4.0 * 9.0 + 5.0 * 11.0 + 10.0 * 21.0 + 11.0 * 23.0);
+        assert!(channel_pair_sums(&cur, &refv[..11], &[2, 3, 2], 1).is_err());
+        assert!(channel_pair_sums(&cur, &refv, &[2, 3, 2], 3).is_err());
     }
 
     #[test]

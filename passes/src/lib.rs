@@ -4,6 +4,7 @@
 //! consume), [`glob`] (name patterns).
 
 pub mod bias_correct;
+pub mod bias_shift;
 pub mod block_sparsify;
 pub mod budget;
 pub mod calib_stats;
@@ -11,6 +12,7 @@ pub mod channels;
 pub mod dead_channel_elim;
 pub mod glob;
 pub mod layer_sensitivity;
+pub mod ls_correct;
 pub mod mask;
 pub mod nm_check;
 pub mod nm_legalize;
@@ -41,6 +43,7 @@ pub fn registry() -> Registry {
     r.register(dead_channel_elim::INFO);
     r.register(bias_correct::INFO);
     r.register(refine::INFO);
+    r.register(ls_correct::INFO);
     r.register(sensitivity::INFO);
     r
 }

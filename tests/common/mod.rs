@@ -1,6 +1,7 @@
 //! Helpers shared by the root integration tests.
 #![allow(dead_code)]
 
+pub mod built;
 pub mod proto;
 
 use sparsify_onnx::ir::{Model, WeightInfo};

@@ -86,6 +86,61 @@ pub enum CalibStat {
     Values { values: Vec<f32>, shape: Vec<usize> },
 }
 
+/// A paired statistic: the same activation in a reference model (the dense one) and in the current
+/// model, read at the same calibration positions (both models run on the same batches in lockstep).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairRequest {
+    /// The activation's name in the reference model.
+    pub reference: String,
+    /// The activation's name in the current model (usually the same name).
+    pub current: String,
+    /// The channel axis (1 for a Conv output [N, C, ...], last for a MatMul / Gemm output); every other
+    /// axis is a position.
+    pub axis: FeatureAxis,
+}
+
+/// Answer to a [`PairRequest`]: per channel, with ỹ the current and y the reference activation, Σỹ, Σy,
+/// Σỹ², Σỹy over every position, and the positions counted (`rows`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PairStat {
+    pub sum_cur: Vec<f64>,
+    pub sum_ref: Vec<f64>,
+    pub sq_cur: Vec<f64>,
+    pub cross: Vec<f64>,
+    pub rows: u64,
+}
+
+impl PairStat {
+    /// Zero sums for `channels` channels.
+    pub fn zeros(channels: usize) -> PairStat {
+        let z = vec![0f64; channels];
+        PairStat { sum_cur: z.clone(), sum_ref: z.clone(), sq_cur: z.clone(), cross: z, rows: 0 }
+    }
+
+    /// The number of channels.
+    pub fn channels(&self) -> usize {
+        self.sum_cur.len()
+    }
+
+    /// Add the sums of another batch (same channel count).
+    pub fn merge(&mut self, other: &PairStat) -> Result<(), CalibError> {
+        if other.channels() != self.channels() {
+            return Err(CalibError(format!(
+                "channel count changed between batches ({} vs {})",
+                self.channels(),
+                other.channels()
+            )));
+        }
+        let add = |a: &mut Vec<f64>, b: &Vec<f64>| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        add(&mut self.sum_cur, &other.sum_cur);
+        add(&mut self.sum_ref, &other.sum_ref);
+        add(&mut self.sq_cur, &other.sq_cur);
+        add(&mut self.cross, &other.cross);
+        self.rows += other.rows;
+        Ok(())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct CalibError(pub String);
@@ -93,6 +148,17 @@ pub struct CalibError(pub String);
 pub trait Calibrator: Sync {
     /// Collect the requested statistics by running `model` over the calibration data.
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError>;
+    /// Run `reference` and `current` over the same calibration batches in lockstep and answer paired
+    /// per-channel statistics ([`PairRequest`], one [`PairStat`] per request, in order).
+    fn collect_paired(
+        &self,
+        reference: &Model,
+        current: &Model,
+        requests: &[PairRequest],
+    ) -> Result<Vec<PairStat>, CalibError> {
+        let _ = (reference, current, requests);
+        Err(CalibError("paired statistics not supported by this calibrator".into()))
+    }
     /// A hash of the calibration data, for caches of measured results (0 = unknown: do not cache).
     fn fingerprint(&self) -> u64 {
         0

@@ -16,7 +16,7 @@ pub mod snapshot;
 pub mod spill;
 
 pub use analysis::{Analysis, AnalysisCache};
-pub use calib::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis};
+pub use calib::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PairRequest, PairStat};
 pub use manager::{PassManager, PmError, RunEnv};
 pub use options::{OptionSpec, Options};
 pub use pass::{Changed, Effects, Pass, PassCx, PassError, PassInfo, Registry};

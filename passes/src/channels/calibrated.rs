@@ -417,7 +417,8 @@ pub fn run(
                 }
             }
             if let Some(shift) = shift.filter(|s| s.iter().any(|v| *v != 0.0)) {
-                match crate::bias_correct::apply_shift(g, &cs.first_use, cs.id.name(), &shift) {
+                let shift = crate::bias_shift::product_to_output(g, &cs.first_use, &shift);
+                match crate::bias_shift::shift_output(g, &cs.first_use, cs.id.name(), &shift, None) {
                     Ok((place, size)) => msg.push_str(&format!("; bias shift (max |Δb| {size:.3e}) {place}")),
                     Err(why) => msg.push_str(&format!("; bias shift not applied: {why}")),
                 }
