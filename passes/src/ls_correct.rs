@@ -191,6 +191,7 @@ impl Pass for LsCorrect {
         let order = stages(&model.graph, &ops);
         cx.stat("stages", order.len() as f64);
         let mut changed = Changed::No;
+        let progress = cx.stage("ls-correct: stages (dense and current model runs)", order.len());
         for stage in &order {
             let reqs: Vec<PairRequest> = stage
                 .iter()
@@ -237,6 +238,7 @@ impl Pass for LsCorrect {
                     }
                 }
             }
+            progress.inc(1);
         }
         Ok(changed)
     }
