@@ -7,12 +7,13 @@
 //!   transformer activation is averaged over batch and sequence) and a `ConvPatchSum` for Conv inputs
 //!   (the mean im2col patch per group, zero padding counted, columns in the weight's `[C/g, k...]`
 //!   order). [`InputMean::from_stat`] turns the answer into means.
-//! - Accumulators the facade's calibrator calls on each batch: [`feature_sums`], [`conv_patch_sums`]
-//!   (Gram matrices live in `util::sgpt_gram`, squared norms in the facade).
+//! - Accumulators the facade's calibrator calls on each batch: [`feature_sums`], [`conv_patch_sums`],
+//!   [`channel_pair_sums`] (the paired dense/current output sums of `ls-correct`; Gram matrices live in
+//!   `util::sgpt_gram`, squared norms in the facade).
 //! - [`output_shift`]: the expected change of each output channel of an op when its weight goes from
 //!   `before` to `after`, E[x]·(W_before − W_after), from those means.
 //!
-//! Used by `bias-correct`; issues 12/15 build on the same requests (means, Grams).
+//! Used by `bias-correct` and `ls-correct`; issues 12/15 build on the same requests (means, Grams).
 
 use crate::util::sgpt_gram::{patch_offsets, ConvGeometry};
 use sparsify_ir::{AttrValue, Graph, NodeId, WeightUse};

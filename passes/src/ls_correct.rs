@@ -35,9 +35,9 @@
 //!   `Cast`, non-2-D MatMul weights, biases shared or computed at run time (as `bias-correct`).
 //!   Quantized (QDQ) weights get the shift only (a = 1, noted): scaling int8 values would requantize them.
 //! - Effects: weight values and topology (new bias inputs / Add nodes). Preconditions: calibration data.
-//!   Not idempotent within one pipeline (a second run fits the already corrected outputs again, which
-//!   changes them only by float rounding, but also adds Add nodes where the first created none);
-//!   on its own output in a new pipeline it changes nothing (dense = current).
+//!   A second `ls-correct` or `bias-correct` later in the same pipeline is refused (this pass may add
+//!   biases and Add nodes, which drops the dense snapshot); on its own output in a new pipeline it
+//!   changes nothing (dense = current), so it is idempotent across pipelines.
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -191,6 +191,7 @@ impl Pass for LsCorrect {
         let order = stages(&model.graph, &ops);
         cx.stat("stages", order.len() as f64);
         let mut changed = Changed::No;
+        let progress = cx.stage("ls-correct: stages (dense and current model runs)", order.len());
         for stage in &order {
             let reqs: Vec<PairRequest> = stage
                 .iter()
@@ -237,6 +238,7 @@ impl Pass for LsCorrect {
                     }
                 }
             }
+            progress.inc(1);
         }
         Ok(changed)
     }
