@@ -27,7 +27,18 @@ pub struct TractCalibrator {
     fingerprint: u64,
     /// The calibration input marking real tokens, when statistics skip padding.
     mask: Option<String>,
+    /// Activations of a reference model kept by [`Calibrator::keep_reference`].
+    kept: std::sync::Mutex<Option<KeptReference>>,
 }
+
+/// A reference model's activations over every calibration batch, and the hash of its encoded bytes.
+struct KeptReference {
+    key: u64,
+    batches: Vec<Vec<(String, Array)>>,
+}
+
+/// The most activation bytes [`Calibrator::keep_reference`] keeps (beyond it the reference is rerun).
+const KEEP_BUDGET: usize = 1 << 30;
 
 /// Called after each calibration batch with (batches done, batches in this sweep).
 pub type Progress = Box<dyn Fn(usize, usize) + Send + Sync>;
@@ -36,7 +47,14 @@ impl TractCalibrator {
     /// Split `feed` into batches of at most `batch` rows along axis 0 (every input must share it).
     pub fn new(feed: &Feed, batch: usize) -> Result<TractCalibrator, crate::Error> {
         let batches = sparsify_validate::split_batches(feed, batch.max(1))?;
-        let cal = TractCalibrator { fingerprint: 0, batches, notes: Vec::new(), progress: None, mask: None };
+        let cal = TractCalibrator {
+            fingerprint: 0,
+            batches,
+            notes: Vec::new(),
+            progress: None,
+            mask: None,
+            kept: Default::default(),
+        };
         cal.with_token_mask(&TokenMask::Auto)
     }
 
@@ -45,8 +63,14 @@ impl TractCalibrator {
     /// runs as given. The decisions are in [`TractCalibrator::notes`].
     pub fn plan(samples: &[Feed], decls: &[InputDecl], batch: usize) -> Result<TractCalibrator, crate::Error> {
         let plan = sparsify_validate::plan_batches(samples, decls, batch.max(1))?;
-        let cal =
-            TractCalibrator { fingerprint: 0, batches: plan.batches, notes: plan.notes, progress: None, mask: None };
+        let cal = TractCalibrator {
+            fingerprint: 0,
+            batches: plan.batches,
+            notes: plan.notes,
+            progress: None,
+            mask: None,
+            kept: Default::default(),
+        };
         cal.with_token_mask(&TokenMask::Auto)
     }
 
@@ -140,6 +164,29 @@ impl Calibrator for TractCalibrator {
         requests: &[PairRequest],
     ) -> Result<Vec<PairStat>, CalibError> {
         collect_paired(self, reference, current, requests)
+    }
+
+    fn keep_reference(&self, reference: Option<(&Model, &[String])>) -> Result<bool, CalibError> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        *kept = None;
+        let Some((model, tensors)) = reference else { return Ok(false) };
+        let bytes = sparsify_onnx_io::model_to_bytes(model).map_err(|e| CalibError(format!("reference model: {e}")))?;
+        let runner = Runner::for_tensors(ModelSource::Bytes(&bytes), self.batches.first(), tensors)
+            .map_err(|e| CalibError(format!("tract cannot run the reference model for calibration: {e}")))?;
+        let (mut batches, mut size) = (Vec::with_capacity(self.batches.len()), 0usize);
+        for (done, batch) in self.batches.iter().enumerate() {
+            let outs = runner.run(batch).map_err(|e| CalibError(e.to_string()))?;
+            size += outs.iter().map(|(_, a)| a.len() * 4).sum::<usize>();
+            if size > KEEP_BUDGET {
+                return Ok(false);
+            }
+            batches.push(outs);
+            if let Some(p) = &self.progress {
+                p(done + 1, self.batches.len());
+            }
+        }
+        *kept = Some(KeptReference { key: bytes_key(&bytes), batches });
+        Ok(true)
     }
 
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError> {
@@ -296,6 +343,14 @@ impl Calibrator for TractCalibrator {
     }
 }
 
+/// A hash of a model's encoded bytes (which reference model activations were kept for).
+fn bytes_key(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
 /// Add per-feature sums and their row count to an accumulator.
 fn add_sums(acc: &mut (Vec<f64>, u64), (sums, rows): (&[f64], u64)) -> Result<(), String> {
     if acc.0.len() != sums.len() {
@@ -333,10 +388,28 @@ fn collect_paired(
         Runner::for_tensors(ModelSource::Bytes(bytes), hint, names)
             .map_err(|e| CalibError(format!("tract cannot run the {which} model for calibration: {e}")))
     };
-    let (ref_run, cur_run) = (open(&ref_bytes, &ref_names, "reference")?, open(&cur_bytes, &cur_names, "current")?);
+    // The reference's activations come from what `keep_reference` kept when it is this model and holds
+    // every requested tensor; otherwise the reference runs beside the current model.
+    let kept = cal.kept.lock().unwrap_or_else(|p| p.into_inner());
+    let kept = kept.as_ref().filter(|k| {
+        k.key == bytes_key(&ref_bytes)
+            && k.batches.first().is_some_and(|b| ref_names.iter().all(|n| b.iter().any(|(m, _)| m == n)))
+    });
+    let ref_run = match kept {
+        Some(_) => None,
+        None => Some(open(&ref_bytes, &ref_names, "reference")?),
+    };
+    let cur_run = open(&cur_bytes, &cur_names, "current")?;
     let mut out: Vec<Option<PairStat>> = requests.iter().map(|_| None).collect();
     for (done, batch) in cal.batches.iter().enumerate() {
-        let ref_outs = ref_run.run(batch).map_err(|e| CalibError(e.to_string()))?;
+        let ref_outs = match (&ref_run, kept) {
+            (Some(run), _) => run.run(batch).map_err(|e| CalibError(e.to_string()))?,
+            (None, Some(k)) => ref_names
+                .iter()
+                .map(|n| k.batches[done].iter().find(|(m, _)| m == n).cloned().expect("checked above"))
+                .collect(),
+            (None, None) => unreachable!("a reference runner or kept activations"),
+        };
         let cur_outs = cur_run.run(batch).map_err(|e| CalibError(e.to_string()))?;
         let ref_extras = &ref_outs[ref_outs.len() - ref_names.len()..];
         let cur_extras = &cur_outs[cur_outs.len() - cur_names.len()..];
@@ -358,7 +431,9 @@ fn collect_paired(
             // Real tokens only when a token mask applies (channels on the last axis, positions = the
             // mask's [batch, seq]); both activations share their positions.
             let mask = cal.mask.as_ref().and_then(|m| batch.get(m)).filter(|_| matches!(r.axis, FeatureAxis::Last));
-            let (y, yt) = match mask.and_then(|m| Some((token_mask::real_positions(m, y)?, token_mask::real_positions(m, yt)?))) {
+            let (y, yt) = match mask
+                .and_then(|m| Some((token_mask::real_positions(m, y)?, token_mask::real_positions(m, yt)?)))
+            {
                 Some((y, yt)) => (std::borrow::Cow::Owned(y), std::borrow::Cow::Owned(yt)),
                 None => (std::borrow::Cow::Borrowed(y), std::borrow::Cow::Borrowed(yt)),
             };

@@ -191,6 +191,14 @@ impl Pass for LsCorrect {
         let order = stages(&model.graph, &ops);
         cx.stat("stages", order.len() as f64);
         let mut changed = Changed::No;
+        // The dense model's op outputs are run once and kept (within the calibrator's memory budget);
+        // each stage then runs only the current model.
+        let outputs: Vec<String> =
+            jobs.iter().map(|j| j.output.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+        let kept = cx.calibrator()?.keep_reference(Some((&dense, &outputs)))?;
+        if kept {
+            cx.stat("calibration_runs", 1.0);
+        }
         let progress = cx.stage("ls-correct: stages (dense and current model runs)", order.len());
         for stage in &order {
             let reqs: Vec<PairRequest> = stage
@@ -202,7 +210,7 @@ impl Pass for LsCorrect {
                 })
                 .collect();
             let stats = cx.calibrator()?.collect_paired(&dense, model, &reqs)?;
-            cx.stat("calibration_runs", 2.0);
+            cx.stat("calibration_runs", if kept { 1.0 } else { 2.0 });
             if stats.len() != reqs.len() {
                 return Err(PassError::Invalid {
                     subject: "calibration".into(),
@@ -239,6 +247,9 @@ impl Pass for LsCorrect {
                 }
             }
             progress.inc(1);
+        }
+        if kept {
+            cx.calibrator()?.keep_reference(None)?;
         }
         Ok(changed)
     }

@@ -159,6 +159,14 @@ pub trait Calibrator: Sync {
         let _ = (reference, current, requests);
         Err(CalibError("paired statistics not supported by this calibrator".into()))
     }
+    /// Run `reference` once now and keep its `tensors` (every calibration batch) for later
+    /// [`Calibrator::collect_paired`] calls with the same reference model, which then run only the
+    /// current model. `None` releases what is kept. Returns whether the activations are kept (a
+    /// calibrator may refuse, e.g. over its memory budget); the default keeps nothing.
+    fn keep_reference(&self, reference: Option<(&Model, &[String])>) -> Result<bool, CalibError> {
+        let _ = reference;
+        Ok(false)
+    }
     /// A hash of the calibration data, for caches of measured results (0 = unknown: do not cache).
     fn fingerprint(&self) -> u64 {
         0
