@@ -151,14 +151,23 @@ fn consumer_blocks(
             if e.rows.is_some() || plan.groups != 1 {
                 return Err(format!("'{}' is a grouped Conv consumer (no reconstruction)", weight.name()));
             }
+            if (e.index + 1) * plan.kpos > plan.cols {
+                return Err(format!(
+                    "'{}': channel entry {} is outside its {} input rows",
+                    weight.name(),
+                    e.index,
+                    plan.cols
+                ));
+            }
             out.entry(e.channel).or_default().extend(e.index * plan.kpos..(e.index + 1) * plan.kpos);
         }
     }
     Ok(out)
 }
 
-/// Run selection and repair on `groups` (all eligible) and zero the chosen producer channels. Returns
-/// the channels chosen per group (same order as `groups`) and the elements changed.
+/// Run selection and repair on `groups` (all eligible): writes the repaired consumers and returns the
+/// channels chosen per group (groups without a choice left out) and the consumer elements changed; the
+/// caller zeroes the chosen producer channels.
 pub fn run(
     model: &mut Model,
     cx: &mut PassCx<'_>,
