@@ -10,6 +10,10 @@
 //! block, the result equals the least-squares refit of the rows left given the blocks removed (in any
 //! order): the tests check it against a direct solve.
 //!
+//! The downdates of H⁻¹ are kept pending ([`LAZY`] at a time) and applied in one matrix product; the
+//! diagonal and the columns a removal needs are read through the pending ones, so a removal costs
+//! O(n·(d + LAZY)) plus its share of the batched product. The tests check the batched path as well.
+//!
 //! H is damped by λ = `damp` × mean(diag H) (raised ×10 up to [`MAX_RETRIES`] times while H + λI is not
 //! numerically positive definite). An optional *intercept* row (a constant-1 input whose row is the
 //! layer's bias shift) is never removed, so the refit also moves the bias: the caller builds H with
