@@ -26,6 +26,7 @@ use tasks::{run, Spec, MODELS};
 const ROWS: &[(&str, &str)] = &[
     ("norm, no repair (today)", "criterion=norm,reconstruct=none"),
     ("wanda + bias (FLAP-like)", "criterion=wanda,reconstruct=bias"),
+    ("flap + bias (FLAP)", "criterion=flap,reconstruct=bias"),
     ("wanda + lsq refit", "criterion=wanda,reconstruct=lsq"),
     ("obs + lsq (reference algorithm)", "criterion=obs,reconstruct=lsq"),
     ("obs + obs (default with --calib)", "criterion=obs,reconstruct=obs"),

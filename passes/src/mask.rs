@@ -15,13 +15,13 @@
 //!   a group and pruned by zeroing their producer rows and biases, so `dead-channel-elim` removes them.
 //!   `criterion` picks them: `norm` (the sum of the norms of every coupled producer row and consumer
 //!   column, from the score analysis or |w|), `wanda` (Σ over the consumers of ‖X_j‖·‖W_j‖, from the
-//!   consumer's input Gram), `obs` (greedy structured OBS: least increase of the consumers' output error
+//!   consumer's input Gram), `flap` (FLAP's fluctuation Var(X_j)·‖W_j‖²), `obs` (greedy structured OBS: least increase of the consumers' output error
 //!   after their refit). `reconstruct` repairs the consumers that lose inputs, from their calibration
 //!   Grams: `obs` (refit of the kept input rows and of the bias), `lsq` (kept rows only), `bias`
 //!   (bias compensation Σ E[x_j]·W_j), `none`. `auto` (default for both) is `obs` with calibration data
 //!   and `norm` / `none` without, so pipelines without `--calib` behave as before. `scope=global` spends
 //!   one budget, floor(S·N) of the N removable channels of every group, across layers by ΔE divided by
-//!   the consumer's output energy (needs `obs` or `wanda`); otherwise floor(S·n) of each group's n
+//!   the consumer's output energy (needs `obs`, `wanda` or `flap`); otherwise floor(S·n) of each group's n
 //!   channels. Needs `steps=1`. With reconstruction the pass may add a bias to a consumer (topology).
 //! - Lowest scores go first; ties prune the higher index first (the lower index is kept); weights that
 //!   are already zero count as pruned and go before everything else, so a group that already has more
@@ -43,7 +43,7 @@
 //! | `granularity` | `element` | `element` \| `channel` (whole output channels and their bias) \| `coupled` (coupled channel groups) |
 //! | `scope` | `auto` | comparison group: `auto` \| `layer` \| `row` \| `global` (channel: `auto` \| `layer`; coupled: not `row`) |
 //! | `steps` | `1` | number of pruning steps |
-//! | `criterion` | `auto` | coupled only: `auto` \| `obs` \| `wanda` \| `norm` |
+//! | `criterion` | `auto` | coupled only: `auto` \| `obs` \| `wanda` \| `flap` \| `norm` |
 //! | `reconstruct` | `auto` | coupled only: `auto` \| `obs` \| `lsq` \| `bias` \| `none` |
 //! | `damp` | `0.01` | coupled only: Gram dampening, fraction of the mean diagonal |
 //! | `schedule` | `oneshot` | `oneshot` (needs `steps=1`) \| `linear` \| `cubic` |
@@ -87,7 +87,8 @@ const OPTIONS: [OptionSpec; 17] = [
         name: "criterion",
         default: "auto",
         help: "granularity=coupled: channel choice: auto (obs with --calib, else norm) | obs (least output error \
-               after refit, greedy) | wanda (‖X_j‖·‖W_j‖ over the consumers) | norm (weight norms)",
+               after refit, greedy) | wanda (‖X_j‖·‖W_j‖ over the consumers) | flap (Var(X_j)·‖W_j‖², FLAP's \
+               fluctuation) | norm (weight norms)",
     },
     OptionSpec {
         name: "reconstruct",
@@ -166,9 +167,10 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
         "cubic" => Schedule::Cubic,
         _ => Schedule::OneShot,
     };
-    let criterion = match opts.take_choice("criterion", &["auto", "obs", "wanda", "norm"], "auto")?.as_str() {
+    let criterion = match opts.take_choice("criterion", &["auto", "obs", "wanda", "flap", "norm"], "auto")?.as_str() {
         "obs" => Some(Criterion::Obs),
         "wanda" => Some(Criterion::Wanda),
+        "flap" => Some(Criterion::Flap),
         "norm" => Some(Criterion::Norm),
         _ => None,
     };

@@ -12,6 +12,8 @@
 //!   consumers refit ([`super::obs_removal::RowRemoval`]) and H⁻¹ downdated after each removal, so later
 //!   choices see the repaired layers (ZipLM-style structured OBS).
 //! - `wanda`: Σ_consumers sqrt(Σ_{r∈B} H_rr ‖W_r‖²), i.e. ‖X_j‖·‖W[j,:]‖ for a MatMul row.
+//! - `flap`: FLAP's fluctuation Σ_consumers Σ_{r∈B} Var(x_r)·‖W_r‖² (what bias compensation cannot
+//!   restore; pairs with `reconstruct=bias`).
 //! - `norm`: today's weight-norm group score.
 //!
 //! Budgets: per group, floor(S·n) of its n removable channels; or `scope=global`: floor(S·N) of all
@@ -48,6 +50,8 @@ use std::collections::BTreeMap;
 pub enum Criterion {
     Norm,
     Wanda,
+    /// FLAP's fluctuation: Σ_{r∈B} Var(x_r)·‖W_r‖² (pairs with `reconstruct=bias`).
+    Flap,
     Obs,
 }
 
@@ -65,6 +69,7 @@ impl Criterion {
         match self {
             Criterion::Norm => "norm",
             Criterion::Wanda => "wanda",
+            Criterion::Flap => "flap",
             Criterion::Obs => "obs",
         }
     }
@@ -151,14 +156,23 @@ fn consumer_blocks(
             if e.rows.is_some() || plan.groups != 1 {
                 return Err(format!("'{}' is a grouped Conv consumer (no reconstruction)", weight.name()));
             }
+            if (e.index + 1) * plan.kpos > plan.cols {
+                return Err(format!(
+                    "'{}': channel entry {} is outside its {} input rows",
+                    weight.name(),
+                    e.index,
+                    plan.cols
+                ));
+            }
             out.entry(e.channel).or_default().extend(e.index * plan.kpos..(e.index + 1) * plan.kpos);
         }
     }
     Ok(out)
 }
 
-/// Run selection and repair on `groups` (all eligible) and zero the chosen producer channels. Returns
-/// the channels chosen per group (same order as `groups`) and the elements changed.
+/// Run selection and repair on `groups` (all eligible): writes the repaired consumers and returns the
+/// channels chosen per group (groups without a choice left out) and the consumer elements changed; the
+/// caller zeroes the chosen producer channels.
 pub fn run(
     model: &mut Model,
     cx: &mut PassCx<'_>,
@@ -269,6 +283,25 @@ pub fn run(
                         }
                     })
                     .sum(),
+                Criterion::Flap => parts
+                    .iter()
+                    .map(|(ci, b)| {
+                        let cs = &consumers[*ci];
+                        // h_rr = 2·E[x_r²] (H is scaled 2/n): Var = h_rr/2 − E[x_r]².
+                        let s: f64 = b
+                            .iter()
+                            .map(|&r| {
+                                let var = (cs.h[r * cs.k + r] / 2.0 - cs.mean[r] * cs.mean[r]).max(0.0);
+                                var * cs.w[r * cs.outs..(r + 1) * cs.outs].iter().map(|v| v * v).sum::<f64>()
+                            })
+                            .sum();
+                        if set.global {
+                            s / cs.energy.max(f64::MIN_POSITIVE)
+                        } else {
+                            s
+                        }
+                    })
+                    .sum(),
                 Criterion::Obs => 0.0,
             };
             cands.push(Cand { group: gi, channel: c, parts, zero: e.zero[c], score });
@@ -277,9 +310,10 @@ pub fn run(
     if set.global && set.criterion == Criterion::Norm {
         return Err(PassError::Invalid {
             subject: "mask".into(),
-            message: "granularity=coupled with scope=global needs a calibrated criterion (obs or wanda): weight norms \
+            message:
+                "granularity=coupled with scope=global needs a calibrated criterion (obs, wanda or flap): weight norms \
                       are not comparable across layers"
-                .into(),
+                    .into(),
         });
     }
     // Selection.

@@ -10,24 +10,37 @@
 //! block, the result equals the least-squares refit of the rows left given the blocks removed (in any
 //! order): the tests check it against a direct solve.
 //!
+//! The downdates of H⁻¹ are kept pending ([`LAZY`] at a time) and applied in one matrix product; the
+//! diagonal and the columns a removal needs are read through the pending ones, so a removal costs
+//! O(n·(d + LAZY)) plus its share of the batched product. The tests check the batched path as well.
+//!
 //! H is damped by λ = `damp` × mean(diag H) (raised ×10 up to [`MAX_RETRIES`] times while H + λI is not
 //! numerically positive definite). An optional *intercept* row (a constant-1 input whose row is the
 //! layer's bias shift) is never removed, so the refit also moves the bias: the caller builds H with
 //! that row ([`augment`]) from the input sums.
 
 use crate::util::obs::{upper_chol_of_inverse, MAX_RETRIES};
+
+/// Rank-1 downdates of H⁻¹ kept pending before one matrix product applies them.
+pub const LAZY: usize = 32;
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 /// One layer's removal state.
 #[derive(Debug, Clone)]
 pub struct RowRemoval {
     n: usize,
     d: usize,
-    /// Wᵀ [d, n] (column-major: each row of W is contiguous).
-    wt: Mat<f64>,
-    /// (H + λI)⁻¹ restricted to the rows alive (zero on removed rows / columns), [n, n].
+    /// W [n, d], row-major (plain slices: the greedy reads every row at every step).
+    w: Vec<f64>,
+    /// (H + λI)⁻¹ restricted to the rows alive, up to the pending downdates: the current inverse is
+    /// `hinv − Σ_k u_k v_kᵀ` on the rows alive (zero elsewhere). Downdates are applied lazily, [`LAZY`]
+    /// at a time in one matrix product: each removal touches only its own columns and the diagonal.
     hinv: Mat<f64>,
+    pend_u: Vec<Vec<f64>>,
+    pend_v: Vec<Vec<f64>>,
+    /// The current diagonal of H⁻¹.
+    diag: Vec<f64>,
     alive: Vec<bool>,
     /// Damping fraction finally used.
     pub damp: f64,
@@ -88,10 +101,22 @@ impl RowRemoval {
             // H⁻¹ = Uᵀ U
             let um = MatRef::from_row_major_slice(&u, n, n);
             let mut inv = Mat::<f64>::zeros(n, n);
-            matmul(inv.as_mut(), Accum::Replace, um.transpose(), um, 1.0, Par::Seq);
+            // A fixed parallel degree: the work split (hence the rounding) is the same on every machine.
+            let par = if n >= 256 { Par::rayon(4) } else { Par::Seq };
+            matmul(inv.as_mut(), Accum::Replace, um.transpose(), um, 1.0, par);
             if (0..n).all(|i| (0..n).all(|j| inv[(i, j)].is_finite())) {
-                let wt = Mat::from_fn(d, n, |c, i| w[i * d + c]);
-                return Ok(RowRemoval { n, d, wt, hinv: inv, alive: vec![true; n], damp: frac });
+                let diag = (0..n).map(|i| inv[(i, i)]).collect();
+                return Ok(RowRemoval {
+                    n,
+                    d,
+                    w,
+                    hinv: inv,
+                    pend_u: Vec::new(),
+                    pend_v: Vec::new(),
+                    diag,
+                    alive: vec![true; n],
+                    damp: frac,
+                });
             }
         }
         Err(format!("the Gram matrix is not positive definite even with damping {frac}"))
@@ -99,7 +124,7 @@ impl RowRemoval {
 
     /// The current W [n, d], row-major.
     pub fn weights(&self) -> Vec<f64> {
-        (0..self.n * self.d).map(|e| self.wt[(e % self.d, e / self.d)]).collect()
+        self.w.clone()
     }
 
     pub fn rows(&self) -> usize {
@@ -110,12 +135,63 @@ impl RowRemoval {
         self.alive[row]
     }
 
+    /// The current H⁻¹ entry (i, j) of two rows alive.
+    fn entry(&self, i: usize, j: usize) -> f64 {
+        if i == j {
+            return self.diag[i];
+        }
+        self.hinv[(i, j)] - self.pend_u.iter().zip(&self.pend_v).map(|(u, v)| u[i] * v[j]).sum::<f64>()
+    }
+
+    /// The current column j of H⁻¹ (zero on removed rows).
+    fn column(&self, j: usize) -> Vec<f64> {
+        let mut c: Vec<f64> = (0..self.n).map(|i| self.hinv[(i, j)]).collect();
+        for (u, v) in self.pend_u.iter().zip(&self.pend_v) {
+            let vj = v[j];
+            if vj != 0.0 {
+                c.iter_mut().zip(u).for_each(|(a, b)| *a -= b * vj);
+            }
+        }
+        for (i, a) in c.iter_mut().enumerate() {
+            if !self.alive[i] {
+                *a = 0.0;
+            } else if i == j {
+                *a = self.diag[j];
+            }
+        }
+        c
+    }
+
+    /// Apply the pending downdates to `hinv` in one product and zero the removed rows / columns.
+    fn flush(&mut self) {
+        let (n, p) = (self.n, self.pend_u.len());
+        if p == 0 {
+            return;
+        }
+        let u = Mat::from_fn(n, p, |i, k| self.pend_u[k][i]);
+        let v = Mat::from_fn(p, n, |k, j| self.pend_v[k][j]);
+        matmul(self.hinv.as_mut(), Accum::Add, u.as_ref(), v.as_ref(), -1.0, Par::Seq);
+        self.pend_u.clear();
+        self.pend_v.clear();
+        for i in (0..n).filter(|&i| !self.alive[i]) {
+            for j in 0..n {
+                self.hinv[(i, j)] = 0.0;
+                self.hinv[(j, i)] = 0.0;
+            }
+        }
+        for i in 0..n {
+            if self.alive[i] {
+                self.hinv[(i, i)] = self.diag[i];
+            }
+        }
+    }
+
     /// The lower Cholesky factor of H⁻¹_BB ([b, b], row-major), or None when it is not positive definite.
     fn factor(&self, block: &[usize]) -> Option<Vec<f64>> {
         let b = block.len();
         let mut a: Vec<f64> = Vec::with_capacity(b * b);
         for &i in block {
-            a.extend(block.iter().map(|&j| self.hinv[(i, j)]));
+            a.extend(block.iter().map(|&j| self.entry(i, j)));
         }
         for j in 0..b {
             let s = a[j * b + j] - (0..j).map(|k| a[j * b + k] * a[j * b + k]).sum::<f64>();
@@ -136,8 +212,7 @@ impl RowRemoval {
     fn solve_block(&self, block: &[usize]) -> Option<Vec<f64>> {
         let l = self.factor(block)?;
         let d = self.d;
-        let mut x: Vec<f64> =
-            block.iter().flat_map(|&i| (0..d).map(move |c| (i, c))).map(|(i, c)| self.wt[(c, i)]).collect();
+        let mut x: Vec<f64> = block.iter().flat_map(|&i| self.w[i * d..(i + 1) * d].iter().copied()).collect();
         chol_solve(&l, block.len(), &mut x, d);
         Some(x)
     }
@@ -146,11 +221,11 @@ impl RowRemoval {
     pub fn cost(&self, block: &[usize]) -> f64 {
         if let [j] = block {
             // One row (MatMul / Gemm input): ‖W_j‖² / H⁻¹_jj.
-            let h = self.hinv[(*j, *j)];
+            let h = self.diag[*j];
             if !self.alive[*j] || h.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 return 0.0;
             }
-            return (0..self.d).map(|c| self.wt[(c, *j)] * self.wt[(c, *j)]).sum::<f64>() / h;
+            return self.w[j * self.d..(j + 1) * self.d].iter().map(|v| v * v).sum::<f64>() / h;
         }
         let block: Vec<usize> = block.iter().copied().filter(|&i| self.alive[i]).collect();
         if block.is_empty() {
@@ -158,7 +233,13 @@ impl RowRemoval {
         }
         let Some(x) = self.solve_block(&block) else { return 0.0 };
         let d = self.d;
-        block.iter().enumerate().map(|(bi, &i)| (0..d).map(|c| self.wt[(c, i)] * x[bi * d + c]).sum::<f64>()).sum()
+        block
+            .iter()
+            .enumerate()
+            .map(|(bi, &i)| {
+                self.w[i * d..(i + 1) * d].iter().zip(&x[bi * d..(bi + 1) * d]).map(|(a, b)| a * b).sum::<f64>()
+            })
+            .sum()
     }
 
     /// Remove `block`: refit the rows left, downdate H⁻¹, zero the block's rows.
@@ -167,33 +248,34 @@ impl RowRemoval {
         if block.is_empty() {
             return;
         }
-        let (n, d, b) = (self.n, self.d, block.len());
-        if let Some(x) = self.solve_block(&block) {
-            // C = H⁻¹[:, B], [n, b]
-            let c: Vec<f64> =
-                (0..n).flat_map(|i| block.iter().map(move |&j| (i, j))).map(|(i, j)| self.hinv[(i, j)]).collect();
-            let cm = MatRef::from_row_major_slice(&c, n, b);
+        let (n, b) = (self.n, block.len());
+        if let (Some(l), Some(x)) = (self.factor(&block), self.solve_block(&block)) {
+            // C = H⁻¹[:, B], [n, b] column-major as b columns.
+            let cols: Vec<Vec<f64>> = block.iter().map(|&j| self.column(j)).collect();
+            let cm = Mat::from_fn(n, b, |i, k| cols[k][i]);
             // W -= C X
-            let xm = MatRef::from_row_major_slice(&x, b, d);
-            matmul(self.wt.as_mut(), Accum::Add, xm.transpose(), cm.transpose(), -1.0, Par::Seq);
-            // H⁻¹ -= C (H⁻¹_BB)⁻¹ Cᵀ
-            if let Some(l) = self.factor(&block) {
-                let mut k: Vec<f64> =
-                    (0..b).flat_map(|bi| (0..n).map(move |r| (r, bi))).map(|(r, bi)| c[r * b + bi]).collect();
-                chol_solve(&l, b, &mut k, n);
-                let km = MatRef::from_row_major_slice(&k, b, n);
-                matmul(self.hinv.as_mut(), Accum::Add, cm, km, -1.0, Par::Seq);
+            let xm = MatRef::from_row_major_slice(&x, b, self.d);
+            let wm = MatMut::from_row_major_slice_mut(&mut self.w, n, self.d);
+            matmul(wm, Accum::Add, cm.as_ref(), xm, -1.0, Par::Seq);
+            // H⁻¹ -= C K with K = (H⁻¹_BB)⁻¹ Cᵀ, [b, n]: b pending rank-1 downdates.
+            let mut k: Vec<f64> = (0..b).flat_map(|bi| cols[bi].iter().copied()).collect();
+            chol_solve(&l, b, &mut k, n);
+            for (bi, col) in cols.into_iter().enumerate() {
+                let krow = k[bi * n..(bi + 1) * n].to_vec();
+                for i in 0..n {
+                    self.diag[i] -= col[i] * krow[i];
+                }
+                self.pend_u.push(col);
+                self.pend_v.push(krow);
             }
         }
         for &i in &block {
             self.alive[i] = false;
-            for c in 0..d {
-                self.wt[(c, i)] = 0.0;
-            }
-            for j in 0..n {
-                self.hinv[(i, j)] = 0.0;
-                self.hinv[(j, i)] = 0.0;
-            }
+            self.diag[i] = 0.0;
+            self.w[i * self.d..(i + 1) * self.d].iter_mut().for_each(|v| *v = 0.0);
+        }
+        if self.pend_u.len() >= LAZY {
+            self.flush();
         }
     }
 }
@@ -278,8 +360,15 @@ mod tests {
     #[test]
     fn sequential_removal_equals_the_least_squares_refit() {
         // Blocks of 1 (MatMul rows) and of 3 (a Conv channel's kernel columns), undamped.
-        for (n, d, blocks) in [(8, 5, vec![vec![2], vec![5], vec![0]]), (12, 4, vec![vec![3, 4, 5], vec![9, 10, 11]])] {
-            let (w, h) = problem(n, d, 40, 7 + n as u64);
+        let cases: Vec<(usize, usize, Vec<Vec<usize>>)> = vec![
+            (8, 5, vec![vec![2], vec![5], vec![0]]),
+            (12, 4, vec![vec![3, 4, 5], vec![9, 10, 11]]),
+            // More removals than LAZY pending downdates: the batched flush is exercised too.
+            (48, 3, (0..40).map(|i| vec![(i * 7) % 48]).collect()),
+            (50, 2, (0..20).map(|i| vec![2 * i + 1, 2 * i + 2]).collect()),
+        ];
+        for (n, d, blocks) in cases {
+            let (w, h) = problem(n, d, 2 * n + 10, 7 + n as u64);
             let mut r = RowRemoval::new(w.clone(), n, d, &h, 0.0).unwrap();
             for b in &blocks {
                 r.remove(b);
