@@ -107,10 +107,8 @@ impl RowBlockObs {
             }
         }
         let col: Vec<Vec<f64>> = b.iter().map(|&bi| (0..k).map(|r| self.hinv[r * k + bi]).collect()).collect();
-        for r in 0..k {
-            if self.removed[r] {
-                continue;
-            }
+        let removed = self.removed.clone();
+        for (r, _) in removed.iter().enumerate().filter(|(_, &gone)| !gone) {
             for i in 0..m {
                 let hr = col[i][r];
                 if hr == 0.0 {

@@ -389,7 +389,7 @@ fn recognise(g: &Graph, shapes: &BTreeMap<String, Shape>, o: NodeId, o_weight: W
         return Err("head dims are not one positive constant for query, key and value".into());
     }
     let dhv = dhv as usize;
-    if k % dhv != 0 {
+    if !k.is_multiple_of(dhv) {
         return Err(format!("output projection input {k} is not a multiple of the head dim {dhv}"));
     }
     let heads = k / dhv;
