@@ -11,7 +11,9 @@
 //! - **Scores** (`score=obs`, default): the Gram H = XᵀX of O's input (the merged context) on the
 //!   calibration set, λ = `damp` × mean diagonal; greedily remove the head whose dh rows B of O cost
 //!   least, ΔE = tr(W_Bᵀ (H⁻¹_BB)⁻¹ W_B), update the kept rows W ← W − H⁻¹[:, B] (H⁻¹_BB)⁻¹ W_B and
-//!   downdate H⁻¹ ([`crate::obs_rows`]), repeat. `score=norm`: a data-free baseline — the heads with the
+//!   downdate H⁻¹ ([`crate::obs_rows`]), repeat. When O has a bias (a constant `Add` right after it),
+//!   the constant 1 is one more input of the solve (Gram bordered by Σx and the row count), so the
+//!   repair also moves the removed heads' mean contribution (e.g. their value bias) into O's bias. `score=norm`: a data-free baseline — the heads with the
 //!   least ‖W_V[:, B]‖·‖W_O[B, :]‖ (value columns times output rows), no repair.
 //! - **How many**: floor(`fraction` × H) heads per block, at least one kept. With `budget=global` the
 //!   same total is spread across blocks by the greedy ΔE normalised by each block's tr(W H Wᵀ) (the
@@ -195,13 +197,18 @@ impl PruneHeads {
         blocks: &[Block],
         counts: &[usize],
     ) -> Result<Vec<Choice>, PassError> {
-        let requests: Vec<CalibRequest> =
-            blocks.iter().map(|b| CalibRequest::Gram { tensor: b.merged.clone(), axis: FeatureAxis::Last }).collect();
+        let mut requests: Vec<CalibRequest> = Vec::new();
+        for b in blocks {
+            requests.push(CalibRequest::Gram { tensor: b.merged.clone(), axis: FeatureAxis::Last });
+            requests.push(CalibRequest::FeatureSum { tensor: b.merged.clone(), axis: FeatureAxis::Last });
+        }
         let stats = cx.calibrator()?.collect(model, &requests)?;
         cx.stat("calibration_runs", 1.0);
         let mut states = Vec::new();
-        for (b, st) in blocks.iter().zip(&stats) {
-            let CalibStat::Gram { h, k, .. } = st else { return Err(err(&b.merged, "calibrator gave no Gram")) };
+        for (b, st) in blocks.iter().zip(stats.chunks(2)) {
+            let CalibStat::Gram { h, k, rows } = &st[0] else {
+                return Err(err(&b.merged, "calibrator gave no Gram"));
+            };
             let w = values(&model.graph, &b.o_weight)?;
             let n = w.len() / k.max(&1);
             if *k != b.heads * b.dh || w.len() != k * n {
@@ -219,8 +226,25 @@ impl PruneHeads {
                     energy += wi * hw;
                 }
             }
-            let obs = RowBlockObs::new(w, *k, n, h, self.damp)
-                .ok_or_else(|| err(&b.merged, "Gram + λI is not positive definite (use a larger damp)"))?;
+            // With a bias, the constant 1 is one more input (row k of W = the bias, never removed): the
+            // repair then also moves the removed heads' mean contribution into the bias.
+            let obs = match (&b.o_bias, &st[1]) {
+                (Some(bias), CalibStat::FeatureSum { sums, .. }) if sums.len() == *k => {
+                    let k1 = k + 1;
+                    let mut ha = vec![0.0; k1 * k1];
+                    for i in 0..*k {
+                        ha[i * k1..i * k1 + k].copy_from_slice(&h[i * k..(i + 1) * k]);
+                        ha[i * k1 + k] = sums[i];
+                        ha[k * k1 + i] = sums[i];
+                    }
+                    ha[k * k1 + k] = *rows as f64;
+                    let mut wa = w;
+                    wa.extend(values(&model.graph, bias)?);
+                    RowBlockObs::new(wa, k1, n, &ha, self.damp)
+                }
+                _ => RowBlockObs::new(w, *k, n, h, self.damp),
+            }
+            .ok_or_else(|| err(&b.merged, "Gram + λI is not positive definite (use a larger damp)"))?;
             states.push((obs, energy));
         }
         let rows = |b: &Block, h: usize| -> Vec<usize> { (h * b.dh..(h + 1) * b.dh).collect() };
@@ -439,6 +463,19 @@ fn apply(g: &mut Graph, b: &Block, gone: &[usize], o: Option<&[f64]>, remove: bo
     // O: repaired values, then rows.
     let ot = g.weight(&b.o_weight).ok_or_else(|| err(b.o_weight.name(), "not found"))?.clone();
     let n = ot.dims[1] as usize;
+    // A repaired O with one more row carries the repaired bias.
+    let o = match (o, &b.o_bias) {
+        (Some(vals), Some(bias)) if vals.len() == (k + 1) * n => {
+            let bt = g.weight(bias).ok_or_else(|| err(bias.name(), "not found"))?.clone();
+            let mut nb = float_tensor(&bt.name, bt.dtype, bt.dims.clone(), &vals[k * n..])?;
+            nb.storage = bt.storage.clone();
+            nb.opaque = bt.opaque.clone();
+            nb.modified = true;
+            replace(g, bias, nb)?;
+            Some(&vals[..k * n])
+        }
+        _ => o,
+    };
     let mut ot = match o {
         Some(vals) => {
             let mut t = float_tensor(&ot.name, ot.dtype, ot.dims.clone(), vals)?;

@@ -72,6 +72,8 @@ pub(crate) struct Block {
     pub merge_site: IntSite,
     /// The output projection O, stored [H·dh, D].
     pub o_weight: WeightId,
+    /// O's bias (a constant `Add` of length D right after it), which the repair also updates.
+    pub o_bias: Option<WeightId>,
     /// The merged context (O's input): the Gram of the head removal is taken here.
     pub merged: String,
     /// Every tensor whose shape carries the head count (their `value_info` is dropped on removal).
@@ -475,6 +477,7 @@ fn recognise(g: &Graph, shapes: &BTreeMap<String, Shape>, o: NodeId, o_weight: W
     };
     region.sort();
     region.dedup();
+    let o_bias = o_bias_of(g, o, ow.dims[1]);
     Ok(Block {
         name: on.display_name(),
         heads,
@@ -483,6 +486,7 @@ fn recognise(g: &Graph, shapes: &BTreeMap<String, Shape>, o: NodeId, o_weight: W
         split_sites: sites,
         merge_site,
         o_weight,
+        o_bias,
         merged,
         region,
     })
@@ -541,4 +545,20 @@ fn per_head_operand(g: &Graph, shapes: &BTreeMap<String, Shape>, t: &str, heads:
         }
     }
     None
+}
+
+/// The constant bias of length `n` added right after the output projection `o`, when only that `Add`
+/// reads O's output and nothing else reads the bias.
+fn o_bias_of(g: &Graph, o: NodeId, n: i64) -> Option<WeightId> {
+    let out = g.node(o).outputs.first()?;
+    let cons = g.consumers(out);
+    let [(a, _)] = cons.as_slice() else { return None };
+    let an = g.node(*a);
+    if an.op_type != "Add" || an.inputs.len() != 2 || g.is_output(out) {
+        return None;
+    }
+    let other = an.inputs.iter().find(|i| *i != out)?;
+    let id = g.constant_source(other)?;
+    let t = g.weight(&id)?;
+    (t.dims == [n] && t.dtype.is_prunable_float() && g.consumers(other).len() == 1).then_some(id)
 }
