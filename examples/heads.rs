@@ -2,7 +2,8 @@
 //! OBS choice + repair of the output projection) against a data-free baseline (heads with the least
 //! value-column × output-row norm, no repair), alone and combined with FFN channel removal, on char_lm and
 //! MiniLM L3: parameters, MACs, relative L2 of the main output vs dense on the held-out `sample/` inputs,
-//! the task metric, removed-vs-masked agreement in tract, and tract latency (median) on `sample/`.
+//! the task metric, removed-vs-masked agreement in tract, and tract latency on `sample/` (dense and
+//! pruned runs alternate; medians of each, so load from other processes hits both alike).
 //!
 //! ```text
 //! cargo run --example heads            # both models
@@ -37,23 +38,28 @@ fn rows() -> Vec<(String, String)> {
     ]
 }
 
-fn median(r: &Runner, feed: &Feed, runs: usize) -> Result<Duration> {
-    r.run(feed)?;
-    let mut t = Vec::with_capacity(runs);
+/// Medians of `runs` alternating runs of `a` and `b` (load from other processes hits both alike).
+fn interleaved(a: &Runner, b: &Runner, feed: &Feed, runs: usize) -> Result<(Duration, Duration)> {
+    a.run(feed)?;
+    b.run(feed)?;
+    let (mut ta, mut tb) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
     for _ in 0..runs {
-        let s = Instant::now();
-        std::hint::black_box(r.run(feed)?);
-        t.push(s.elapsed());
+        for (r, t) in [(a, &mut ta), (b, &mut tb)] {
+            let s = Instant::now();
+            std::hint::black_box(r.run(feed)?);
+            t.push(s.elapsed());
+        }
     }
-    t.sort();
-    Ok(t[runs / 2])
+    ta.sort();
+    tb.sort();
+    Ok((ta[runs / 2], tb[runs / 2]))
 }
 
 fn main() -> Result<()> {
     let only: Option<String> = std::env::args().nth(1);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!(
-        "| model | pipeline | params | MACs/example | rel. L2 vs dense | task metric | removed vs masked rel. L2 | tract ms (median) | speedup |\n|---|---|---|---|---|---|---|---|---|"
+        "| model | pipeline | params | MACs/example | rel. L2 vs dense | task metric | removed vs masked rel. L2 | tract ms dense → pruned (interleaved medians) | speedup |\n|---|---|---|---|---|---|---|---|---|"
     );
     for spec in MODELS.iter().filter(|s| ["char_lm", "paraphrase_minilm_l3_v2"].contains(&s.name)) {
         if only.as_deref().is_some_and(|o| o != spec.name) {
@@ -74,7 +80,7 @@ fn main() -> Result<()> {
         let calib = TractCalibrator::new(&validate::load_feed(&dir.join("calib"), &decls)?, 16)?;
         let dense_out = run(&to_bytes(&dense)?, &sample)?;
         let runs = if spec.name == "char_lm" { 41 } else { 15 };
-        let mut dense_ms = f64::NAN;
+        let dense_runner = Runner::new(ModelSource::Bytes(&to_bytes(&dense)?), Some(&sample), &[])?;
         for (label, text) in rows() {
             let mut m: Model = dense.clone();
             if !text.is_empty() {
@@ -100,12 +106,10 @@ fn main() -> Result<()> {
                 "—".into()
             };
             let runner = Runner::new(ModelSource::Bytes(&bytes), Some(&sample), &[])?;
-            let ms = median(&runner, &sample, runs)?.as_secs_f64() * 1e3;
-            if text.is_empty() {
-                dense_ms = ms;
-            }
+            let (d, p) = interleaved(&dense_runner, &runner, &sample, runs)?;
+            let (dense_ms, ms) = (d.as_secs_f64() * 1e3, p.as_secs_f64() * 1e3);
             println!(
-                "| {} | {label} | {} | {} | {:.4} | {} {metric:.4} | {vs_masked} | {ms:.2} | {:.2}× |",
+                "| {} | {label} | {} | {} | {:.4} | {} {metric:.4} | {vs_masked} | {dense_ms:.1} → {ms:.1} | {:.2}× |",
                 spec.name,
                 param_count(&m.graph),
                 mac_count(&m.graph),
