@@ -1,5 +1,6 @@
-//! `prune-heads`: on char_lm (fused qkv + Split, Concat-built shapes) and on a small BERT-like model built
-//! here with shape constants shared by every layer, the model with heads removed computes in tract what
+//! `prune-heads`: on char_lm (fused qkv + Split, Concat-built shapes), MiniLM L3 when present (separate
+//! projections, `Shape` reads of the projections) and on a small BERT-like model built here with shape
+//! constants shared by every layer, the model with heads removed computes in tract what
 //! the masked-and-repaired model (`remove=false`) computes; parameters drop; `dead-channel-elim` on the
 //! result changes nothing; unrecognised attention (a rotary-like op on the query path) is left unchanged
 //! with a note.
@@ -251,4 +252,18 @@ fn rotary_like_query_path_is_left_unchanged_with_a_note() {
     assert!(!r.passes[0].changed);
     assert!(notes(&r).iter().any(|s| s.contains("no multi-head attention")));
     assert_eq!(sparsify_onnx::to_bytes(&mlp).unwrap(), before);
+}
+
+#[test]
+fn minilm_l3_separate_projections_removed_equals_masked() {
+    let Some(dir) = common::minilm() else { return };
+    let m = common::model(&dir);
+    let calib = TractCalibrator::new(&common::feed(&dir, "calib", &m), 16).unwrap();
+    let feed = common::feed(&dir, "sample", &m);
+    let (removed, r) = removed_equals_masked("minilm_l3", &m, &calib, &feed, "fraction=0.25");
+    assert_eq!(counter(&r, "heads_removed"), 9.0, "12 -> 9 heads in each of 3 layers");
+    let g = &removed.graph;
+    let dims = |n: &str| g.weight(&g.constant_source(n).unwrap()).unwrap().dims.clone();
+    assert_eq!(dims("onnx::MatMul_470"), vec![384, 288], "query columns: 9 heads × 32");
+    assert_eq!(dims("onnx::MatMul_480"), vec![288, 384], "output projection rows");
 }
