@@ -11,12 +11,15 @@
 //! ```text
 //! cargo bench --profile dev --bench channel_speed      # dev profile: deps are optimised there too
 //! ```
+//! char_lm also gets the attention-head rows (issue 12 item 3): `prune-heads{fraction=0.25}` (4 -> 3
+//! heads per block, calibrated on `calib/`) alone and after the FFN channel removal. Their speed ratios
+//! are measured interleaved (dense and pruned runs alternate, medians of each) so that load from other
+//! processes hits both sides alike.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sparsify_onnx::ir::Model;
 use sparsify_onnx::validate::{load_feed, Feed, ModelSource, Runner};
-use sparsify_onnx::TractCalibrator;
-use sparsify_onnx::{input_decls, Pipeline};
+use sparsify_onnx::{input_decls, Calibrator, Pipeline, TractCalibrator};
 use sparsify_passes::channels::{channel_groups, group_scores, zero_channels};
 use sparsify_passes::dead_channel_elim::{mac_count, param_count};
 use std::path::PathBuf;
@@ -58,6 +61,59 @@ fn median(r: &Runner, feed: &Feed, runs: usize) -> Duration {
         .collect();
     t.sort();
     t[runs / 2]
+}
+
+/// `pipeline` (with calibration) on a copy of `m`.
+fn piped(m: &Model, pipeline: &str, calib: &TractCalibrator) -> Model {
+    let mut m = m.clone();
+    Pipeline::parse(pipeline).unwrap().run(&mut m, Some(calib as &dyn Calibrator)).unwrap();
+    m
+}
+
+/// Medians of `runs` alternating runs of `a` and `b`.
+fn interleaved(a: &Runner, b: &Runner, feed: &Feed, runs: usize) -> (Duration, Duration) {
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        for (r, t) in [(a, &mut ta), (b, &mut tb)] {
+            let s = Instant::now();
+            std::hint::black_box(r.run(feed).unwrap());
+            t.push(s.elapsed());
+        }
+    }
+    ta.sort();
+    tb.sort();
+    (ta[runs / 2], tb[runs / 2])
+}
+
+fn head_speed(c: &mut Criterion) {
+    let name = "char_lm";
+    let model = sparsify_onnx::load(&dir(name).join("model.onnx")).unwrap();
+    let decls = input_decls(&model);
+    let feed = load_feed(&dir(name).join("sample"), &decls).unwrap();
+    let calib = TractCalibrator::new(&load_feed(&dir(name).join("calib"), &decls).unwrap(), 16).unwrap();
+    let ffn = "score{method=l2},mask{sparsity=0.5,granularity=coupled},dead-channel-elim";
+    let rows = [
+        ("heads-25%", "prune-heads{fraction=0.25}".to_string()),
+        ("ffn-50%", ffn.to_string()),
+        ("ffn-50%+heads-25%", format!("{ffn},prune-heads{{fraction=0.25}}")),
+    ];
+    let dense_r = runner(&model, &feed);
+    let mut group = c.benchmark_group("tract-char_lm-heads");
+    group.sample_size(20);
+    let small: Vec<(&str, Runner)> = rows.iter().map(|(l, p)| (*l, runner(&piped(&model, p, &calib), &feed))).collect();
+    for (label, r) in &small {
+        group.bench_function(*label, |b| b.iter(|| r.run(&feed).unwrap()));
+    }
+    group.finish();
+    for (label, r) in &small {
+        let (d, s) = interleaved(&dense_r, r, &feed, 41);
+        println!(
+            "{name} {label}: median dense {:.3} ms, pruned {:.3} ms, speedup {:.2}x (interleaved)",
+            d.as_secs_f64() * 1e3,
+            s.as_secs_f64() * 1e3,
+            d.as_secs_f64() / s.as_secs_f64()
+        );
+    }
 }
 
 fn channel_speed(c: &mut Criterion) {
@@ -123,5 +179,5 @@ fn structured_speed(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, channel_speed, structured_speed);
+criterion_group!(benches, channel_speed, structured_speed, head_speed);
 criterion_main!(benches);

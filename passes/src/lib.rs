@@ -11,11 +11,13 @@ pub mod calib_stats;
 pub mod channels;
 pub mod dead_channel_elim;
 pub mod glob;
+pub mod heads;
 pub mod layer_sensitivity;
 pub mod ls_correct;
 pub mod mask;
 pub mod nm_check;
 pub mod nm_legalize;
+pub mod obs_rows;
 pub mod permute;
 pub mod refine;
 pub mod schedule;
@@ -45,5 +47,6 @@ pub fn registry() -> Registry {
     r.register(refine::INFO);
     r.register(ls_correct::INFO);
     r.register(sensitivity::INFO);
+    r.register(heads::INFO);
     r
 }
