@@ -112,15 +112,7 @@ impl Pass for BiasCorrect {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
-        let Some(snap) = cx.analyses.get::<DenseSnapshot>() else {
-            return Err(PassError::Invalid {
-                subject: "bias-correct".into(),
-                message: "no dense reference: a channel permutation or a pass that changed shapes or topology ran \
-                          earlier in this pipeline (run such passes in a separate pipeline first)"
-                    .into(),
-            });
-        };
-        let dense = snap.model.clone();
+        let dense = DenseSnapshot::model_for(cx.analyses, "bias-correct")?;
         let mut requests: Vec<CalibRequest> = Vec::new();
         let mut jobs: Vec<Job> = Vec::new();
         let mut notes: Vec<(String, String)> = Vec::new();

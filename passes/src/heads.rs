@@ -11,7 +11,7 @@
 //! - **Scores** (`score=obs`, default): the Gram H = XᵀX of O's input (the merged context) on the
 //!   calibration set, λ = `damp` × mean diagonal; greedily remove the head whose dh rows B of O cost
 //!   least, ΔE = tr(W_Bᵀ (H⁻¹_BB)⁻¹ W_B), update the kept rows W ← W − H⁻¹[:, B] (H⁻¹_BB)⁻¹ W_B and
-//!   downdate H⁻¹ ([`crate::obs_rows`]), repeat. When O has a bias (a constant `Add` right after it),
+//!   downdate H⁻¹ ([`crate::obs_removal`], shared with the calibrated channel masks), repeat. When O has a bias (a constant `Add` right after it),
 //!   the constant 1 is one more input of the solve (Gram bordered by Σx and the row count), so the
 //!   repair also moves the removed heads' mean contribution (e.g. their value bias) into O's bias. `score=norm`: a data-free baseline — the heads with the
 //!   least ‖W_V[:, B]‖·‖W_O[B, :]‖ (value columns times output rows), no repair.
@@ -43,7 +43,7 @@ pub(crate) mod pattern;
 use crate::channels::shapes::const_ints;
 use crate::channels::slice::{float_tensor, replace, take};
 use crate::dead_channel_elim::param_count;
-use crate::obs_rows::RowBlockObs;
+use crate::obs_removal::{augment, RowRemoval};
 use pattern::{find_blocks, Block, IntSite, Source, SplitSizes};
 use sparsify_ir::{AttrValue, DType, Graph, Model, Tensor, WeightId};
 use sparsify_pm::{
@@ -230,34 +230,26 @@ impl PruneHeads {
             // repair then also moves the removed heads' mean contribution into the bias.
             let obs = match (&b.o_bias, &st[1]) {
                 (Some(bias), CalibStat::FeatureSum { sums, .. }) if sums.len() == *k => {
-                    let k1 = k + 1;
-                    let mut ha = vec![0.0; k1 * k1];
-                    for i in 0..*k {
-                        ha[i * k1..i * k1 + k].copy_from_slice(&h[i * k..(i + 1) * k]);
-                        ha[i * k1 + k] = sums[i];
-                        ha[k * k1 + i] = sums[i];
-                    }
-                    ha[k * k1 + k] = *rows as f64;
                     let mut wa = w;
                     wa.extend(values(&model.graph, bias)?);
-                    RowBlockObs::new(wa, k1, n, &ha, self.damp)
+                    RowRemoval::new(wa, k + 1, n, &augment(h, sums, *rows as f64), self.damp)
                 }
-                _ => RowBlockObs::new(w, *k, n, h, self.damp),
+                _ => RowRemoval::new(w, *k, n, h, self.damp),
             }
-            .ok_or_else(|| err(&b.merged, "Gram + λI is not positive definite (use a larger damp)"))?;
+            .map_err(|why| err(&b.merged, format!("no repair of the output projection: {why}")))?;
             states.push((obs, energy));
         }
         let rows = |b: &Block, h: usize| -> Vec<usize> { (h * b.dh..(h + 1) * b.dh).collect() };
         let mut chosen: Vec<Vec<usize>> = vec![Vec::new(); blocks.len()];
         let mut costs: Vec<Vec<f64>> = vec![Vec::new(); blocks.len()];
         // The cheapest head of block i now: (head, ΔE).
-        let best = |i: usize, st: &RowBlockObs, chosen: &[usize]| -> Result<Option<(usize, f64)>, PassError> {
+        let best = |i: usize, st: &RowRemoval, chosen: &[usize]| -> Result<Option<(usize, f64)>, PassError> {
             let mut best: Option<(usize, f64)> = None;
             for h in 0..blocks[i].heads {
                 if chosen.contains(&h) {
                     continue;
                 }
-                let c = st.cost(&rows(&blocks[i], h)).ok_or_else(|| err(&blocks[i].name, "singular head block"))?;
+                let c = st.cost(&rows(&blocks[i], h));
                 if best.is_none_or(|(_, bc)| c < bc) {
                     best = Some((h, c));
                 }
@@ -280,7 +272,7 @@ impl PruneHeads {
                     }
                 }
                 let Some((i, h, c, _)) = pick else { break };
-                states[i].0.remove(&rows(&blocks[i], h)).ok_or_else(|| err(&blocks[i].name, "singular head block"))?;
+                states[i].0.remove(&rows(&blocks[i], h));
                 chosen[i].push(h);
                 costs[i].push(c);
             }
@@ -288,10 +280,7 @@ impl PruneHeads {
             for i in 0..blocks.len() {
                 for _ in 0..counts[i] {
                     let Some((h, c)) = best(i, &states[i].0, &chosen[i])? else { break };
-                    states[i]
-                        .0
-                        .remove(&rows(&blocks[i], h))
-                        .ok_or_else(|| err(&blocks[i].name, "singular head block"))?;
+                    states[i].0.remove(&rows(&blocks[i], h));
                     chosen[i].push(h);
                     costs[i].push(c);
                 }
@@ -301,7 +290,7 @@ impl PruneHeads {
             .into_iter()
             .zip(chosen.into_iter().zip(costs))
             .map(|((st, energy), (heads, costs))| Choice {
-                o: (!heads.is_empty()).then_some(st.w),
+                o: (!heads.is_empty()).then(|| st.weights()),
                 heads,
                 costs,
                 energy,

@@ -17,7 +17,7 @@ pub mod ls_correct;
 pub mod mask;
 pub mod nm_check;
 pub mod nm_legalize;
-pub mod obs_rows;
+pub mod obs_removal;
 pub mod permute;
 pub mod refine;
 pub mod schedule;

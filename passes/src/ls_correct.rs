@@ -169,15 +169,7 @@ impl Pass for LsCorrect {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
-        let Some(snap) = cx.analyses.get::<DenseSnapshot>() else {
-            return Err(PassError::Invalid {
-                subject: "ls-correct".into(),
-                message: "no dense reference: a channel permutation or a pass that changed shapes or topology ran \
-                          earlier in this pipeline (run such passes in a separate pipeline first)"
-                    .into(),
-            });
-        };
-        let dense = snap.model.clone();
+        let dense = DenseSnapshot::model_for(cx.analyses, "ls-correct")?;
         let (jobs, notes) = self.plan(model, &dense)?;
         for (s, m) in notes {
             cx.note(s, m);

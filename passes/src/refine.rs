@@ -101,15 +101,7 @@ impl Pass for Refine {
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
-        let Some(snap) = cx.analyses.get::<DenseSnapshot>() else {
-            return Err(PassError::Invalid {
-                subject: INFO.name.into(),
-                message: "no dense reference: a channel permutation or a pass that changed shapes or topology ran \
-                          earlier in this pipeline (run such passes in a separate pipeline first)"
-                    .into(),
-            });
-        };
-        let dense = snap.model.clone();
+        let dense = DenseSnapshot::model_for(cx.analyses, INFO.name)?;
         let mut requests: Vec<CalibRequest> = Vec::new();
         let mut jobs: Vec<Job> = Vec::new();
         for sel in self.scope.select(&model.graph) {

@@ -16,3 +16,19 @@ pub struct DenseSnapshot {
 impl Analysis for DenseSnapshot {
     const INVALIDATED_BY: Effects = Effects(Effects::WEIGHT_SHAPES.0 | Effects::TOPOLOGY.0);
 }
+
+impl DenseSnapshot {
+    /// The dense model for `pass`, or the error saying why there is none (a permutation or a shape /
+    /// topology change earlier in the pipeline dropped it).
+    pub fn model_for(cache: &crate::analysis::AnalysisCache, pass: &str) -> Result<Model, crate::PassError> {
+        match cache.get::<DenseSnapshot>() {
+            Some(s) => Ok(s.model.clone()),
+            None => Err(crate::PassError::Invalid {
+                subject: pass.into(),
+                message: "no dense reference: a channel permutation or a pass that changed shapes or topology ran \
+                          earlier in this pipeline (run such passes in a separate pipeline first)"
+                    .into(),
+            }),
+        }
+    }
+}

@@ -36,8 +36,8 @@
 //! 0); the masked-and-repaired model equals the eliminated one.
 
 use super::groups::{group_scores, ChannelGroup, SliceRole};
-use super::obs_removal::{augment, output_energy, RowRemoval};
 use crate::calib_stats::mean_request;
+use crate::obs_removal::{augment, output_energy, RowRemoval};
 use crate::scores::WeightScores;
 use crate::util::sgpt_plan::{self, Plan, Target};
 use ndarray::{ArrayD, IxDyn};

@@ -23,7 +23,6 @@ mod coupled;
 pub(crate) mod fold;
 mod graph;
 mod groups;
-pub mod obs_removal;
 mod ops;
 pub(crate) mod plan;
 mod producers;
