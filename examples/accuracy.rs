@@ -50,6 +50,11 @@ const QUALITY_ROWS: &[(&str, &str)] = &[
     ("sparsegpt 2:4 (padding counted)", "sparsegpt{n=2,m=4}"),
     ("sparsegpt 2:4", "sparsegpt{n=2,m=4}"),
     ("sparsegpt 2:4 damp=0.1", "sparsegpt{n=2,m=4,damp=0.1}"),
+    ("wanda 50% + refine + ls-correct", "score{method=wanda},mask{sparsity=0.5},refine,ls-correct"),
+    ("sparsegpt 50% + ls-correct", "sparsegpt{sparsity=0.5},ls-correct"),
+    ("recipe 50%: sparsegpt damp=0.1 + ls-correct", "sparsegpt{sparsity=0.5,damp=0.1},ls-correct"),
+    ("sparsegpt 2:4 + ls-correct", "sparsegpt{n=2,m=4},ls-correct"),
+    ("recipe 2:4: sparsegpt damp=0.1 + ls-correct", "sparsegpt{n=2,m=4,damp=0.1},ls-correct"),
 ];
 
 /// LS correction (issue 15): each pruning with and without `ls-correct`, and the shift alone
