@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 DIR=${BENCH_DIR:-target/bench-transformer36}
 [ -f "$DIR/model.onnx" ] || "$PY" benches/make_transformer.py "$DIR"
-cargo build --release -q --bin sparsify-onnx
+cargo build --release --workspace -q
 BIN=target/release/sparsify-onnx
 if [ $# -eq 0 ]; then
   set -- 'score{method=wanda},mask{sparsity=0.5}' 'sparsegpt{sparsity=0.5}' 'score{method=wanda},mask{sparsity=0.5},refine'
