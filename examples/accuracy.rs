@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Result};
 use sparsify_onnx::token_mask::TokenMask;
 use sparsify_onnx::validate::{self, Thresholds};
 use sparsify_onnx::{input_decls, load, to_bytes, Pipeline, TractCalibrator};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 #[path = "common/tasks.rs"]
@@ -79,7 +79,6 @@ fn main() -> Result<()> {
         [m, name] => (m.clone(), Some(name.clone())),
         _ => bail!("usage: accuracy bias|budget|quality|ls [MODEL]"),
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     match mode.as_str() {
         "bias" | "quality" | "ls" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
         "budget" => println!(
@@ -91,15 +90,7 @@ fn main() -> Result<()> {
         if only.as_deref().is_some_and(|o| o != spec.name) {
             continue;
         }
-        let dir: PathBuf = if spec.name == "paraphrase_minilm_l3_v2" {
-            root.join("../shared/models").join(spec.name)
-        } else {
-            root.join("tests/data/models").join(spec.name)
-        };
-        if !dir.join("model.onnx").exists() {
-            eprintln!("skipped: {} absent at {}", spec.name, dir.display());
-            continue;
-        }
+        let Some(dir) = tasks::model_dir(spec.name) else { continue };
         if mode == "bias" || mode == "quality" || mode == "ls" {
             let table = match mode.as_str() {
                 "bias" => BIAS_ROWS,

@@ -15,7 +15,6 @@ use sparsify_onnx::ir::Model;
 use sparsify_onnx::passes::dead_channel_elim::{mac_count, param_count};
 use sparsify_onnx::validate::{self, Feed, ModelSource, Runner, Thresholds};
 use sparsify_onnx::{input_decls, load, to_bytes, Pipeline, TractCalibrator};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[path = "common/tasks.rs"]
@@ -57,7 +56,6 @@ fn interleaved(a: &Runner, b: &Runner, feed: &Feed, runs: usize) -> Result<(Dura
 
 fn main() -> Result<()> {
     let only: Option<String> = std::env::args().nth(1);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!(
         "| model | pipeline | params | MACs/example | rel. L2 vs dense | task metric | removed vs masked rel. L2 | tract ms dense → pruned (interleaved medians) | speedup |\n|---|---|---|---|---|---|---|---|---|"
     );
@@ -65,15 +63,7 @@ fn main() -> Result<()> {
         if only.as_deref().is_some_and(|o| o != spec.name) {
             continue;
         }
-        let dir: PathBuf = if spec.name == "paraphrase_minilm_l3_v2" {
-            root.join("../shared/models").join(spec.name)
-        } else {
-            root.join("tests/data/models").join(spec.name)
-        };
-        if !dir.join("model.onnx").exists() {
-            eprintln!("skipped: {} absent at {}", spec.name, dir.display());
-            continue;
-        }
+        let Some(dir) = tasks::model_dir(spec.name) else { continue };
         let dense = load(&dir.join("model.onnx"))?;
         let decls = input_decls(&dense);
         let sample = validate::load_feed(&dir.join("sample"), &decls)?;

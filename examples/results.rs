@@ -38,21 +38,22 @@ fn main() -> Result<()> {
         [flag, dir] if flag == "--models" => Some(PathBuf::from(dir)),
         _ => bail!("usage: results [--models DIR]"),
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!(
         "| model | pipeline | task metric | value | rel. L2 vs dense | cosine vs dense | weight sparsity | seconds |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for spec in MODELS {
         let dir = match &models_dir {
-            Some(d) => d.join(spec.name),
-            None if spec.name == "paraphrase_minilm_l3_v2" => root.join("../shared/models").join(spec.name),
-            None => root.join("tests/data/models").join(spec.name),
+            Some(d) if d.join(spec.name).join("model.onnx").exists() => d.join(spec.name),
+            Some(d) => {
+                eprintln!("skipped: {} absent at {}", spec.name, d.join(spec.name).display());
+                continue;
+            }
+            None => match tasks::model_dir(spec.name) {
+                Some(d) => d,
+                None => continue,
+            },
         };
-        if !dir.join("model.onnx").exists() {
-            eprintln!("skipped: {} absent at {}", spec.name, dir.display());
-            continue;
-        }
         evaluate(spec, &dir).with_context(|| spec.name.to_string())?;
     }
     Ok(())

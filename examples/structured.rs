@@ -15,7 +15,7 @@
 use anyhow::{anyhow, bail, Result};
 use sparsify_onnx::validate::{self, Thresholds};
 use sparsify_onnx::{input_decls, load, to_bytes, Pipeline, TractCalibrator};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 #[path = "common/tasks.rs"]
@@ -35,7 +35,6 @@ const ROWS: &[(&str, &str)] = &[
 
 fn main() -> Result<()> {
     let only: Option<String> = std::env::args().nth(1);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!(
         "| model | removed | selection + repair | rel. L2 vs dense | task metric | parameters | eliminated vs masked | seconds |"
     );
@@ -44,15 +43,7 @@ fn main() -> Result<()> {
         if spec.name == "digits_mlp" || only.as_deref().is_some_and(|o| o != spec.name) {
             continue;
         }
-        let dir: PathBuf = if spec.name == "paraphrase_minilm_l3_v2" {
-            root.join("../shared/models").join(spec.name)
-        } else {
-            root.join("tests/data/models").join(spec.name)
-        };
-        if !dir.join("model.onnx").exists() {
-            eprintln!("skipped: {} absent at {}", spec.name, dir.display());
-            continue;
-        }
+        let Some(dir) = tasks::model_dir(spec.name) else { continue };
         let levels: &[f64] =
             if spec.name == "digits_cnn" || spec.name == "ppocr_cls_mobile_v2" { &[0.25] } else { &[0.25, 0.5] };
         evaluate(spec, &dir, levels)?;

@@ -116,3 +116,20 @@ pub fn minilm_auc(dir: &Path, bytes: &[u8], decls: &[InputDecl]) -> Result<f64> 
     }
     Ok(wins / pairs)
 }
+
+/// The folder of a shared model (MiniLM from `../shared/models`, the others bundled), or `None` with a
+/// "skipped" line when it is absent.
+pub fn model_dir(name: &str) -> Option<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = if name == "paraphrase_minilm_l3_v2" {
+        root.join("../shared/models").join(name)
+    } else {
+        root.join("tests/data/models").join(name)
+    };
+    if dir.join("model.onnx").exists() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: {name} absent at {}", dir.display());
+        None
+    }
+}
