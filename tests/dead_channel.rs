@@ -207,3 +207,23 @@ fn coupled_mask_pipeline_shrinks_ppocr_and_is_idempotent() {
     let (p0, p1) = (param_count(&masked.graph), param_count(&elim.graph));
     assert!(p1 * 10 < p0 * 7, "{p0} -> {p1}");
 }
+
+/// Fuzz finding (graphs target, `fuzz/findings/graphs/crash-5139…`): constant channels folded into a
+/// MatMul whose weight is an f16 tensor cast to f32 got a new bias in f16 — an Add of f32 and f16 (an
+/// invalid model) whose rounding moved the output by 0.125. The bias takes the activation dtype now.
+#[test]
+fn fold_through_a_cast_weight_creates_an_activation_dtype_bias() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dce_fold_through_cast.onnx");
+    let m0 = sparsify_onnx::load(&path).unwrap();
+    let mut m = m0.clone();
+    Pipeline::parse("dead-channel-elim{fold=true}").unwrap().run(&mut m, None).unwrap();
+    let bias = m.graph.initializers.iter().find(|t| t.name.ends_with(".dce_bias")).expect("a folded bias");
+    assert_eq!(bias.dtype, sparsify_onnx::ir::DType::F32, "the bias must match the f32 activation");
+    let feed = sparsify_onnx::validate::random_feed(&input_decls(&m0), &Default::default(), 7).unwrap();
+    let run = |m: &Model| run_model(ModelSource::Bytes(&sparsify_onnx::to_bytes(m).unwrap()), &feed, &[]).unwrap();
+    let (a, b) = (run(&m0)[0].1.to_f64_vec(), run(&m)[0].1.to_f64_vec());
+    let scale = a.iter().fold(1f64, |s, v| s.max(v.abs()));
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6 * scale, "{x} vs {y}");
+    }
+}
