@@ -12,7 +12,8 @@ DIR=${BENCH_DIR:-target/bench-transformer36}
 cargo build --release --workspace -q
 BIN=target/release/sparsify-onnx
 if [ $# -eq 0 ]; then
-  set -- 'score{method=wanda},mask{sparsity=0.5}' 'sparsegpt{sparsity=0.5}' 'score{method=wanda},mask{sparsity=0.5},refine'
+  set -- 'score{method=wanda},mask{sparsity=0.5}' 'sparsegpt{sparsity=0.5}' 'score{method=wanda},mask{sparsity=0.5},refine' \
+    'sparsegpt{sparsity=0.5,damp=0.1},ls-correct' 'sparsegpt{n=2,m=4,damp=0.1},ls-correct'
 fi
 echo "| pipeline | seconds | peak RSS (MiB) |"
 echo "|---|---|---|"

@@ -120,8 +120,7 @@ impl TractCalibrator {
             .map_err(|e| CalibError(format!("tract cannot run the model for calibration: {e}")))?;
         for (done, batch) in self.batches.iter().enumerate() {
             let outs = runner.run(batch).map_err(|e| CalibError(e.to_string()))?;
-            let extras = &outs[outs.len() - tensors.len()..];
-            for (i, (_, a)) in extras.iter().enumerate() {
+            for (i, (_, a)) in outs.iter().enumerate() {
                 visit(i, a, batch)?;
             }
             if let Some(p) = &self.progress {
@@ -177,7 +176,8 @@ impl Calibrator for TractCalibrator {
         for (done, batch) in self.batches.iter().enumerate() {
             let outs = runner.run(batch).map_err(|e| CalibError(e.to_string()))?;
             size += outs.iter().map(|(_, a)| a.len() * 4).sum::<usize>();
-            if size > KEEP_BUDGET {
+            // Batches are alike: after the first, the whole set's size is known closely enough.
+            if size > KEEP_BUDGET || (done == 0 && size.saturating_mul(self.batches.len()) > KEEP_BUDGET) {
                 return Ok(false);
             }
             batches.push(outs);
@@ -200,8 +200,23 @@ impl Calibrator for TractCalibrator {
         let mut out: Vec<Acc> = requests.iter().map(|_| Acc::Empty).collect();
         self.for_each_activation(model, &names, |i, all, batch| {
             // Real-token positions of this activation (features on the last axis), when a mask applies.
-            let mask = self.mask.as_ref().and_then(|m| batch.get(m));
-            let real = mask.and_then(|m| token_mask::real_positions(m, all));
+            let keep =
+                self.mask.as_ref().and_then(|m| batch.get(m)).and_then(|m| token_mask::real_rows(m, all.shape()));
+            let real = keep.as_ref().and_then(|k| token_mask::positions(all, k, true));
+            // The padding rows (values, shape), once, when a Gram or mean of this tensor needs them.
+            let needs_padding = requests.iter().any(|r| {
+                r.tensor() == names[i]
+                    && matches!(
+                        r,
+                        CalibRequest::Gram { axis: FeatureAxis::Last, .. }
+                            | CalibRequest::FeatureSum { axis: FeatureAxis::Last, .. }
+                    )
+            });
+            let padded: Option<(Vec<f64>, Vec<usize>)> = keep
+                .as_ref()
+                .filter(|_| needs_padding)
+                .and_then(|k| token_mask::positions(all, k, false))
+                .map(|p| (p.to_f64_vec(), p.shape().to_vec()));
             let (mut vals_all, mut vals_real): (Option<Vec<f64>>, Option<Vec<f64>>) = (None, None);
             for (ri, r) in requests.iter().enumerate() {
                 let tensor = r.tensor();
@@ -248,15 +263,14 @@ impl Calibrator for TractCalibrator {
                         if matches!(out[ri], Acc::Empty) {
                             out[ri] = Acc::Gram(GramAcc::new(k), None);
                         }
-                        let Acc::Gram(acc, padding) = &mut out[ri] else { unreachable!("set above") };
+                        let Acc::Gram(acc, pad_acc) = &mut out[ri] else { unreachable!("set above") };
                         let v = vals.get_or_insert_with(|| a.to_f64_vec());
                         acc.add_features(v, shape, ax).map_err(err)?;
                         // The padded rows go to their own Gram: used only when the real rows are too
                         // few for the feature count (see `Acc::finish`).
-                        if let (true, Some(pad)) = (last_axis, mask.and_then(|m| token_mask::padded_positions(m, all)))
-                        {
-                            let pacc = padding.get_or_insert_with(|| GramAcc::new(k));
-                            pacc.add_features(&pad.to_f64_vec(), pad.shape(), 1).map_err(err)?;
+                        if let Some((pv, ps)) = padded.as_ref().filter(|_| last_axis) {
+                            let pacc = pad_acc.get_or_insert_with(|| GramAcc::new(k));
+                            pacc.add_features(pv, ps, 1).map_err(err)?;
                         }
                     }
                     CalibRequest::ConvGram { .. } => {
@@ -275,19 +289,19 @@ impl Calibrator for TractCalibrator {
                         let v = vals.get_or_insert_with(|| a.to_f64_vec());
                         let (sums, rows) = feature_sums(v, a.shape(), ax).map_err(err)?;
                         // Padded rows apart, as for Gram matrices (the two must agree: solves combine them).
-                        let pad = match (last_axis, mask.and_then(|m| token_mask::padded_positions(m, all))) {
-                            (true, Some(p)) => Some(feature_sums(&p.to_f64_vec(), p.shape(), 1).map_err(err)?),
-                            _ => None,
+                        let pad = match padded.as_ref().filter(|_| last_axis) {
+                            Some((pv, ps)) => Some(feature_sums(pv, ps, 1).map_err(err)?),
+                            None => None,
                         };
                         if matches!(out[ri], Acc::Empty) {
                             out[ri] = Acc::Sum((vec![0.0; sums.len()], 0), None);
                         }
-                        let Acc::Sum(acc, padding) = &mut out[ri] else {
+                        let Acc::Sum(acc, pad_acc) = &mut out[ri] else {
                             return Err(err("a request answered twice".into()));
                         };
                         add_sums(acc, (&sums, rows)).map_err(err)?;
                         if let Some((p, n)) = pad {
-                            add_sums(padding.get_or_insert_with(|| (vec![0.0; p.len()], 0)), (&p, n)).map_err(err)?;
+                            add_sums(pad_acc.get_or_insert_with(|| (vec![0.0; p.len()], 0)), (&p, n)).map_err(err)?;
                         }
                     }
                     CalibRequest::ConvPatchSum { kernel, strides, pads, dilations, groups, .. } => {
@@ -402,21 +416,24 @@ fn collect_paired(
     let cur_run = open(&cur_bytes, &cur_names, "current")?;
     let mut out: Vec<Option<PairStat>> = requests.iter().map(|_| None).collect();
     for (done, batch) in cal.batches.iter().enumerate() {
-        let ref_outs = match (&ref_run, kept) {
-            (Some(run), _) => run.run(batch).map_err(|e| CalibError(e.to_string()))?,
+        // The runners select only the named tensors, in name order; kept activations are looked up.
+        let ran;
+        let ref_outs: Vec<&Array> = match (&ref_run, kept) {
+            (Some(run), _) => {
+                ran = run.run(batch).map_err(|e| CalibError(e.to_string()))?;
+                ran.iter().map(|(_, a)| a).collect()
+            }
             (None, Some(k)) => ref_names
                 .iter()
-                .map(|n| k.batches[done].iter().find(|(m, _)| m == n).cloned().expect("checked above"))
+                .map(|n| &k.batches[done].iter().find(|(m, _)| m == n).expect("checked above").1)
                 .collect(),
             (None, None) => unreachable!("a reference runner or kept activations"),
         };
         let cur_outs = cur_run.run(batch).map_err(|e| CalibError(e.to_string()))?;
-        let ref_extras = &ref_outs[ref_outs.len() - ref_names.len()..];
-        let cur_extras = &cur_outs[cur_outs.len() - cur_names.len()..];
         for (ri, r) in requests.iter().enumerate() {
             let err = |m: String| CalibError(format!("'{}': {m}", r.current));
-            let y = ref_names.iter().position(|n| *n == r.reference).map(|i| &ref_extras[i].1);
-            let yt = cur_names.iter().position(|n| *n == r.current).map(|i| &cur_extras[i].1);
+            let y = ref_names.iter().position(|n| *n == r.reference).map(|i| ref_outs[i]);
+            let yt = cur_names.iter().position(|n| *n == r.current).map(|i| &cur_outs[i].1);
             let (Some(y), Some(yt)) = (y, yt) else {
                 return Err(err("activation missing from the outputs".into()));
             };
@@ -431,8 +448,9 @@ fn collect_paired(
             // Real tokens only when a token mask applies (channels on the last axis, positions = the
             // mask's [batch, seq]); both activations share their positions.
             let mask = cal.mask.as_ref().and_then(|m| batch.get(m)).filter(|_| matches!(r.axis, FeatureAxis::Last));
-            let (y, yt) = match mask
-                .and_then(|m| Some((token_mask::real_positions(m, y)?, token_mask::real_positions(m, yt)?)))
+            let keep = mask.and_then(|m| token_mask::real_rows(m, y.shape()));
+            let (y, yt) = match keep
+                .and_then(|k| Some((token_mask::positions(y, &k, true)?, token_mask::positions(yt, &k, true)?)))
             {
                 Some((y, yt)) => (std::borrow::Cow::Owned(y), std::borrow::Cow::Owned(yt)),
                 None => (std::borrow::Cow::Borrowed(y), std::borrow::Cow::Borrowed(yt)),

@@ -124,17 +124,10 @@ pub fn real_rows(mask: &Array, act: &[usize]) -> Option<Vec<bool>> {
     lines_up.then(|| mask.to_f64_vec().iter().map(|&x| x != 0.0).collect())
 }
 
-/// The real-token rows of `act` (features on its last axis) as a `[real, features]` array, or `None`
-/// when the mask does not apply to it.
-pub fn real_positions(mask: &Array, act: &Array) -> Option<Array> {
-    let keep = real_rows(mask, act.shape())?;
-    act.select_rows(*act.shape().last()?, &keep)
-}
-
-/// The padding rows of `act` (mask entry 0) as a `[padded, features]` array, or `None` when the mask
-/// does not apply to it.
-pub fn padded_positions(mask: &Array, act: &Array) -> Option<Array> {
-    let keep: Vec<bool> = real_rows(mask, act.shape())?.into_iter().map(|r| !r).collect();
+/// The rows of `act` (features on its last axis) whose entry of `real` ([`real_rows`]) equals `want`,
+/// as a `[rows, features]` array: the real-token positions (`want = true`) or the padding.
+pub fn positions(act: &Array, real: &[bool], want: bool) -> Option<Array> {
+    let keep: Vec<bool> = real.iter().map(|&r| r == want).collect();
     act.select_rows(*act.shape().last()?, &keep)
 }
 
@@ -175,14 +168,17 @@ mod tests {
     fn selects_real_positions_of_3d_and_flattened_activations() {
         let mask = i64s(&[2, 2], vec![1, 0, 1, 1]);
         let act = Array::F32(ArrayD::from_shape_vec(IxDyn(&[2, 2, 2]), (0..8).map(|x| x as f32).collect()).unwrap());
-        let Some(Array::F32(r)) = real_positions(&mask, &act) else { panic!("mask applies") };
+        let keep = real_rows(&mask, act.shape()).expect("the mask applies");
+        let Some(Array::F32(r)) = positions(&act, &keep, true) else { panic!("same dtype") };
         assert_eq!(r.shape(), &[3, 2]);
         assert_eq!(r.iter().copied().collect::<Vec<_>>(), vec![0., 1., 4., 5., 6., 7.]);
         let flat = Array::F32(ArrayD::from_shape_vec(IxDyn(&[4, 2]), (0..8).map(|x| x as f32).collect()).unwrap());
-        assert_eq!(real_positions(&mask, &flat).unwrap().shape(), &[3, 2]);
+        let keep = real_rows(&mask, flat.shape()).expect("a flattened [batch·seq] axis");
+        assert_eq!(positions(&flat, &keep, true).unwrap().shape(), &[3, 2]);
+        assert_eq!(positions(&flat, &keep, false).unwrap().shape(), &[1, 2]);
         let scores = Array::F32(ArrayD::zeros(IxDyn(&[2, 4, 2, 2])));
-        assert!(real_positions(&mask, &scores).is_none());
+        assert!(real_rows(&mask, scores.shape()).is_none());
         let pooled = Array::F32(ArrayD::zeros(IxDyn(&[2, 2])));
-        assert!(real_positions(&mask, &pooled).is_none());
+        assert!(real_rows(&mask, pooled.shape()).is_none());
     }
 }

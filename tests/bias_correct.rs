@@ -7,7 +7,7 @@ mod common;
 use common::built::{cnn, mlp, model, out, weights};
 use ndarray::{ArrayD, IxDyn};
 use sparsify_onnx::ir::{AttrValue, Graph, Model, Node, ValueInfo};
-use sparsify_onnx::validate::{self, npy::read_npy, Array, Feed, ModelSource, Thresholds};
+use sparsify_onnx::validate::{self, npy::read_npy, Array, Feed, ModelSource};
 use sparsify_onnx::{input_decls, load, to_bytes, Calibrator, Pipeline, TractCalibrator};
 use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis};
 use std::path::Path;
@@ -20,11 +20,7 @@ fn constant_feed(shape: &[usize], feature_axis: usize) -> Feed {
     Feed { arrays: vec![("x".into(), Array::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()))] }
 }
 
-fn rel_l2(a: &Model, b: &Model, feed: &Feed) -> f64 {
-    let run = |m: &Model| validate::run_model(ModelSource::Bytes(&to_bytes(m).unwrap()), feed, &[]).unwrap();
-    let rep = validate::compare_outputs(&run(a), &run(b), &Thresholds::default());
-    rep.outputs[0].rel_l2_err
-}
+use common::rel_l2;
 
 fn pipeline(text: &str, m: &mut Model, cal: &TractCalibrator) -> sparsify_onnx::RunReport {
     Pipeline::parse(text).unwrap().run(m, Some(cal as &dyn Calibrator)).unwrap()

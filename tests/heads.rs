@@ -7,28 +7,15 @@
 
 mod common;
 
+use common::run;
 use sparsify_onnx::ir::{AttrValue, DType, Graph, Model, Node, OpsetId, Tensor, ValueInfo};
-use sparsify_onnx::validate::{run_model, Array, Feed, ModelSource};
+use sparsify_onnx::validate::{Array, Feed};
 use sparsify_onnx::{Calibrator, Pipeline, RunReport, TractCalibrator};
 use sparsify_passes::dead_channel_elim::param_count;
 
-fn run(m: &Model, feed: &Feed) -> Vec<(String, Array)> {
-    let bytes = sparsify_onnx::to_bytes(m).unwrap();
-    run_model(ModelSource::Bytes(&bytes), feed, &[]).unwrap()
-}
-
 /// Relative L2 over every output.
 fn rel(a: &[(String, Array)], b: &[(String, Array)]) -> f64 {
-    let (mut d2, mut n2) = (0f64, 0f64);
-    assert_eq!(a.len(), b.len());
-    for ((_, x), (_, y)) in a.iter().zip(b) {
-        assert_eq!(x.shape(), y.shape());
-        for (p, q) in x.to_f64_vec().iter().zip(y.to_f64_vec()) {
-            d2 += (p - q).powi(2);
-            n2 += p * p;
-        }
-    }
-    (d2 / n2.max(1e-300)).sqrt()
+    common::outputs_rel_l2(a, b, "")
 }
 
 fn notes(r: &RunReport) -> Vec<String> {

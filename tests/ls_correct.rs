@@ -10,7 +10,7 @@ use sparsify_onnx::ir::{Model, WeightId};
 use sparsify_onnx::passes::ls_correct::LsCorrect;
 use sparsify_onnx::passes::nm_check::{all_compliant, check_nm};
 use sparsify_onnx::passes::scope::Scope;
-use sparsify_onnx::validate::{self, Array, Feed, ModelSource, Thresholds};
+use sparsify_onnx::validate::{self, Array, Feed, ModelSource};
 use sparsify_onnx::{to_bytes, Calibrator, Pipeline, TractCalibrator};
 use sparsify_pm::{AnalysisCache, DenseSnapshot, FeatureAxis, PairRequest, Pass, PassCx};
 use std::collections::BTreeMap;
@@ -22,11 +22,7 @@ fn varied_feed(shape: &[usize], seed: f32) -> Feed {
     Feed { arrays: vec![("x".into(), Array::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap()))] }
 }
 
-fn rel_l2(a: &Model, b: &Model, feed: &Feed) -> f64 {
-    let run = |m: &Model| validate::run_model(ModelSource::Bytes(&to_bytes(m).unwrap()), feed, &[]).unwrap();
-    let rep = validate::compare_outputs(&run(a), &run(b), &Thresholds::default());
-    rep.outputs[0].rel_l2_err
-}
+use common::rel_l2;
 
 /// Multiply `weight`'s slice `index` along `axis` by `by`.
 fn scale_channel(m: &mut Model, weight: &str, axis: usize, index: usize, by: f64) {

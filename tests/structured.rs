@@ -17,29 +17,11 @@
 mod common;
 
 use sparsify_onnx::ir::Model;
-use sparsify_onnx::validate::{load_feed, run_model, Array, Feed, ModelSource};
+use sparsify_onnx::validate::load_feed;
 use sparsify_onnx::{input_decls, Pipeline, TractCalibrator};
 use sparsify_passes::dead_channel_elim::param_count;
 
-fn run(m: &Model, feed: &Feed) -> Vec<(String, Array)> {
-    let bytes = sparsify_onnx::to_bytes(m).unwrap();
-    run_model(ModelSource::Bytes(&bytes), feed, &[]).unwrap()
-}
-
-/// Relative L2 of output `name` (or of every output when empty).
-fn rel(a: &[(String, Array)], b: &[(String, Array)], name: &str) -> f64 {
-    let (mut d2, mut n2) = (0f64, 0f64);
-    for ((na, x), (_, y)) in a.iter().zip(b) {
-        if !name.is_empty() && na != name {
-            continue;
-        }
-        for (p, q) in x.to_f64_vec().iter().zip(y.to_f64_vec()) {
-            d2 += (p - q).powi(2);
-            n2 += p * p;
-        }
-    }
-    (d2 / n2.max(1e-300)).sqrt()
-}
+use common::{outputs_rel_l2 as rel, run};
 
 struct Outcome {
     masked: Model,

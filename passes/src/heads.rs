@@ -43,7 +43,7 @@ pub(crate) mod pattern;
 use crate::channels::shapes::const_ints;
 use crate::channels::slice::{float_tensor, replace, take};
 use crate::dead_channel_elim::param_count;
-use crate::obs_removal::{augment, RowRemoval};
+use crate::obs_removal::{augment, output_energy, RowRemoval};
 use pattern::{find_blocks, Block, IntSite, Source, SplitSizes};
 use sparsify_ir::{AttrValue, DType, Graph, Model, Tensor, WeightId};
 use sparsify_pm::{
@@ -94,8 +94,7 @@ fn err(subject: &str, message: impl Into<String>) -> PassError {
 
 /// Float values of a weight as f64.
 fn values(g: &Graph, id: &WeightId) -> Result<Vec<f64>, PassError> {
-    let t = g.weight(id).ok_or_else(|| err(id.name(), "weight not found"))?;
-    Ok(t.to_f64()?.iter().copied().collect())
+    Ok(g.weight_values_f64(id)?.iter().copied().collect())
 }
 
 /// Per block: the chosen heads (in removal order), their costs, and the repaired O (None = unchanged).
@@ -214,18 +213,8 @@ impl PruneHeads {
             if *k != b.heads * b.dh || w.len() != k * n {
                 return Err(err(&b.merged, format!("Gram of {k} features for {} heads × {}", b.heads, b.dh)));
             }
-            // Output energy tr(W H Wᵀ) with the undamped Gram.
-            let mut energy = 0.0;
-            for c in 0..n {
-                for i in 0..*k {
-                    let wi = w[i * n + c];
-                    if wi == 0.0 {
-                        continue;
-                    }
-                    let hw: f64 = (0..*k).map(|j| h[i * k + j] * w[j * n + c]).sum();
-                    energy += wi * hw;
-                }
-            }
+            // Output energy tr(Wᵀ H W) with the undamped Gram.
+            let energy = output_energy(&w, *k, n, h);
             // With a bias, the constant 1 is one more input (row k of W = the bias, never removed): the
             // repair then also moves the removed heads' mean contribution into the bias.
             let obs = match (&b.o_bias, &st[1]) {

@@ -139,16 +139,16 @@ impl Pass for Refine {
             if kept.iter().zip(&before).all(|(&k, &b)| k || b == 0.0) {
                 continue; // nothing pruned
             }
-            let mean = match mean_request(&dense.graph, u, &shape) {
-                Ok(CalibRequest::FeatureSum { tensor, axis }) => CalibRequest::FeatureSum { tensor, axis },
+            let (tensor, axis) = match mean_request(&dense.graph, u, &shape) {
+                Ok(CalibRequest::FeatureSum { tensor, axis }) => (tensor, axis),
                 Ok(_) => continue,
                 Err(why) => {
                     skip(cx, format!("'{}': {why}", u.node_name));
                     continue;
                 }
             };
-            let CalibRequest::FeatureSum { tensor, axis } = &mean else { unreachable!("matched above") };
-            let norm = CalibRequest::FeatureSqNorm { tensor: tensor.clone(), axis: *axis };
+            let mean = CalibRequest::FeatureSum { tensor: tensor.clone(), axis };
+            let norm = CalibRequest::FeatureSqNorm { tensor, axis };
             let request = match requests.iter().position(|r| *r == mean) {
                 Some(i) => i,
                 None => {

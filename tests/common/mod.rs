@@ -60,3 +60,33 @@ pub fn targeted(m: &Model) -> Vec<WeightInfo> {
         })
         .collect()
 }
+
+/// Every output of `m` on `feed`, run in tract.
+pub fn run(m: &Model, feed: &Feed) -> Vec<(String, validate::Array)> {
+    let bytes = sparsify_onnx::to_bytes(m).unwrap();
+    validate::run_model(validate::ModelSource::Bytes(&bytes), feed, &[]).unwrap()
+}
+
+/// Relative L2 of `b` against `a`, over output `name` (every output when empty), outputs in the same
+/// order and shapes.
+pub fn outputs_rel_l2(a: &[(String, validate::Array)], b: &[(String, validate::Array)], name: &str) -> f64 {
+    assert_eq!(a.len(), b.len(), "output count");
+    let (mut d2, mut n2) = (0f64, 0f64);
+    for ((na, x), (_, y)) in a.iter().zip(b) {
+        if !name.is_empty() && na != name {
+            continue;
+        }
+        assert_eq!(x.shape(), y.shape(), "output '{na}'");
+        for (p, q) in x.to_f64_vec().iter().zip(y.to_f64_vec()) {
+            d2 += (p - q).powi(2);
+            n2 += p * p;
+        }
+    }
+    (d2 / n2.max(1e-300)).sqrt()
+}
+
+/// Relative L2 of `b`'s first output against `a`'s on `feed` (as `--validate` reports it).
+pub fn rel_l2(a: &Model, b: &Model, feed: &Feed) -> f64 {
+    let rep = validate::compare_outputs(&run(a, feed), &run(b, feed), &validate::Thresholds::default());
+    rep.outputs[0].rel_l2_err
+}

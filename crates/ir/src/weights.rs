@@ -10,7 +10,7 @@
 //! the `DequantizeLinear` that reads it, or the quantized op's own inputs); `crate::quant` resolves them.
 
 use crate::quant::{quant_slots, QuantSlots};
-use crate::{Graph, NodeId, Tensor};
+use crate::{DType, Graph, NodeId, Tensor};
 use std::collections::BTreeMap;
 
 /// Where a weight's values live.
@@ -50,6 +50,9 @@ pub struct WeightUse {
     pub bias: Option<WeightId>,
     /// For a quantized weight: the scale / zero-point inputs of the node that dequantizes it.
     pub quant: Option<QuantSlots>,
+    /// The dtype the op reads the weight in when a `Cast` on the route changes it (the `to` of the
+    /// Cast nearest the op, e.g. f32 for an f16 weight cast to f32); `None` without a Cast.
+    pub cast_to: Option<DType>,
 }
 
 /// A prunable-weight candidate and everything known about it.
@@ -114,13 +117,16 @@ impl Graph {
     }
 
     /// Follow `name` back through axis-preserving / permuting ops to a constant. Maps `axes` (op-input
-    /// axes) into the constant's layout. Returns the source, the route, and the mapped axes.
-    fn trace(&self, name: &str, mut axes: Vec<usize>) -> Option<(WeightId, Vec<String>, Vec<usize>)> {
+    /// axes) into the constant's layout. Returns the source, the route, the mapped axes, and the `to`
+    /// of the Cast nearest the op, if any.
+    #[allow(clippy::type_complexity)]
+    fn trace(&self, name: &str, mut axes: Vec<usize>) -> Option<(WeightId, Vec<String>, Vec<usize>, Option<DType>)> {
         let mut route = Vec::new();
+        let mut cast_to = None;
         let mut cur = name.to_string();
         for _ in 0..64 {
             if let Some(src) = self.constant_source(&cur) {
-                return Some((src, route, axes));
+                return Some((src, route, axes, cast_to));
             }
             let p = self.producer_of(&cur)?;
             let n = self.node(p);
@@ -128,7 +134,10 @@ impl Graph {
                 return None;
             }
             match n.op_type.as_str() {
-                "Identity" | "Cast" | "DequantizeLinear" => {}
+                "Cast" => {
+                    cast_to = cast_to.or_else(|| n.attr_int("to").map(|c| DType::from_code(c as i32)));
+                }
+                "Identity" | "DequantizeLinear" => {}
                 "Transpose" => {
                     let perm: Vec<usize> = match n.attr_ints("perm") {
                         Some(p) => p.iter().map(|&x| x as usize).collect(),
@@ -176,7 +185,7 @@ impl Graph {
             }
             for (slot, axes, groups) in weight_slots(self, node) {
                 let Some(input) = node.inputs.get(slot).filter(|s| !s.is_empty()) else { continue };
-                let Some((src, route, mapped)) = self.trace(input, axes) else { continue };
+                let Some((src, route, mapped, cast_to)) = self.trace(input, axes) else { continue };
                 let bias = match node.op_type.as_str() {
                     "Conv" | "ConvTranspose" | "Gemm" | "QLinearConv" | "QGemm" => node
                         .inputs
@@ -188,7 +197,7 @@ impl Graph {
                         })
                         .filter(|s| !s.is_empty())
                         .and_then(|b| self.trace(b, vec![]))
-                        .map(|(b, _, _)| b),
+                        .map(|(b, ..)| b),
                     _ => None,
                 };
                 let quant = self.weight(&src).filter(|t| !t.dtype.is_prunable_float()).and_then(|t| {
@@ -211,6 +220,7 @@ impl Graph {
                     groups,
                     bias,
                     quant,
+                    cast_to,
                 };
                 match found.get(&src) {
                     Some(&i) => list[i].uses.push(u),

@@ -263,45 +263,32 @@ pub fn run(
         for &c in &e.free {
             let parts =
                 if unsupported.contains_key(&gi) { vec![] } else { blocks[gi].get(&c).cloned().unwrap_or_default() };
+            // Σ over the channel's consumer rows r of weight(r)·‖W_r‖², normalised by the consumer's output
+            // energy under scope=global (else square-rooted when `root`).
+            let rows = |weight: &dyn Fn(&Consumer, usize) -> f64, root: bool| -> f64 {
+                parts
+                    .iter()
+                    .map(|(ci, b)| {
+                        let cs = &consumers[*ci];
+                        let s: f64 = b
+                            .iter()
+                            .map(|&r| {
+                                weight(cs, r) * cs.w[r * cs.outs..(r + 1) * cs.outs].iter().map(|v| v * v).sum::<f64>()
+                            })
+                            .sum();
+                        match (set.global, root) {
+                            (true, _) => s / cs.energy.max(f64::MIN_POSITIVE),
+                            (false, true) => s.sqrt(),
+                            (false, false) => s,
+                        }
+                    })
+                    .sum()
+            };
             let score = match crit {
                 Criterion::Norm => norm.as_ref().map_or(0.0, |n| n[c]),
-                Criterion::Wanda => parts
-                    .iter()
-                    .map(|(ci, b)| {
-                        let cs = &consumers[*ci];
-                        let s: f64 = b
-                            .iter()
-                            .map(|&r| {
-                                cs.h[r * cs.k + r]
-                                    * cs.w[r * cs.outs..(r + 1) * cs.outs].iter().map(|v| v * v).sum::<f64>()
-                            })
-                            .sum();
-                        if set.global {
-                            s / cs.energy.max(f64::MIN_POSITIVE)
-                        } else {
-                            s.sqrt()
-                        }
-                    })
-                    .sum(),
-                Criterion::Flap => parts
-                    .iter()
-                    .map(|(ci, b)| {
-                        let cs = &consumers[*ci];
-                        // h_rr = 2·E[x_r²] (H is scaled 2/n): Var = h_rr/2 − E[x_r]².
-                        let s: f64 = b
-                            .iter()
-                            .map(|&r| {
-                                let var = (cs.h[r * cs.k + r] / 2.0 - cs.mean[r] * cs.mean[r]).max(0.0);
-                                var * cs.w[r * cs.outs..(r + 1) * cs.outs].iter().map(|v| v * v).sum::<f64>()
-                            })
-                            .sum();
-                        if set.global {
-                            s / cs.energy.max(f64::MIN_POSITIVE)
-                        } else {
-                            s
-                        }
-                    })
-                    .sum(),
+                Criterion::Wanda => rows(&|cs, r| cs.h[r * cs.k + r], true),
+                // h_rr = 2·E[x_r²] (H is scaled 2/n): Var = h_rr/2 − E[x_r]².
+                Criterion::Flap => rows(&|cs, r| (cs.h[r * cs.k + r] / 2.0 - cs.mean[r] * cs.mean[r]).max(0.0), false),
                 Criterion::Obs => 0.0,
             };
             cands.push(Cand { group: gi, channel: c, parts, zero: e.zero[c], score });

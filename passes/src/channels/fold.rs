@@ -72,7 +72,7 @@ pub(crate) fn fold(g: &mut Graph, a: &Analysis, plan: &Plan) -> Result<(Vec<Site
         let wv = w.to_f64()?;
         // A bias this fold creates has the op's activation dtype: the weight's, or what a Cast on its
         // route turns it into (an f16 weight cast to f32 gets an f32 bias).
-        let dtype = seen_dtype(g, s.node, s.weight.name(), w.dtype);
+        let dtype = s.cast_to.unwrap_or(w.dtype);
         let m = wv.shape()[s.out_axis];
         let mut delta = vec![0.0; m];
         let per_in = l.atoms.len() / s.groups.max(1);
@@ -153,33 +153,4 @@ pub(crate) fn fold(g: &mut Graph, a: &Analysis, plan: &Plan) -> Result<(Vec<Site
         }
     }
     Ok((extra, folds))
-}
-
-/// The dtype in which `node` reads the weight `weight`: following each input back through Identity,
-/// Transpose and Cast to the weight, the `to` of the Cast nearest the node, else the weight's own.
-fn seen_dtype(g: &Graph, node: NodeId, weight: &str, own: sparsify_ir::DType) -> sparsify_ir::DType {
-    for input in &g.node(node).inputs {
-        let (mut t, mut cast) = (input.clone(), None);
-        for _ in 0..16 {
-            if t == weight || g.constant_source(&t).is_some_and(|id| id.name() == weight) {
-                return cast.unwrap_or(own);
-            }
-            let Some(p) = g.producer_of(&t) else { break };
-            let pn = g.node(p);
-            match pn.op_type.as_str() {
-                "Cast" => {
-                    if cast.is_none() {
-                        cast = pn.attr_int("to").map(|c| sparsify_ir::DType::from_code(c as i32));
-                    }
-                }
-                "Identity" | "Transpose" => {}
-                _ => break,
-            }
-            match pn.inputs.first() {
-                Some(i) => t = i.clone(),
-                None => break,
-            }
-        }
-    }
-    own
 }

@@ -90,6 +90,9 @@ pub(crate) struct Sink {
     pub out_axis: usize,
     pub groups: usize,
     pub kind: SinkKind,
+    /// The dtype the op reads the weight in, when a Cast on its route changes it
+    /// ([`sparsify_ir::WeightUse::cast_to`]): a bias created for the op takes it.
+    pub cast_to: Option<sparsify_ir::DType>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -124,6 +124,7 @@ impl Builder<'_> {
                     atoms: l.atoms.clone(),
                     groups,
                 });
+                let cast_to = self.weight_at(id, 1).and_then(|(_, u)| u.cast_to);
                 self.a.sinks.push(Sink {
                     node: id,
                     input: x.to_string(),
@@ -132,6 +133,7 @@ impl Builder<'_> {
                     out_axis,
                     groups,
                     kind,
+                    cast_to,
                 });
             }
             Err(e) => self.block_tensor(x, format!("weight of '{name}': {e}")),
