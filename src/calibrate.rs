@@ -13,7 +13,8 @@
 //! only the real-token positions.
 
 use crate::token_mask::{self, TokenMask};
-use sparsify_ir::Model;
+use crate::variants::VariantPaths;
+use sparsify_ir::{Model, Tensor};
 use sparsify_passes::calib_stats::{channel_pair_sums, conv_patch_sums, feature_sums};
 use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
 use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PairRequest, PairStat};
@@ -29,6 +30,8 @@ pub struct TractCalibrator {
     mask: Option<String>,
     /// Activations of a reference model kept by [`Calibrator::keep_reference`].
     kept: std::sync::Mutex<Option<KeptReference>>,
+    /// How [`Calibrator::variant_errors`] ran its groups, added up.
+    variant_paths: std::sync::Mutex<VariantPaths>,
 }
 
 /// A reference model's activations over every calibration batch, and the hash of its encoded bytes.
@@ -54,6 +57,7 @@ impl TractCalibrator {
             progress: None,
             mask: None,
             kept: Default::default(),
+            variant_paths: Default::default(),
         };
         cal.with_token_mask(&TokenMask::Auto)
     }
@@ -70,6 +74,7 @@ impl TractCalibrator {
             progress: None,
             mask: None,
             kept: Default::default(),
+            variant_paths: Default::default(),
         };
         cal.with_token_mask(&TokenMask::Auto)
     }
@@ -99,6 +104,11 @@ impl TractCalibrator {
     pub fn with_progress(mut self, progress: Progress) -> TractCalibrator {
         self.progress = Some(progress);
         self
+    }
+
+    /// How the variants measured so far ran ([`Calibrator::variant_errors`]: suffix, whole model, copies).
+    pub fn variant_paths(&self) -> VariantPaths {
+        *self.variant_paths.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn batches(&self) -> &[Feed] {
@@ -187,6 +197,10 @@ impl Calibrator for TractCalibrator {
         }
         *kept = Some(KeptReference { key: bytes_key(&bytes), batches });
         Ok(true)
+    }
+
+    fn variant_errors(&self, model: &Model, output: &str, variants: &[Vec<Tensor>]) -> Result<Vec<f64>, CalibError> {
+        crate::variants::variant_errors(model, output, variants, &self.batches, &self.variant_paths)
     }
 
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError> {

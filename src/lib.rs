@@ -27,6 +27,7 @@
 
 pub mod calibrate;
 pub mod token_mask;
+pub mod variants;
 
 pub use calibrate::TractCalibrator;
 pub use sparsify_ir as ir;

@@ -6,16 +6,20 @@
 //! template pipeline, or the cached scores masked per layer); the candidate for (weight, s) is the dense
 //! model with that one weight — and the constants its pruning changed in place next to it (the op's
 //! bias input, the constant of a following Add) — taken from the pruned model. Nodes a template adds
-//! (a new bias input or Add from `bias-correct`) are not transferred. Each candidate is run over the
-//! calibration set in tract through the [`Calibrator`] (`Values` of the measured output) and compared
-//! with the dense output: relative L2 = ‖y − y_dense‖ / ‖y_dense‖ over every calibration row.
+//! (a new bias input or Add from `bias-correct`) are not transferred. Every candidate is measured over
+//! the calibration set by [`Calibrator::variant_errors`] (all levels in one call): relative L2 =
+//! ‖y − y_dense‖ / ‖y_dense‖ of the measured output over every calibration row. The tract calibrator
+//! runs each weight's candidates through one plan of the graph's suffix that the weight reaches, fed
+//! from one dense run (`sparsify_onnx::variants`): same numbers as running each candidate whole, about
+//! half the work on a chain of layers, and the weights run in parallel. A candidate that changes a
+//! `Constant` node runs on its own copy of the model.
 //!
 //! Curves are cached in process, keyed by a hash of the model, the measurement recipe, the levels and
 //! the calibrator's fingerprint, so repeated budgets (and the bisection of `max_error`) are free.
 
 use crate::scope::Scope;
 use serde::{Deserialize, Serialize};
-use sparsify_ir::{Graph, Model, WeightId};
+use sparsify_ir::{Graph, Model, Tensor, WeightId};
 use sparsify_pm::{Analysis, CalibRequest, CalibStat, Calibrator, Effects, PassError};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -93,26 +97,7 @@ pub fn output_values(model: &Model, cal: &dyn Calibrator, output: &str) -> Resul
     }
 }
 
-/// ‖y − y_ref‖ / ‖y_ref‖.
-pub fn rel_l2(reference: &[f32], y: &[f32]) -> f64 {
-    if reference.len() != y.len() {
-        return f64::INFINITY;
-    }
-    let (mut num, mut den) = (0f64, 0f64);
-    for (a, b) in reference.iter().zip(y) {
-        num += (*a as f64 - *b as f64).powi(2);
-        den += (*a as f64).powi(2);
-    }
-    if den == 0.0 {
-        if num == 0.0 {
-            0.0
-        } else {
-            f64::INFINITY
-        }
-    } else {
-        (num / den).sqrt()
-    }
-}
+pub use sparsify_pm::rel_l2;
 
 /// The weights a sensitivity run measures: the scope's weights that have consumers (no embeddings).
 pub fn layers(g: &Graph, scope: &Scope) -> Vec<(WeightId, String, usize)> {
@@ -130,9 +115,19 @@ pub fn layers(g: &Graph, scope: &Scope) -> Vec<(WeightId, String, usize)> {
 /// `dense` with weight `id` (and the constants beside it that changed in place) taken from `pruned`.
 pub fn transfer_layer(dense: &Model, pruned: &Model, id: &WeightId) -> Result<Model, PassError> {
     let mut m = dense.clone();
+    for (cid, t) in layer_changes(dense, pruned, id)? {
+        *m.graph.weight_mut(&cid).ok_or_else(|| invalid(cid.name(), "weight missing"))? = t;
+    }
+    Ok(m)
+}
+
+/// The constants that pruning weight `id` changed, taken from `pruned`: the weight itself, and the
+/// constants beside it that changed in place (the consumer's other constant inputs — a bias — and a
+/// following Add's constant).
+pub fn layer_changes(dense: &Model, pruned: &Model, id: &WeightId) -> Result<Vec<(WeightId, Tensor)>, PassError> {
     let t = pruned.graph.weight(id).ok_or_else(|| invalid(id.name(), "weight missing in the pruned model"))?.clone();
-    *m.graph.weight_mut(id).ok_or_else(|| invalid(id.name(), "weight missing"))? = t;
-    // Constants beside the weight: the consumer's other constant inputs and a following Add's constant.
+    dense.graph.weight(id).ok_or_else(|| invalid(id.name(), "weight missing"))?;
+    let mut changes = vec![(id.clone(), t)];
     let info = dense.graph.find_weights().into_iter().find(|w| &w.id == id);
     let mut names: Vec<String> = Vec::new();
     for u in info.iter().flat_map(|i| &i.uses) {
@@ -150,14 +145,11 @@ pub fn transfer_layer(dense: &Model, pruned: &Model, id: &WeightId) -> Result<Mo
     for name in names {
         let Some(cid) = dense.graph.constant_source(&name) else { continue };
         let (Some(a), Some(b)) = (dense.graph.weight(&cid), pruned.graph.weight(&cid)) else { continue };
-        if a.dims == b.dims && a.bytes() != b.bytes() {
-            let b = b.clone();
-            if let Some(slot) = m.graph.weight_mut(&cid) {
-                *slot = b;
-            }
+        if a.dims == b.dims && a.bytes() != b.bytes() && !changes.iter().any(|(c, _)| c == &cid) {
+            changes.push((cid, b.clone()));
         }
     }
-    Ok(m)
+    Ok(changes)
 }
 
 fn invalid(subject: &str, message: &str) -> PassError {
@@ -206,24 +198,40 @@ fn measure_keyed(
             return Ok(Curves { runs: 0, ..c });
         }
     }
-    let reference = output_values(dense, cal, output)?;
-    let mut errors = vec![Vec::with_capacity(levels.len()); layers.len()];
+    // Every candidate, as a variant of the dense model: those that change only initializers are
+    // measured together (the calibrator prepares the model once and reruns only what each changes);
+    // a candidate that changes a Constant node runs on its own copy.
+    let mut variants: Vec<Vec<Tensor>> = Vec::new();
+    let mut slot: Vec<Vec<Option<usize>>> = vec![vec![None; levels.len()]; layers.len()];
+    let mut own: Vec<(usize, usize, Model)> = Vec::new();
     let mut runs = 0;
-    for &s in levels {
+    for (li, &s) in levels.iter().enumerate() {
         let pruned = pruned_at(s)?;
         for (i, (id, _, _)) in layers.iter().enumerate() {
             let same = match (dense.graph.weight(id), pruned.graph.weight(id)) {
                 (Some(a), Some(b)) => a.bytes() == b.bytes(),
                 _ => true,
             };
-            let e = if same {
-                0.0
+            if same {
+                continue;
+            }
+            runs += 1;
+            let changes = layer_changes(dense, &pruned, id)?;
+            if changes.iter().all(|(c, _)| matches!(c, WeightId::Init(_))) {
+                slot[i][li] = Some(variants.len());
+                variants.push(changes.into_iter().map(|(_, t)| t).collect());
             } else {
-                let cand = transfer_layer(dense, &pruned, id)?;
-                runs += 1;
-                rel_l2(&reference, &output_values(&cand, cal, output)?)
-            };
-            errors[i].push(e);
+                own.push((i, li, transfer_layer(dense, &pruned, id)?));
+            }
+        }
+    }
+    let by_variant = cal.variant_errors(dense, output, &variants)?;
+    let mut errors: Vec<Vec<f64>> =
+        slot.iter().map(|l| l.iter().map(|v| v.map_or(0.0, |v| by_variant[v])).collect()).collect();
+    if !own.is_empty() {
+        let reference = output_values(dense, cal, output)?;
+        for (i, li, cand) in own {
+            errors[i][li] = rel_l2(&reference, &output_values(&cand, cal, output)?);
         }
     }
     let curves = Curves {

@@ -167,8 +167,105 @@ pub trait Calibrator: Sync {
         let _ = reference;
         Ok(false)
     }
+    /// For each variant of `model`, the relative L2 distance ‖y_v − y‖ / ‖y‖ of tensor `output` over the
+    /// whole calibration set, y being `model`'s own values ([`CalibRequest::Values`]). A variant replaces
+    /// some of the model's initializers with tensors of the same name, dtype and shape (an empty variant
+    /// is the model itself: 0). Measuring many variants of one model this way lets a calibrator prepare
+    /// the model once and rerun only what a variant changes; the default runs one
+    /// [`Calibrator::collect`] per variant on a copy of the model.
+    fn variant_errors(
+        &self,
+        model: &Model,
+        output: &str,
+        variants: &[Vec<sparsify_ir::Tensor>],
+    ) -> Result<Vec<f64>, CalibError> {
+        let reference = values_of(self, model, output)?;
+        variants
+            .iter()
+            .map(|v| {
+                if v.is_empty() {
+                    return Ok(0.0);
+                }
+                Ok(rel_l2(&reference, &values_of(self, &apply_variant(model, v)?, output)?))
+            })
+            .collect()
+    }
     /// A hash of the calibration data, for caches of measured results (0 = unknown: do not cache).
     fn fingerprint(&self) -> u64 {
         0
     }
+}
+
+/// `model` with the variant's tensors in place of the initializers of the same names.
+pub fn apply_variant(model: &Model, variant: &[sparsify_ir::Tensor]) -> Result<Model, CalibError> {
+    let mut m = model.clone();
+    for t in variant {
+        let slot = m
+            .graph
+            .initializer_mut(&t.name)
+            .ok_or_else(|| CalibError(format!("variant tensor '{}' is not an initializer of the model", t.name)))?;
+        if slot.dtype != t.dtype || slot.dims != t.dims {
+            return Err(CalibError(format!(
+                "variant tensor '{}' is {} {:?}, the initializer is {} {:?}",
+                t.name,
+                t.dtype.name(),
+                t.dims,
+                slot.dtype.name(),
+                slot.dims
+            )));
+        }
+        *slot = t.clone();
+    }
+    Ok(m)
+}
+
+/// The [`CalibStat::Values`] of `output` in `model`.
+fn values_of<C: Calibrator + ?Sized>(cal: &C, model: &Model, output: &str) -> Result<Vec<f32>, CalibError> {
+    match cal.collect(model, &[CalibRequest::Values { tensor: output.to_string() }])?.into_iter().next() {
+        Some(CalibStat::Values { values, .. }) => Ok(values),
+        _ => Err(CalibError(format!("the calibrator returned no values for '{output}'"))),
+    }
+}
+
+/// ‖y − y_ref‖ / ‖y_ref‖, accumulated over chunks of the same tensor (calibration batches).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RelL2 {
+    num: f64,
+    den: f64,
+    mismatch: bool,
+}
+
+impl RelL2 {
+    /// Add one chunk; chunks of different lengths make the distance infinite.
+    pub fn add(&mut self, reference: &[f32], y: &[f32]) {
+        if reference.len() != y.len() {
+            self.mismatch = true;
+            return;
+        }
+        for (a, b) in reference.iter().zip(y) {
+            self.num += (*a as f64 - *b as f64).powi(2);
+            self.den += (*a as f64).powi(2);
+        }
+    }
+
+    pub fn value(&self) -> f64 {
+        if self.mismatch {
+            f64::INFINITY
+        } else if self.den == 0.0 {
+            if self.num == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        } else {
+            (self.num / self.den).sqrt()
+        }
+    }
+}
+
+/// ‖y − y_ref‖ / ‖y_ref‖ (infinite when the lengths differ or the reference is 0 and y is not).
+pub fn rel_l2(reference: &[f32], y: &[f32]) -> f64 {
+    let mut r = RelL2::default();
+    r.add(reference, y);
+    r.value()
 }

@@ -16,7 +16,9 @@ pub mod snapshot;
 pub mod spill;
 
 pub use analysis::{Analysis, AnalysisCache};
-pub use calib::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PairRequest, PairStat};
+pub use calib::{
+    apply_variant, rel_l2, CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PairRequest, PairStat, RelL2,
+};
 pub use manager::{PassManager, PmError, RunEnv};
 pub use options::{OptionSpec, Options};
 pub use pass::{Changed, Effects, Pass, PassCx, PassError, PassInfo, Registry};

@@ -113,8 +113,25 @@ impl Runner {
 
     /// Runs the model on `feed` (matched to model inputs by name, else by position).
     pub fn run(&self, feed: &Feed) -> Result<Vec<(String, Array)>, ValidateError> {
-        let inputs = self.order_inputs(feed)?;
-        let plan = self.plan_for(&inputs)?;
+        self.run_inputs(&self.order_inputs(feed)?)
+    }
+
+    /// Names of the model inputs, in the order [`Runner::run_inputs`] takes them.
+    pub fn input_names(&self) -> &[String] {
+        &self.input_names
+    }
+
+    /// Runs the model on arrays given in [`Runner::input_names`] order (borrowed: a caller feeding the
+    /// same large arrays to many runs copies nothing of its own).
+    pub fn run_inputs(&self, inputs: &[&Array]) -> Result<Vec<(String, Array)>, ValidateError> {
+        if inputs.len() != self.input_names.len() {
+            return Err(ValidateError::feed(format!(
+                "the model has {} inputs, {} arrays were given",
+                self.input_names.len(),
+                inputs.len()
+            )));
+        }
+        let plan = self.plan_for(inputs)?;
         let values: TVec<TValue> =
             inputs.iter().map(|a| to_tensor(a).map(|t| t.into_tvalue())).collect::<Result<_, _>>()?;
         let outputs = plan.run(values).map_err(tract("running the model"))?;
