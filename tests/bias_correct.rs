@@ -205,3 +205,70 @@ fn lowers_the_error_of_wanda_on_the_cnns() {
         assert!(a1 >= a0, "{name}: bias correction lowered the accuracy ({a0} -> {a1})");
     }
 }
+
+/// ConvTranspose → Relu → grouped ConvTranspose with cropping pads and output padding, the second
+/// without a bias.
+fn deconv() -> Model {
+    let mut g = Graph::new();
+    g.inputs.push(ValueInfo::tensor("x", 1, &[2, 4, 5, 5]));
+    g.outputs.push(out("y"));
+    g.initializers.push(weights("w1", &[4, 6, 3, 3], 0.37));
+    g.initializers.push(weights("b1", &[6], 0.8));
+    g.initializers.push(weights("w2", &[6, 2, 2, 2], 1.3));
+    let mut t1 = Node::new("ConvTranspose", "up1", &["x", "w1", "b1"], &["a"]);
+    t1.set_attr("strides", AttrValue::Ints(vec![2, 2]));
+    t1.set_attr("pads", AttrValue::Ints(vec![1, 1, 1, 1]));
+    t1.set_attr("output_padding", AttrValue::Ints(vec![1, 1]));
+    let mut t2 = Node::new("ConvTranspose", "up2", &["r", "w2"], &["y"]);
+    t2.set_attr("group", AttrValue::Int(3));
+    t2.set_attr("strides", AttrValue::Ints(vec![2, 1]));
+    t2.set_attr("pads", AttrValue::Ints(vec![0, 1, 1, 0]));
+    model(g, vec![t1, Node::new("Relu", "relu", &["a"], &["r"]), t2])
+}
+
+/// Per-channel means (axis 1) of an [N, C, ...] output.
+fn channel_means(outs: &[(String, Array)]) -> Vec<f64> {
+    let Array::F32(y) = &outs[0].1 else { panic!("f32 output") };
+    let c = y.shape()[1];
+    let per = y.len() / c;
+    let mut m = vec![0f64; c];
+    for (i, v) in y.iter().enumerate() {
+        m[(i / (per / y.shape()[0])) % c] += *v as f64 / per as f64;
+    }
+    m
+}
+
+#[test]
+fn conv_transpose_output_means_are_restored() {
+    let feed = constant_feed(&[2, 4, 5, 5], 1);
+    let cal = TractCalibrator::new(&feed, 2).unwrap();
+    let dense = deconv();
+    let ops = "ops=ConvTranspose";
+    let mut plain = dense.clone();
+    pipeline(&format!("score{{method=l1,{ops}}},mask{{sparsity=0.5,{ops}}}"), &mut plain, &cal);
+    let mut fixed = dense.clone();
+    let rep = pipeline(
+        &format!("score{{method=l1,{ops}}},mask{{sparsity=0.5,{ops}}},bias-correct{{{ops}}}"),
+        &mut fixed,
+        &cal,
+    );
+    let bc = rep.passes.last().unwrap();
+    assert_eq!(bc.counters["ops_corrected"], 2.0, "{:?}", bc.notes);
+    assert_eq!(fixed.graph.nodes().find(|(_, n)| n.display_name() == "up2").unwrap().1.inputs.len(), 3);
+    let run = |m: &Model| validate::run_model(ModelSource::Bytes(&to_bytes(m).unwrap()), &feed, &[]).unwrap();
+    let (d, p, f) = (channel_means(&run(&dense)), channel_means(&run(&plain)), channel_means(&run(&fixed)));
+    let gap = |a: &[f64]| a.iter().zip(&d).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let scale = d.iter().fold(0f64, |a, b| a.max(b.abs()));
+    println!("channel means: dense {d:?}\n pruned gap {:.3e}, corrected gap {:.3e}", gap(&p), gap(&f));
+    assert!(gap(&p) > 1e-2 * scale, "pruning should move the means ({})", gap(&p));
+    assert!(gap(&f) < 1e-5 * scale, "ConvTranspose bias correction does not restore the means ({})", gap(&f));
+    // The dense mode cannot see the output cropping: it refuses with the reason.
+    let mut m = dense.clone();
+    let rep = pipeline(
+        &format!("score{{method=l1,{ops}}},mask{{sparsity=0.5,{ops}}},bias-correct{{mode=dense,{ops}}}"),
+        &mut m,
+        &cal,
+    );
+    let bc = rep.passes.last().unwrap();
+    assert!(bc.notes.iter().any(|n| n.message.contains("mode=sequential only")), "{:?}", bc.notes);
+}

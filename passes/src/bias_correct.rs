@@ -32,9 +32,11 @@
 //!   scale × weight scale); pruned quantized weights are compared on their dequantized values. Dynamic
 //!   quantization (`MatMulInteger`): the mean is the float activation's (the `DynamicQuantizeLinear`
 //!   input) and the shift goes after the `Cast → Mul` that rescales the integer result, as after a MatMul.
-//! - **Skipped with a note:** ConvTranspose (the bias matching the mean over output positions depends
-//!   on output cropping by pads / output_padding; not implemented), weights read as the activation-side
-//!   input, non-2-D MatMul weights, weights reached through `Cast` (the activation dtype is not the
+//! - **ConvTranspose** (`mode=sequential`): the output-side mean depends on how pads and output padding
+//!   crop the output, so the shift is measured on the outputs themselves, Δb = E_dense[y] − E_now[y] per
+//!   output channel (exact in the mean over output positions; `tests/bias_correct.rs`). `mode=dense`
+//!   skips it with a note.
+//! - **Skipped with a note:** weights read as the activation-side input, non-2-D MatMul weights, weights reached through `Cast` (the activation dtype is not the
 //!   weight's), new biases for non-f32 models, embedding tables.
 //! - Effects: weight values and topology (new bias inputs / initializers / Add nodes). Preconditions:
 //!   calibration data. Not idempotent within one pipeline (a second `bias-correct` adds the same shift
@@ -49,7 +51,7 @@ use crate::calib_stats::{mean_request, output_shift, output_shift_between, stage
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use sparsify_ir::{Model, WeightUse};
 use sparsify_pm::{
-    CalibRequest, Changed, DenseSnapshot, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo,
+    CalibRequest, Changed, DenseSnapshot, Effects, FeatureAxis, OptionSpec, Options, Pass, PassCx, PassError, PassInfo,
     PipelineError,
 };
 
@@ -93,6 +95,8 @@ struct Job {
     before: Vec<f64>,
     after: Vec<f64>,
     request: usize,
+    /// The request is the op's output mean (ConvTranspose): shift = E_dense[y] − E_now[y].
+    from_output: bool,
 }
 
 impl Pass for BiasCorrect {
@@ -133,18 +137,17 @@ impl Pass for BiasCorrect {
             }
             let shape = now.shape();
             for u in &info.uses {
-                if u.op == "ConvTranspose" {
-                    notes.push((
-                        name.clone(),
-                        format!("'{}': ConvTranspose bias correction is not implemented", u.node_name),
-                    ));
-                    continue;
-                }
                 if u.route.iter().any(|r| r == "Cast") {
                     notes.push((name.clone(), format!("'{}': weight reached through Cast: skipped", u.node_name)));
                     continue;
                 }
-                match mean_request(&dense.graph, u, &shape) {
+                let from_output = u.op == "ConvTranspose";
+                let request = if from_output {
+                    output_mean_request(&dense.graph, u, self.sequential)
+                } else {
+                    mean_request(&dense.graph, u, &shape)
+                };
+                match request {
                     Ok(req) => {
                         let request = match requests.iter().position(|r| *r == req) {
                             Some(i) => i,
@@ -160,6 +163,7 @@ impl Pass for BiasCorrect {
                             before: before.clone(),
                             after: after.clone(),
                             request,
+                            from_output,
                         });
                     }
                     Err(why) => notes.push((name.clone(), format!("'{}': skipped: {why}", u.node_name))),
@@ -184,7 +188,11 @@ impl Pass for BiasCorrect {
         }
         let dense_means: Vec<Result<InputMean, String>> = stats.iter().map(InputMean::from_stat).collect();
         let order: Vec<Vec<usize>> = if self.sequential {
-            let ops: Vec<_> = jobs.iter().map(|j| (j.use_.node, requests[j.request].tensor().to_string())).collect();
+            let input = |j: &Job| match j.from_output {
+                true => model.graph.node(j.use_.node).inputs.first().cloned().unwrap_or_default(),
+                false => requests[j.request].tensor().to_string(),
+            };
+            let ops: Vec<_> = jobs.iter().map(|j| (j.use_.node, input(j))).collect();
             stages(&model.graph, &ops)
         } else {
             vec![(0..jobs.len()).collect()]
@@ -220,6 +228,9 @@ impl Pass for BiasCorrect {
                 let res = dense_means[job.request]
                     .clone()
                     .and_then(|md| match &now_means {
+                        Some(now) if job.from_output => {
+                            now[job.request].clone().and_then(|mp| mean_difference(&md, &mp))
+                        }
                         None => output_shift(&job.shape, u.out_axis, u.red_axis, &job.before, &job.after, &md),
                         Some(now) => now[job.request].clone().and_then(|mp| {
                             output_shift_between(
@@ -254,5 +265,30 @@ impl Pass for BiasCorrect {
             }
         }
         Ok(changed)
+    }
+}
+
+/// The output-mean request of a ConvTranspose (per output channel, axis 1). Its bias shift is
+/// E_dense[y] − E_now[y] measured on the outputs themselves: exact in the mean over output positions
+/// whatever the strides, pads, output padding and groups (an input-side formula would have to follow
+/// the output cropping). Needs the current model's outputs, so `mode=sequential` only.
+fn output_mean_request(g: &sparsify_ir::Graph, u: &WeightUse, sequential: bool) -> Result<CalibRequest, String> {
+    if !sequential {
+        return Err("ConvTranspose is corrected from its output means, in mode=sequential only".into());
+    }
+    if u.slot != 1 {
+        return Err(format!("ConvTranspose reads the weight as input {}", u.slot));
+    }
+    let y = g.node(u.node).outputs.first().filter(|y| !y.is_empty()).ok_or("the op has no output")?;
+    Ok(CalibRequest::FeatureSum { tensor: y.clone(), axis: FeatureAxis::Index(1) })
+}
+
+/// E_dense[y] − E_now[y] per channel.
+fn mean_difference(dense: &InputMean, now: &InputMean) -> Result<Vec<f64>, String> {
+    match (dense, now) {
+        (InputMean::Features(a), InputMean::Features(b)) if a.len() == b.len() => {
+            Ok(a.iter().zip(b).map(|(x, y)| x - y).collect())
+        }
+        _ => Err("the output means of the dense and current models do not match".into()),
     }
 }

@@ -1,6 +1,6 @@
 //! Where a per-output-channel shift of an op's output goes (shared by `bias-correct` and `ls-correct`):
 //!
-//! - **Conv**: its bias input (changed in place, or created as `<weight>.bias_correction`).
+//! - **Conv**, **ConvTranspose**: its bias input (changed in place, or created as `<weight>.bias_correction`).
 //! - **Gemm**: C, the shift divided by `beta` (created when absent; `beta=0` is refused).
 //! - **MatMul**: the constant of a following `Add` when the MatMul output feeds only that Add and the
 //!   constant broadcasts along the last axis (torch exports MatMul+Add), else a new `Add` node after the
@@ -41,7 +41,7 @@ pub fn shift_output(
     let node_id = u.node;
     let node = g.node(node_id).clone();
     let place = match u.op.as_str() {
-        "Conv" => add_to_bias_input(g, node_id, &node, 2, (bias_scale, shift), weight)?,
+        "Conv" | "ConvTranspose" => add_to_bias_input(g, node_id, &node, 2, (bias_scale, shift), weight)?,
         "Gemm" => {
             let beta = node.attr_float("beta").unwrap_or(1.0) as f64;
             if beta == 0.0 {
