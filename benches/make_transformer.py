@@ -8,6 +8,10 @@ are seeded normals scaled by 1/sqrt(fan_in); calibration and sample data are tok
 lengths 11-29 padded with 0 to 32, and the matching 0/1 attention mask.
 
 Usage: make_transformer.py OUTDIR   (writes OUTDIR/model.onnx, OUTDIR/calib/*.npy, OUTDIR/sample/*.npy)
+
+Other sizes through the environment: TF_D, TF_HEADS, TF_FFN, TF_LAYERS (defaults above), and
+TF_EXTERNAL=1 to store the weights in OUTDIR/model.onnx.data. The issue-10 scale bench uses
+TF_D=1024 TF_HEADS=16 TF_FFN=4096 TF_LAYERS=20 TF_EXTERNAL=1 (about 1 GiB of weights, 120 MatMuls).
 """
 import os
 import sys
@@ -16,7 +20,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-D, H, F, V, S, LAYERS = 384, 12, 1536, 8000, 32, 6
+D = int(os.environ.get("TF_D", 384))
+H = int(os.environ.get("TF_HEADS", 12))
+F = int(os.environ.get("TF_FFN", 1536))
+LAYERS = int(os.environ.get("TF_LAYERS", 6))
+V, S = 8000, 32
+EXTERNAL = os.environ.get("TF_EXTERNAL", "") == "1"
 
 
 def main(out):
@@ -103,7 +112,11 @@ def main(out):
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     os.makedirs(out, exist_ok=True)
-    onnx.save(model, os.path.join(out, "model.onnx"))
+    if EXTERNAL:
+        onnx.save(model, os.path.join(out, "model.onnx"), save_as_external_data=True,
+                  all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+    else:
+        onnx.save(model, os.path.join(out, "model.onnx"))
     for sub, rows in (("calib", 64), ("sample", 32)):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
         lens = rng.integers(11, 30, size=rows)

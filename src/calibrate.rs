@@ -32,7 +32,12 @@ pub struct TractCalibrator {
     kept: std::sync::Mutex<Option<KeptReference>>,
     /// How [`Calibrator::variant_errors`] ran its groups, added up.
     variant_paths: std::sync::Mutex<VariantPaths>,
+    /// Run the model stage by stage when its weights exceed this many bytes ([`crate::staged`]).
+    stage_bytes: Option<usize>,
 }
+
+/// The default stage budget: models with more weight bytes are calibrated stage by stage.
+pub const DEFAULT_STAGE_BYTES: usize = 64 << 20;
 
 /// A reference model's activations over every calibration batch, and the hash of its encoded bytes.
 struct KeptReference {
@@ -58,6 +63,7 @@ impl TractCalibrator {
             mask: None,
             kept: Default::default(),
             variant_paths: Default::default(),
+            stage_bytes: Some(DEFAULT_STAGE_BYTES),
         };
         cal.with_token_mask(&TokenMask::Auto)
     }
@@ -75,6 +81,7 @@ impl TractCalibrator {
             mask: None,
             kept: Default::default(),
             variant_paths: Default::default(),
+            stage_bytes: Some(DEFAULT_STAGE_BYTES),
         };
         cal.with_token_mask(&TokenMask::Auto)
     }
@@ -106,6 +113,14 @@ impl TractCalibrator {
         self
     }
 
+    /// Run the model in tract stage by stage, each stage holding at most `bytes` of weights (`None`: always
+    /// the whole model). Statistics are the same either way; staging bounds tract's memory to about one
+    /// stage's weights. Default [`DEFAULT_STAGE_BYTES`].
+    pub fn with_stage_bytes(mut self, bytes: Option<usize>) -> TractCalibrator {
+        self.stage_bytes = bytes.map(|b| b.max(1));
+        self
+    }
+
     /// How the variants measured so far ran ([`Calibrator::variant_errors`]: suffix, whole model, copies).
     pub fn variant_paths(&self) -> VariantPaths {
         *self.variant_paths.lock().unwrap_or_else(|p| p.into_inner())
@@ -123,6 +138,11 @@ impl TractCalibrator {
         tensors: &[String],
         mut visit: impl FnMut(usize, &Array, &Feed) -> Result<(), CalibError>,
     ) -> Result<(), CalibError> {
+        if let Some(budget) = self.stage_bytes {
+            if crate::staged::run(model, tensors, &self.batches, budget, self.progress.as_ref(), &mut visit)? {
+                return Ok(());
+            }
+        }
         let bytes = sparsify_onnx_io::model_to_bytes(model).map_err(|e| CalibError(e.to_string()))?;
         let hint = self.batches.first();
         // Only the requested tensors are computed (the graph outputs are not selected).

@@ -26,6 +26,8 @@
 //! ```
 
 pub mod calibrate;
+mod graph_slice;
+mod staged;
 pub mod token_mask;
 pub mod variants;
 

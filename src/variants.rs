@@ -17,7 +17,8 @@
 //! replaced initializers as inputs; when that fails too (or a replaced tensor is not f32), each variant
 //! runs on its own copy of the model. Groups run on the machine's cores (tract runs one thread each).
 
-use sparsify_ir::{DType, Graph, Model, NodeId, Tensor, ValueInfo};
+use crate::graph_slice::{close_over, float_tensors, slice_model};
+use sparsify_ir::{DType, Graph, Model, NodeId, Tensor};
 use sparsify_pm::{apply_variant, CalibError, RelL2};
 use sparsify_validate::{Array, Feed, ModelSource, Runner};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -201,123 +202,17 @@ impl Cut {
         if !dirty.contains(output) {
             return None;
         }
-        // Pull in the producers of non-float tensors and Constant nodes, transitively.
-        let graph_inputs: BTreeSet<&str> = g.inputs.iter().map(|i| i.name.as_str()).collect();
-        let mut work: Vec<NodeId> = inside.iter().copied().collect();
-        let mut frontier: BTreeSet<String> = BTreeSet::new();
-        while let Some(id) = work.pop() {
-            for t in &g.node(id).inputs {
-                if t.is_empty() || graph_inputs.contains(t.as_str()) || g.initializer(t).is_some() {
-                    continue;
-                }
-                let Some(p) = g.producer_of(t) else { continue };
-                if inside.contains(&p) {
-                    continue;
-                }
-                let pull = g.node(p).op_type == "Constant" || !floats.get(t.as_str()).copied().unwrap_or(false);
-                if pull {
-                    inside.insert(p);
-                    work.push(p);
-                } else {
-                    frontier.insert(t.clone());
-                }
-            }
-        }
-        // A pulled node's float output may also be read by the cut: it is computed inside, not fed.
-        let produced: BTreeSet<&str> =
-            inside.iter().flat_map(|&id| g.node(id).outputs.iter().map(|o| o.as_str())).collect();
-        frontier.retain(|t| !produced.contains(t.as_str()));
-        let nodes = order.iter().copied().filter(|id| inside.contains(id)).collect();
-        Some(Cut { nodes, frontier: frontier.into_iter().collect() })
+        let (nodes, frontier) = close_over(g, order, floats, inside);
+        Some(Cut { nodes, frontier })
     }
 
     /// The model computing `output` from the cut's nodes: the frontier, the graph inputs the nodes read
     /// and the replaced initializers `names` are its inputs.
     fn model(&self, m: &Model, names: &[&str], output: &str, kept: &[Array], index: &HashMap<&str, usize>) -> Model {
-        let g = &m.graph;
-        let nodes: Vec<_> = self.nodes.iter().map(|&id| g.node(id).clone()).collect();
-        let read: BTreeSet<&str> = nodes.iter().flat_map(|n| n.inputs.iter().map(|i| i.as_str())).collect();
-        let mut sub = Graph::new().with_nodes(nodes.clone());
-        sub.name = g.name.clone();
-        sub.initializers = g
-            .initializers
-            .iter()
-            .filter(|t| read.contains(t.name.as_str()) && !names.contains(&t.name.as_str()))
-            .cloned()
-            .collect();
-        for t in &self.frontier {
-            let elem = kept[index[t.as_str()]].onnx_elem_type();
-            sub.inputs.push(ValueInfo { name: t.clone(), elem_type: Some(elem), shape: None, opaque: Vec::new() });
-        }
-        sub.inputs.extend(g.inputs.iter().filter(|i| read.contains(i.name.as_str())).cloned());
-        for name in names {
-            if let Some(t) = g.initializer(name) {
-                sub.inputs.push(ValueInfo::tensor(name, t.dtype.code(), &t.dims));
-            }
-        }
-        let out = g.outputs.iter().find(|o| o.name == output).cloned();
-        sub.outputs = vec![out.unwrap_or(ValueInfo {
-            name: output.to_string(),
-            elem_type: None,
-            shape: None,
-            opaque: Vec::new(),
-        })];
-        Model { ir_version: m.ir_version, opset_import: m.opset_import.clone(), graph: sub, opaque: m.opaque.clone() }
+        let frontier: Vec<(String, i32)> =
+            self.frontier.iter().map(|t| (t.clone(), kept[index[t.as_str()]].onnx_elem_type())).collect();
+        slice_model(m, &self.nodes, &frontier, names, &[output.to_string()])
     }
-}
-
-/// Whether each tensor holds floats, from the graph alone (inputs, initializers, and the op rules below;
-/// unknown counts as not float, which only makes the cut pull more).
-fn float_tensors(g: &Graph, order: &[NodeId]) -> HashMap<String, bool> {
-    let is_float = |code: i32| matches!(code, 1 | 10 | 11 | 16);
-    let mut f: HashMap<String, bool> = HashMap::new();
-    for i in &g.inputs {
-        f.insert(i.name.clone(), i.elem_type.is_some_and(is_float));
-    }
-    for t in &g.initializers {
-        f.insert(t.name.clone(), matches!(t.dtype, DType::F32 | DType::F16 | DType::F64 | DType::BF16));
-    }
-    for &id in order {
-        let n = g.node(id);
-        let input = |k: usize| n.inputs.get(k).and_then(|t| f.get(t.as_str()).copied()).unwrap_or(false);
-        let value = match n.op_type.as_str() {
-            "Shape"
-            | "Size"
-            | "NonZero"
-            | "ArgMax"
-            | "ArgMin"
-            | "Equal"
-            | "Less"
-            | "LessOrEqual"
-            | "Greater"
-            | "GreaterOrEqual"
-            | "Not"
-            | "And"
-            | "Or"
-            | "Xor"
-            | "IsNaN"
-            | "IsInf"
-            | "QuantizeLinear"
-            | "DynamicQuantizeLinear"
-            | "MatMulInteger"
-            | "ConvInteger"
-            | "QLinearConv"
-            | "QLinearMatMul" => false,
-            "Cast" => n.attr_int("to").is_some_and(|c| is_float(c as i32)),
-            "CastLike" => input(1),
-            "Constant" => n.constant_tensor().is_some_and(|t| t.dtype.is_prunable_float()),
-            "ConstantOfShape" => n.constant_tensor().is_none_or(|t| t.dtype.is_prunable_float()),
-            "Where" => input(1),
-            "DequantizeLinear" => true,
-            _ => n.inputs.iter().find(|t| !t.is_empty()).is_some_and(|t| f.get(t.as_str()).copied().unwrap_or(false)),
-        };
-        for (k, o) in n.outputs.iter().enumerate() {
-            // Second outputs of TopK / MaxPool-with-indices / Unique are indices.
-            let v = value && !(k > 0 && matches!(n.op_type.as_str(), "TopK" | "MaxPool" | "Unique"));
-            f.insert(o.clone(), v);
-        }
-    }
-    f
 }
 
 /// What the worker threads share.

@@ -31,6 +31,10 @@ pub struct Args {
     /// `none` counts every position; or the input's name.
     #[arg(long, default_value = "auto")]
     calib_mask: String,
+    /// Calibrate stage by stage when the model's weights exceed this many MiB: tract then holds one
+    /// stage (at most this much weight) at a time, with the same statistics. 0 = always the whole model.
+    #[arg(long, default_value_t = 64)]
+    calib_stage_mib: usize,
     /// Inputs for --validate (same formats as --calib); seeded random from declared shapes if absent.
     #[arg(long)]
     inputs: Option<PathBuf>,
@@ -103,7 +107,8 @@ pub fn main(a: Args) -> Result<Outcome> {
             let samples = sparsify_onnx::validate::load_samples(p, &decls)
                 .with_context(|| format!("loading calibration data from {}", p.display()))?;
             let calib = TractCalibrator::plan(&samples, &decls, a.calib_batch)?
-                .with_token_mask(&sparsify_onnx::token_mask::TokenMask::parse(&a.calib_mask))?;
+                .with_token_mask(&sparsify_onnx::token_mask::TokenMask::parse(&a.calib_mask))?
+                .with_stage_bytes((a.calib_stage_mib > 0).then(|| a.calib_stage_mib << 20));
             for n in calib.notes() {
                 println!("calibration: {n}");
             }
