@@ -12,6 +12,7 @@
 //! per-position statistics of features on the last axis (Wanda norms, Gram matrices, feature means) count
 //! only the real-token positions.
 
+use crate::staged::Event;
 use crate::token_mask::{self, TokenMask};
 use crate::variants::VariantPaths;
 use sparsify_ir::{Model, Tensor};
@@ -130,13 +131,14 @@ impl TractCalibrator {
         &self.batches
     }
 
-    /// Run the model over every batch, calling `visit(tensor index, activation, batch)` for each
-    /// requested tensor of each batch.
+    /// Run the model over every batch, reporting each requested tensor's value for each batch
+    /// ([`Event::Value`]) and, once a tensor has been seen for every batch, [`Event::Done`] (with
+    /// staging, after the stage producing it; otherwise all at the end).
     pub fn for_each_activation(
         &self,
         model: &Model,
         tensors: &[String],
-        mut visit: impl FnMut(usize, &Array, &Feed) -> Result<(), CalibError>,
+        mut visit: impl FnMut(Event<'_>) -> Result<(), CalibError>,
     ) -> Result<(), CalibError> {
         if let Some(budget) = self.stage_bytes {
             if crate::staged::run(model, tensors, &self.batches, budget, self.progress.as_ref(), &mut visit)? {
@@ -151,13 +153,13 @@ impl TractCalibrator {
         for (done, batch) in self.batches.iter().enumerate() {
             let outs = runner.run(batch).map_err(|e| CalibError(e.to_string()))?;
             for (i, (_, a)) in outs.iter().enumerate() {
-                visit(i, a, batch)?;
+                visit(Event::Value { tensor: i, value: a, batch })?;
             }
             if let Some(p) = &self.progress {
                 p(done + 1, self.batches.len());
             }
         }
-        Ok(())
+        visit(Event::Done(&(0..tensors.len()).collect::<Vec<_>>()))
     }
 }
 
@@ -224,6 +226,20 @@ impl Calibrator for TractCalibrator {
     }
 
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError> {
+        let mut out: Vec<Option<CalibStat>> = vec![None; requests.len()];
+        self.collect_each(model, requests, &mut |i, s| {
+            out[i] = Some(s);
+            Ok(())
+        })?;
+        out.into_iter().map(|s| s.ok_or_else(|| CalibError("a request was not answered".into()))).collect()
+    }
+
+    fn collect_each(
+        &self,
+        model: &Model,
+        requests: &[CalibRequest],
+        ready: &mut dyn FnMut(usize, CalibStat) -> Result<(), CalibError>,
+    ) -> Result<(), CalibError> {
         let mut names: Vec<String> = Vec::new();
         for r in requests {
             let tensor = r.tensor();
@@ -232,7 +248,20 @@ impl Calibrator for TractCalibrator {
             }
         }
         let mut out: Vec<Acc> = requests.iter().map(|_| Acc::Empty).collect();
-        self.for_each_activation(model, &names, |i, all, batch| {
+        let mut answered = vec![false; requests.len()];
+        self.for_each_activation(model, &names, |event| {
+            let (i, all, batch) = match event {
+                Event::Value { tensor, value, batch } => (tensor, value, batch),
+                Event::Done(done) => {
+                    for (ri, r) in requests.iter().enumerate() {
+                        if !answered[ri] && done.iter().any(|&t| names[t] == r.tensor()) {
+                            answered[ri] = true;
+                            ready(ri, std::mem::replace(&mut out[ri], Acc::Empty).finish(r))?;
+                        }
+                    }
+                    return Ok(());
+                }
+            };
             // Real-token positions of this activation (features on the last axis), when a mask applies.
             let keep =
                 self.mask.as_ref().and_then(|m| batch.get(m)).and_then(|m| token_mask::real_rows(m, all.shape()));
@@ -387,7 +416,12 @@ impl Calibrator for TractCalibrator {
             }
             Ok(())
         })?;
-        Ok(out.into_iter().zip(requests).map(|(acc, r)| acc.finish(r)).collect())
+        for (ri, r) in requests.iter().enumerate() {
+            if !answered[ri] {
+                ready(ri, std::mem::replace(&mut out[ri], Acc::Empty).finish(r))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -27,7 +27,7 @@
 
 pub mod calibrate;
 mod graph_slice;
-mod staged;
+pub mod staged;
 pub mod token_mask;
 pub mod variants;
 

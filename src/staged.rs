@@ -6,7 +6,8 @@
 //! its own). Each stage is a slice of the graph ([`crate::graph_slice`]): it reads the float tensors the
 //! earlier stages produced (kept per calibration batch until their last reader has run) and recomputes
 //! the integer / boolean producers it needs. The requested tensors are visited as the stage producing
-//! them runs, batch by batch, so statistics are accumulated exactly as in the whole-model run (tract
+//! them runs, batch by batch, and reported done when that stage has run every batch (so a caller can
+//! finish and release their statistics early), so statistics are accumulated exactly as in the whole-model run (tract
 //! computes every node from the same inputs; `tests/staged_calib.rs` compares the statistics).
 //!
 //! A model within one stage, or with subgraphs, runs whole (the caller's path).
@@ -18,8 +19,15 @@ use sparsify_pm::CalibError;
 use sparsify_validate::{Array, Feed, ModelSource, Runner};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// The visitor of [`run`]: (index of the requested tensor, its value for one batch, the batch).
-pub(crate) type Visit<'a> = dyn FnMut(usize, &Array, &Feed) -> Result<(), CalibError> + 'a;
+/// What a calibration walk reports: a requested tensor's value for one batch, or that some requested
+/// tensors (indices) have been visited for every batch.
+pub enum Event<'a> {
+    Value { tensor: usize, value: &'a Array, batch: &'a Feed },
+    Done(&'a [usize]),
+}
+
+/// The visitor of a calibration walk.
+pub(crate) type Visit<'a> = dyn FnMut(Event<'_>) -> Result<(), CalibError> + 'a;
 
 /// Runs `model` stage by stage over `batches`, calling `visit` for each requested tensor of each batch.
 /// Returns `Ok(false)` without running anything when the model fits one stage of `budget` bytes.
@@ -83,14 +91,14 @@ pub(crate) fn run(
         }
     }
     // Requested graph inputs are visited from the batches themselves.
-    for (i, t) in tensors.iter().enumerate() {
-        if g.producer_of(t).is_none() {
-            for b in batches {
-                let a = b.get(t).ok_or_else(|| CalibError(format!("no calibration input '{t}'")))?;
-                visit(i, a, b)?;
-            }
+    let inputs: Vec<usize> = (0..tensors.len()).filter(|&i| g.producer_of(&tensors[i]).is_none()).collect();
+    for &i in &inputs {
+        for b in batches {
+            let a = b.get(&tensors[i]).ok_or_else(|| CalibError(format!("no calibration input '{}'", tensors[i])))?;
+            visit(Event::Value { tensor: i, value: a, batch: b })?;
         }
     }
+    visit(Event::Done(&inputs))?;
     let mut live: Vec<HashMap<String, Array>> = vec![HashMap::new(); batches.len()];
     let total = stages.len() * batches.len();
     for (k, (nodes, frontier)) in slices.iter().enumerate() {
@@ -116,7 +124,7 @@ pub(crate) fn run(
                 let values = runner.run_inputs(&inputs).map_err(|e| CalibError(e.to_string()))?;
                 for (name, a) in values {
                     if let Some(i) = tensors.iter().position(|t| *t == name) {
-                        visit(i, &a, batch)?;
+                        visit(Event::Value { tensor: i, value: &a, batch })?;
                     }
                     if last_read.contains_key(&name) {
                         live[b].insert(name, a);
@@ -127,6 +135,9 @@ pub(crate) fn run(
                 }
             }
         }
+        let finished: Vec<usize> =
+            (0..tensors.len()).filter(|&i| stage_of.get(tensors[i].as_str()) == Some(&k)).collect();
+        visit(Event::Done(&finished))?;
         for l in &mut live {
             l.retain(|t, _| last_read.get(t).is_some_and(|&r| r > k));
         }

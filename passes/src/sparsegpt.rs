@@ -48,7 +48,8 @@ use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use sparsify_ir::Model;
 use sparsify_pm::{
-    CalibRequest, Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError,
+    CalibError, CalibRequest, CalibStat, Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo,
+    PipelineError,
 };
 use std::time::Instant;
 
@@ -208,50 +209,99 @@ impl Pass for SparseGpt {
                     .collect();
                 which.push(idx);
             }
-            let t0 = Instant::now();
-            let stats = calibrator.collect(model, &requests)?;
-            cx.stat("calibration seconds", t0.elapsed().as_secs_f64());
-            let t0 = Instant::now();
+            // The statistics come from the model as the stage starts (tensors share their bytes: no copy);
+            // each weight is solved and written as soon as its statistics are final, and they are dropped
+            // then, so only the Hessians of the weights still waiting are held (a staged calibrator
+            // finishes each stage's tensors while later stages still run).
+            let snapshot = model.clone();
+            let mut stats: Vec<Option<CalibStat>> = vec![None; requests.len()];
+            let mut pending: Vec<usize> = (0..stage.len()).collect();
+            let mut done: Vec<(usize, Outcome, usize)> = Vec::new();
+            let (mut calib_s, mut solve_s) = (0f64, 0f64);
+            let mut t_calib = Instant::now();
+            let settle = |t: &mut sparsify_ir::Tensor| cx.settle(t);
+            calibrator.collect_each(&snapshot, &requests, &mut |ri, stat| {
+                stats[ri] = Some(stat);
+                let ready: Vec<usize> =
+                    pending.iter().copied().filter(|&k| which[k].iter().all(|&i| stats[i].is_some())).collect();
+                if ready.is_empty() {
+                    return Ok(());
+                }
+                calib_s += t_calib.elapsed().as_secs_f64();
+                let t0 = Instant::now();
+                pending.retain(|k| !ready.contains(k));
+                let g = &model.graph;
+                let results: Vec<Outcome> = ready
+                    .par_iter()
+                    .map(|&k| {
+                        let plan = &plans[stage[k]];
+                        let st: Vec<&CalibStat> = which[k].iter().filter_map(|&i| stats[i].as_ref()).collect();
+                        let hs = sgpt_plan::hessians(plan, &st)?;
+                        let vals = g.weight_values_f64(&plan.id).map_err(|e| e.to_string())?;
+                        let vals = vals.as_slice().ok_or("non-contiguous weight")?;
+                        let solved = sgpt_plan::solve(plan, vals, &hs, self.target, self.blocksize, self.damp);
+                        bar.inc(1);
+                        solved
+                    })
+                    .collect();
+                for (&k, res) in ready.iter().zip(results) {
+                    let plan = &plans[stage[k]];
+                    let res = match res {
+                        Ok((vals, solved)) => {
+                            let arr = ArrayD::from_shape_vec(IxDyn(&plan.shape), vals)
+                                .map_err(|e| CalibError(format!("'{}': {e}", plan.id.name())))?;
+                            // Quantized weights are requantized with their scales and zero points.
+                            let clamped = model
+                                .graph
+                                .write_weight_f64(&plan.id, &arr)
+                                .map_err(|e| CalibError(format!("'{}': {e}", plan.id.name())))?;
+                            if let Some(t) = model.graph.weight_mut(&plan.id) {
+                                settle(t).map_err(|e| CalibError(e.to_string()))?;
+                            }
+                            done.push((k, Ok((Vec::new(), solved)), clamped));
+                            continue;
+                        }
+                        Err(reason) => Err(reason),
+                    };
+                    done.push((k, res, 0));
+                }
+                // Drop the statistics no waiting weight reads.
+                for (i, s) in stats.iter_mut().enumerate() {
+                    if s.is_some() && !pending.iter().any(|&k| which[k].contains(&i)) {
+                        *s = None;
+                    }
+                }
+                solve_s += t0.elapsed().as_secs_f64();
+                t_calib = Instant::now();
+                Ok(())
+            })?;
+            cx.stat("calibration seconds", calib_s + t_calib.elapsed().as_secs_f64());
+            cx.stat("solve seconds", solve_s);
             cx.stat("calibration runs", 1.0);
-            let g = &model.graph;
-            let results: Vec<Outcome> = stage
-                .par_iter()
-                .zip(&which)
-                .map(|(&pi, idx)| {
-                    let plan = &plans[pi];
-                    let hs = sgpt_plan::hessians(plan, &idx.iter().map(|&i| &stats[i]).collect::<Vec<_>>())?;
-                    let vals = g.weight_values_f64(&plan.id).map_err(|e| e.to_string())?;
-                    let vals = vals.as_slice().ok_or("non-contiguous weight")?;
-                    let solved = sgpt_plan::solve(plan, vals, &hs, self.target, self.blocksize, self.damp);
-                    bar.inc(1);
-                    solved
-                })
-                .collect();
-            cx.stat("solve seconds", t0.elapsed().as_secs_f64());
-            for (&pi, res) in stage.iter().zip(results) {
-                let plan = &plans[pi];
+            if !pending.is_empty() {
+                return Err(PassError::Invalid {
+                    subject: "calibration".into(),
+                    message: format!("{} weight(s) never received their statistics", pending.len()),
+                });
+            }
+            done.sort_by_key(|d| d.0);
+            for (k, res, clamped) in done {
+                let plan = &plans[stage[k]];
                 let name = plan.id.name().to_string();
                 match res {
                     Err(reason) => {
                         cx.note(&name, format!("skipped: {reason}"));
                         cx.stat("weights skipped", 1.0);
                     }
-                    Ok((vals, solved)) => {
-                        let arr = ArrayD::from_shape_vec(IxDyn(&plan.shape), vals)
-                            .map_err(|e| PassError::Invalid { subject: name.clone(), message: e.to_string() })?;
-                        // Quantized weights are requantized with their scales and zero points.
-                        let clamped = model.graph.write_weight_f64(&plan.id, &arr)?;
+                    Ok((_, solved)) => {
                         if clamped > 0 {
                             cx.note(
                                 &name,
                                 format!("requantized: {clamped} reconstructed values clamped to the type's range"),
                             );
                         }
-                        if let Some(t) = model.graph.weight_mut(&plan.id) {
-                            cx.settle(t)?;
-                        }
                         changed = Changed::Yes;
-                        let numel = arr.len();
+                        let numel = plan.shape.iter().product::<usize>();
                         report(cx, &name, &solved, self.damp, numel, numel - model.graph.weight_nnz(&plan.id)?);
                     }
                 }

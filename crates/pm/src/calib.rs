@@ -148,6 +148,21 @@ pub struct CalibError(pub String);
 pub trait Calibrator: Sync {
     /// Collect the requested statistics by running `model` over the calibration data.
     fn collect(&self, model: &Model, requests: &[CalibRequest]) -> Result<Vec<CalibStat>, CalibError>;
+    /// Like [`Calibrator::collect`], but each answer is handed to `ready(request index, stat)` as soon as
+    /// it is final, so a caller can use and drop it before the others are done (a staged calibrator
+    /// finishes the statistics of each stage's tensors while later stages still run). Every request is
+    /// answered exactly once. The default collects everything, then hands the answers over in order.
+    fn collect_each(
+        &self,
+        model: &Model,
+        requests: &[CalibRequest],
+        ready: &mut dyn FnMut(usize, CalibStat) -> Result<(), CalibError>,
+    ) -> Result<(), CalibError> {
+        for (i, s) in self.collect(model, requests)?.into_iter().enumerate() {
+            ready(i, s)?;
+        }
+        Ok(())
+    }
     /// Run `reference` and `current` over the same calibration batches in lockstep and answer paired
     /// per-channel statistics ([`PairRequest`], one [`PairStat`] per request, in order).
     fn collect_paired(
