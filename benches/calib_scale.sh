@@ -14,9 +14,10 @@ OUT=${OUT:-$ROOT/target/calib-scale}
 PY=${PYTHON:-python3}
 LIMIT_FRAC=${LIMIT_FRAC:-1.0}
 STAGE_MIB=${STAGE_MIB:-64}
-IFS=';' read -r -a PIPES <<< "${PIPELINES:-score{method=wanda},mask{sparsity=0.5};sparsegpt{sparsity=0.5}}"
+DEFAULT_PIPES='score{method=wanda},mask{sparsity=0.5};sparsegpt{sparsity=0.5}'
+IFS=';' read -r -a PIPES <<< "${PIPELINES:-$DEFAULT_PIPES}"
 M=$OUT/tf1g
-mkdir -p "$OUT/out"
+mkdir -p "$OUT/out/staged" "$OUT/out/whole"
 [ -f "$M/model.onnx" ] || TF_D=1024 TF_HEADS=16 TF_FFN=4096 TF_LAYERS=20 TF_EXTERNAL=1 "$PY" "$ROOT/benches/make_transformer.py" "$M"
 (cd "$ROOT" && cargo build --release -q --workspace)
 BIN=$ROOT/target/release/sparsify-onnx
@@ -30,7 +31,7 @@ echo "# calibrated scale bench $(date -u +%FT%TZ), $(nproc) cores, model $((size
 echo "| pipeline | run | wall s | peak MiB | output sha256 |"
 echo "|---|---|---|---|---|"
 for p in "${PIPES[@]}"; do
-  o=$OUT/out/staged.onnx
+  o=$OUT/out/staged/model.onnx   # same file names, so the hashes compare the contents
   read -r wall peak <<< "$(timed "$BIN" run "$M/model.onnx" -o "$o" --calib "$M/calib" --pipeline "$p" --calib-stage-mib "$STAGE_MIB" --quiet)"
   staged=$(sha "$o")
   echo "| \`$p\` | staged, no limit | $wall | RSS $peak | $staged |"
@@ -39,7 +40,7 @@ for p in "${PIPES[@]}"; do
     read -r st cpeak cwall <<< "$(run_limited "$limit" "$BIN" run "$M/model.onnx" -o "$o" --calib "$M/calib" --pipeline "$p" --calib-stage-mib "$STAGE_MIB" --quiet)"
     echo "| \`$p\` | staged, limit $((limit >> 20)) MiB ($LIMIT_FRAC×) | $cwall | cgroup $cpeak ($st) | $( [ "$st" = ok ] && sha "$o" || echo -) |"
   fi
-  w=$OUT/out/whole.onnx
+  w=$OUT/out/whole/model.onnx
   read -r wall peak <<< "$(timed "$BIN" run "$M/model.onnx" -o "$w" --calib "$M/calib" --pipeline "$p" --calib-stage-mib 0 --quiet)"
   echo "| \`$p\` | whole model in tract, no limit | $wall | RSS $peak | $(sha "$w") |"
   rm -f "$o" "$o.data" "$w" "$w.data"

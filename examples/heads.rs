@@ -69,7 +69,12 @@ fn main() -> Result<()> {
         let sample = validate::load_feed(&dir.join("sample"), &decls)?;
         let calib = TractCalibrator::new(&validate::load_feed(&dir.join("calib"), &decls)?, 16)?;
         let dense_out = run(&to_bytes(&dense)?, &sample)?;
-        let runs = if spec.name == "char_lm" { 41 } else { 15 };
+        // RUNS overrides the number of interleaved latency runs per row.
+        let runs = std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(if spec.name == "char_lm" {
+            41
+        } else {
+            15
+        });
         let dense_runner = Runner::new(ModelSource::Bytes(&to_bytes(&dense)?), Some(&sample), &[])?;
         for (label, text) in rows() {
             let mut m: Model = dense.clone();

@@ -114,6 +114,7 @@ pub(crate) fn run(
             let bytes = sparsify_onnx_io::model_to_bytes(&sub).map_err(|e| CalibError(e.to_string()))?;
             let runner = Runner::for_tensors(ModelSource::Bytes(&bytes), None, &outs)
                 .map_err(|e| CalibError(format!("tract cannot run calibration stage {k}: {e}")))?;
+            drop(bytes);
             for (b, batch) in batches.iter().enumerate() {
                 let inputs: Vec<&Array> = runner
                     .input_names()
@@ -135,6 +136,7 @@ pub(crate) fn run(
                 }
             }
         }
+        // (tract's copy of the stage was released with the runner, before the caller uses the statistics.)
         let finished: Vec<usize> =
             (0..tensors.len()).filter(|&i| stage_of.get(tensors[i].as_str()) == Some(&k)).collect();
         visit(Event::Done(&finished))?;

@@ -230,16 +230,29 @@ impl Pass for SparseGpt {
                 calib_s += t_calib.elapsed().as_secs_f64();
                 let t0 = Instant::now();
                 pending.retain(|k| !ready.contains(k));
+                // Hessians first, then the statistics no waiting weight reads are dropped before solving.
+                let hessians: Vec<Result<Vec<Vec<f64>>, String>> = ready
+                    .iter()
+                    .map(|&k| {
+                        let st: Vec<&CalibStat> = which[k].iter().filter_map(|&i| stats[i].as_ref()).collect();
+                        sgpt_plan::hessians(&plans[stage[k]], &st)
+                    })
+                    .collect();
+                for (i, s) in stats.iter_mut().enumerate() {
+                    if s.is_some() && !pending.iter().any(|&k| which[k].contains(&i)) {
+                        *s = None;
+                    }
+                }
                 let g = &model.graph;
                 let results: Vec<Outcome> = ready
                     .par_iter()
-                    .map(|&k| {
+                    .zip(hessians)
+                    .map(|(&k, hs)| {
                         let plan = &plans[stage[k]];
-                        let st: Vec<&CalibStat> = which[k].iter().filter_map(|&i| stats[i].as_ref()).collect();
-                        let hs = sgpt_plan::hessians(plan, &st)?;
+                        let hs = hs?;
                         let vals = g.weight_values_f64(&plan.id).map_err(|e| e.to_string())?;
                         let vals = vals.as_slice().ok_or("non-contiguous weight")?;
-                        let solved = sgpt_plan::solve(plan, vals, &hs, self.target, self.blocksize, self.damp);
+                        let solved = sgpt_plan::solve(plan, vals, hs, self.target, self.blocksize, self.damp);
                         bar.inc(1);
                         solved
                     })
@@ -264,12 +277,6 @@ impl Pass for SparseGpt {
                         Err(reason) => Err(reason),
                     };
                     done.push((k, res, 0));
-                }
-                // Drop the statistics no waiting weight reads.
-                for (i, s) in stats.iter_mut().enumerate() {
-                    if s.is_some() && !pending.iter().any(|&k| which[k].contains(&i)) {
-                        *s = None;
-                    }
                 }
                 solve_s += t0.elapsed().as_secs_f64();
                 t_calib = Instant::now();

@@ -72,7 +72,7 @@ pub fn sparsegpt(
     w: &mut [f64],
     rows: usize,
     cols: usize,
-    h: &[f64],
+    mut h: Vec<f64>,
     pattern: Pattern,
     blocksize: usize,
     damp: f64,
@@ -92,7 +92,6 @@ pub fn sparsegpt(
     if rows == 0 || cols == 0 {
         return Ok(Solved { damp, dead: 0, loss: 0.0, pruned: 0 });
     }
-    let mut h = h.to_vec();
     let mut dead = 0;
     for i in 0..cols {
         if h[i * cols + i] == 0.0 {
@@ -292,6 +291,7 @@ pub fn upper_chol_of_inverse(h: &[f64], n: usize, lambda: f64) -> Option<Vec<f64
     }
     let mut linv = Mat::<f64>::zeros(n, n);
     invert_lower_triangular(linv.as_mut(), a.as_ref(), Par::Seq);
+    drop(a);
     let mut u = vec![0.0; n * n];
     for i in 0..n {
         for j in i..n {
@@ -375,7 +375,8 @@ mod tests {
         };
         let mut w = w0.clone();
         let solved =
-            sparsegpt(&mut w, rows, cols, &h, Pattern::Unstructured { sparsity: 0.5, offset: 0 }, 5, 0.01).unwrap();
+            sparsegpt(&mut w, rows, cols, h.clone(), Pattern::Unstructured { sparsity: 0.5, offset: 0 }, 5, 0.01)
+                .unwrap();
         assert_eq!(w.iter().filter(|v| **v == 0.0).count(), rows * cols / 2);
         assert_eq!(solved.pruned, rows * cols / 2);
         // magnitude at the same count
@@ -388,7 +389,7 @@ mod tests {
         assert!(out_err(&w) < out_err(&mag), "{} vs {}", out_err(&w), out_err(&mag));
 
         let mut w = w0.clone();
-        sparsegpt(&mut w, rows, cols, &h, Pattern::NM { n: 2, m: 4 }, 6, 0.01).unwrap();
+        sparsegpt(&mut w, rows, cols, h.clone(), Pattern::NM { n: 2, m: 4 }, 6, 0.01).unwrap();
         for r in 0..rows {
             for g in 0..cols / 4 {
                 let nz = (0..4).filter(|t| w[r * cols + g * 4 + t] != 0.0).count();
@@ -410,7 +411,8 @@ mod tests {
         let h = gram(&x, 50, cols);
         let mut w: Vec<f64> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
         let solved =
-            sparsegpt(&mut w, rows, cols, &h, Pattern::Unstructured { sparsity: 0.25, offset: 0 }, 128, 0.0).unwrap();
+            sparsegpt(&mut w, rows, cols, h.clone(), Pattern::Unstructured { sparsity: 0.25, offset: 0 }, 128, 0.0)
+                .unwrap();
         assert_eq!(solved.dead, 1);
         assert!(solved.damp > 0.0, "damping 0 must have been raised for the singular H");
         assert!(w.iter().all(|v| v.is_finite()));

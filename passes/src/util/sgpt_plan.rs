@@ -192,7 +192,7 @@ pub fn hessians(plan: &Plan, stats: &[&CalibStat]) -> Result<Vec<Vec<f64>>, Stri
 pub fn solve(
     plan: &Plan,
     values: &[f64],
-    hs: &[Vec<f64>],
+    hs: Vec<Vec<f64>>,
     target: Target,
     blocksize: usize,
     damp: f64,
@@ -221,7 +221,7 @@ pub fn solve(
     };
     let rows_g = rows / plan.groups;
     let mut solved = Vec::with_capacity(plan.groups);
-    for (gi, h) in hs.iter().enumerate() {
+    for (gi, h) in hs.into_iter().enumerate() {
         let block = &mut w2[gi * rows_g * cols..(gi + 1) * rows_g * cols];
         let pattern = match target {
             Target::Sparsity(s) => Pattern::Unstructured { sparsity: s, offset: (gi * rows_g * cols) as u64 },
@@ -232,7 +232,8 @@ pub fn solve(
             Some(p) => {
                 let mut wp: Vec<f64> = (0..rows_g * cols).map(|e| block[(e / cols) * cols + p[e % cols]]).collect();
                 let hp: Vec<f64> = (0..cols * cols).map(|e| h[p[e / cols] * cols + p[e % cols]]).collect();
-                let s = obs::sparsegpt(&mut wp, rows_g, cols, &hp, pattern, blocksize, damp);
+                drop(h);
+                let s = obs::sparsegpt(&mut wp, rows_g, cols, hp, pattern, blocksize, damp);
                 for (e, v) in wp.iter().enumerate() {
                     block[(e / cols) * cols + p[e % cols]] = *v;
                 }
