@@ -27,13 +27,13 @@ fn layer_solve(c: &mut Criterion) {
     g.bench_function("sparsegpt-50%", |b| {
         b.iter(|| {
             let mut w = w0.clone();
-            sparsegpt(&mut w, rows, cols, &hv, Pattern::Unstructured { sparsity: 0.5, offset: 0 }, 128, 0.01).unwrap()
+            sparsegpt(&mut w, rows, cols, hv.clone(), Pattern::Unstructured { sparsity: 0.5, offset: 0 }, 128, 0.01).unwrap()
         })
     });
     g.bench_function("sparsegpt-2:4", |b| {
         b.iter(|| {
             let mut w = w0.clone();
-            sparsegpt(&mut w, rows, cols, &hv, Pattern::NM { n: 2, m: 4 }, 128, 0.01).unwrap()
+            sparsegpt(&mut w, rows, cols, hv.clone(), Pattern::NM { n: 2, m: 4 }, 128, 0.01).unwrap()
         })
     });
     g.bench_function("matmul-W·H", |b| b.iter(|| wm.dot(&h)));

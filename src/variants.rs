@@ -40,6 +40,9 @@ pub struct VariantPaths {
     pub copies: usize,
 }
 
+/// (variant index, error) for the variants of one group.
+type GroupErrors = Result<Vec<(usize, f64)>, CalibError>;
+
 /// Relative L2 of `output` between `model` and each variant, over `batches`.
 pub(crate) fn variant_errors(
     model: &Model,
@@ -93,7 +96,7 @@ pub(crate) fn variant_errors(
         groups.into_iter().zip(cuts).map(|((names, idx), cut)| (names, idx, cut)).collect();
     let ctx = Ctx { model, output, variants, batches, kept: &kept, index: &index, reference: &reference, paths };
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(usize, Result<Vec<(usize, f64)>, CalibError>)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(usize, GroupErrors)>> = Mutex::new(Vec::new());
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len()).max(1);
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -229,7 +232,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The errors of the variants `idx`, which replace `names`.
-    fn group(&self, names: &[&str], idx: &[usize], cut: Option<Cut>) -> Result<Vec<(usize, f64)>, CalibError> {
+    fn group(&self, names: &[&str], idx: &[usize], cut: Option<Cut>) -> GroupErrors {
         let g = &self.model.graph;
         let all_f32 = names.iter().all(|n| g.initializer(n).is_some_and(|t| t.dtype == DType::F32));
         let order = g.topo_order().ok_or_else(|| CalibError("the graph has a cycle".into()))?;
@@ -273,7 +276,7 @@ impl Ctx<'_> {
     }
 
     /// The group run through the cut's model, the replaced initializers fed as inputs.
-    fn with_inputs(&self, names: &[&str], idx: &[usize], cut: &Cut) -> Result<Vec<(usize, f64)>, CalibError> {
+    fn with_inputs(&self, names: &[&str], idx: &[usize], cut: &Cut) -> GroupErrors {
         let first = self.kept.first().map(|k| k.as_slice()).unwrap_or(&[]);
         let sub = cut.model(self.model, names, self.output, first, self.index);
         let bytes = sparsify_onnx_io::model_to_bytes(&sub).map_err(|e| CalibError(e.to_string()))?;

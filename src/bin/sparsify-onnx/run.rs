@@ -108,7 +108,7 @@ pub fn main(a: Args) -> Result<Outcome> {
                 .with_context(|| format!("loading calibration data from {}", p.display()))?;
             let calib = TractCalibrator::plan(&samples, &decls, a.calib_batch)?
                 .with_token_mask(&sparsify_onnx::token_mask::TokenMask::parse(&a.calib_mask))?
-                .with_stage_bytes((a.calib_stage_mib > 0).then(|| a.calib_stage_mib << 20));
+                .with_stage_bytes((a.calib_stage_mib > 0).then_some(a.calib_stage_mib << 20));
             for n in calib.notes() {
                 println!("calibration: {n}");
             }
