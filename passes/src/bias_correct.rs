@@ -32,6 +32,13 @@
 //!   scale × weight scale); pruned quantized weights are compared on their dequantized values. Dynamic
 //!   quantization (`MatMulInteger`): the mean is the float activation's (the `DynamicQuantizeLinear`
 //!   input) and the shift goes after the `Cast → Mul` that rescales the integer result, as after a MatMul.
+//!   QOperator ops (`QLinearConv`, `QLinearMatMul`, `com.microsoft.QGemm`): the mean is that of the op's
+//!   own integer input, dequantized `(mean(q) − zp)·scale` (exact, affine; a padded QLinearConv with a
+//!   non-zero input zero point is skipped: its patch sums would count the padding as 0); the shift goes
+//!   into the int32 bias (QLinearConv input 8, QGemm C; scale = input scale × weight scale per channel,
+//!   rounded, created when absent), and for QLinearMatMul (no bias input) after the per-tensor
+//!   `DequantizeLinear` that alone reads its output, in float (the following Add's constant or a new Add);
+//!   otherwise skipped with a note naming the node.
 //! - **Skipped with a note:** ConvTranspose (the bias matching the mean over output positions depends
 //!   on output cropping by pads / output_padding; not implemented), weights read as the activation-side
 //!   input, non-2-D MatMul weights, weights reached through `Cast` (the activation dtype is not the
@@ -45,7 +52,9 @@
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights' ops are corrected |
 
 use crate::bias_shift::{product_to_output, shift_output};
-use crate::calib_stats::{mean_request, output_shift, output_shift_between, stages, InputMean};
+use crate::calib_stats::{
+    mean_request, output_shift, output_shift_between, quantized_mean_request, stages, InputDequant, InputMean,
+};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use sparsify_ir::{Model, WeightUse};
 use sparsify_pm::{
@@ -93,7 +102,12 @@ struct Job {
     before: Vec<f64>,
     after: Vec<f64>,
     request: usize,
+    /// QOperator ops: how their integer input's mean is dequantized.
+    dequant: Option<InputDequant>,
 }
+
+/// Ops whose data input is an integer tensor they dequantize themselves.
+const QOPERATOR: [&str; 3] = ["QLinearConv", "QLinearMatMul", "QGemm"];
 
 impl Pass for BiasCorrect {
     fn name(&self) -> &'static str {
@@ -144,8 +158,13 @@ impl Pass for BiasCorrect {
                     notes.push((name.clone(), format!("'{}': weight reached through Cast: skipped", u.node_name)));
                     continue;
                 }
-                match mean_request(&dense.graph, u, &shape) {
-                    Ok(req) => {
+                let planned = if QOPERATOR.contains(&u.op.as_str()) {
+                    quantized_mean_request(&dense.graph, u, &shape).map(|(r, d)| (r, Some(d)))
+                } else {
+                    mean_request(&dense.graph, u, &shape).map(|r| (r, None))
+                };
+                match planned {
+                    Ok((req, dequant)) => {
                         let request = match requests.iter().position(|r| *r == req) {
                             Some(i) => i,
                             None => {
@@ -160,6 +179,7 @@ impl Pass for BiasCorrect {
                             before: before.clone(),
                             after: after.clone(),
                             request,
+                            dequant,
                         });
                     }
                     Err(why) => notes.push((name.clone(), format!("'{}': skipped: {why}", u.node_name))),
@@ -217,11 +237,13 @@ impl Pass for BiasCorrect {
             for &j in stage {
                 let job = &jobs[j];
                 let u = &job.use_;
+                let deq = |m: InputMean| job.dequant.map_or(m.clone(), |d| d.apply(m));
                 let res = dense_means[job.request]
                     .clone()
+                    .map(deq)
                     .and_then(|md| match &now_means {
                         None => output_shift(&job.shape, u.out_axis, u.red_axis, &job.before, &job.after, &md),
-                        Some(now) => now[job.request].clone().and_then(|mp| {
+                        Some(now) => now[job.request].clone().map(deq).and_then(|mp| {
                             output_shift_between(
                                 &job.shape,
                                 (u.out_axis, u.red_axis),

@@ -13,7 +13,17 @@
 //!   weight, with its scale and zero point when they are per axis along the sliced axis; an int32 bias
 //!   behind its own `DequantizeLinear` goes with its per-channel scale. A shared per-axis scale / zero point
 //!   keeps the channels (noted); a non-zero constant is not folded through a quantized consumer weight.
-//!   QOperator / integer-op weights (`QLinearConv`, `MatMulInteger`, ...) are not sliced (noted).
+//! - QOperator / integer ops (`QLinearConv`, `QLinearMatMul`, `com.microsoft.QGemm`, `MatMulInteger`,
+//!   `ConvInteger`; [`crate::channels`]' `qops.rs`): a channel whose weight slice sits at its zero point and
+//!   whose int32 bias entry is 0 (or whose requantized bias saturates to the output zero point, e.g. a
+//!   fused Relu) outputs exactly the output zero point, i.e. dequantizes to 0. It is removed from the
+//!   producer (weight output axis, per-channel weight scale / zero point, int32 bias) and from the
+//!   consumers' reduction axis (QLinearConv weight axis 1, QLinearMatMul / MatMulInteger B rows, QGemm B
+//!   rows or columns per `transB`), through per-tensor `QuantizeLinear` / `DequantizeLinear`,
+//!   `DynamicQuantizeLinear` (exact zeros only: its scale is the batch's range), MaxPool, Flatten and the
+//!   other pass-through ops. A consumer's "zero" is its input zero point. A channel that is constant but
+//!   not at the consumer's zero point is kept, noted with the constant and the zero point. Grouped
+//!   quantized Convs are not sliced (noted). Per-tensor scales / zero points never change.
 //! - Never touched: channels reaching a graph output, shared weights, channels under normalizations
 //!   across the channel axis, anything the analysis does not understand (each noted for dead channels).
 //!   Grouped convs lose equal counts per group; a tensor always keeps at least one channel.
@@ -184,27 +194,6 @@ impl DeadChannelElim {
                     kept.entry((layer_name(g, *id), why.clone())).or_default().push(c);
                     n_kept += 1;
                 }
-            }
-        }
-        // Quantized operators (QLinearConv, QGemm, MatMulInteger, ...) are not producers to the analysis:
-        // their zero channels stay, named here.
-        for w in g.find_weights() {
-            let op = w.op();
-            if sparsify_ir::quant::float_op(op) == op {
-                continue;
-            }
-            let Some(t) = g.weight(&w.id) else { continue };
-            let flags = g.weight_zero_flags(&w.id).unwrap_or_else(|_| t.zero_flags());
-            let zero = crate::channels::graph_zero_slices(t, &flags, w.out_axis()).iter().filter(|z| **z).count();
-            if zero > 0 {
-                cx.note(
-                    w.id.name().to_string(),
-                    format!(
-                        "'{}' is read by a quantized operator ({op}): its {zero} zero output channel(s) stay; \
-                         only QDQ weights (DequantizeLinear) are sliced",
-                        w.id.name()
-                    ),
-                );
             }
         }
         for ((layer, why), chans) in &kept {

@@ -26,12 +26,12 @@ mod groups;
 mod ops;
 pub(crate) mod plan;
 mod producers;
+pub(crate) mod qops;
 mod remap;
 pub(crate) mod shapes;
 pub(crate) mod slice;
 
 pub use coupled::mask_coupled;
-pub(crate) use graph::zero_slices_of as graph_zero_slices;
 pub use groups::{channel_groups, group_scores, zero_channels, ChannelGroup, GroupSlice, SliceEntry, SliceRole};
 
 use sparsify_ir::{NodeId, WeightId};
@@ -93,6 +93,9 @@ pub(crate) struct Sink {
     /// The dtype the op reads the weight in, when a Cast on its route changes it
     /// ([`sparsify_ir::WeightUse::cast_to`]): a bias created for the op takes it.
     pub cast_to: Option<sparsify_ir::DType>,
+    /// The value of `input` that contributes nothing: 0, or a quantized operator's input zero point
+    /// (constants on quantized tensors are their integer values).
+    pub zero: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
