@@ -489,9 +489,11 @@ fn qop_weights_consistent(file: &str, m: &Model) -> Vec<(String, Vec<usize>)> {
 /// the model it computes what the masked model computes; a second run changes nothing.
 #[test]
 fn dead_channel_elim_slices_qoperator_and_integer_op_weights() {
-    for (file, model, tract) in
-        [("char_lm_qop.onnx", "char_lm", true), ("char_lm_dyn_s8.onnx", "char_lm", true), ("digits_cnn_qop.onnx", "digits_cnn", false)]
-    {
+    for (file, model, tract) in [
+        ("char_lm_qop.onnx", "char_lm", true),
+        ("char_lm_dyn_s8.onnx", "char_lm", true),
+        ("digits_cnn_qop.onnx", "digits_cnn", false),
+    ] {
         let m0 = load(&fixture(file)).unwrap();
         let mut masked = m0.clone();
         run("mask{granularity=channel,sparsity=0.25}", &mut masked, None);

@@ -203,7 +203,14 @@ impl Builder<'_> {
         if xl.is_some_and(|l| l.back + 2 != rank) {
             self.block_tensor(&x, "Conv input channel axis does not match");
         } else {
-            self.consume(id, &x, Some((wid.clone(), oa, ra)), groups, SinkKind::Conv { exact: pads_zero && auto_ok }, 0.0);
+            self.consume(
+                id,
+                &x,
+                Some((wid.clone(), oa, ra)),
+                groups,
+                SinkKind::Conv { exact: pads_zero && auto_ok },
+                0.0,
+            );
         }
         self.produce(id, &out, (wid, oa, groups), bias, 1.0, rank - 2, Some(rank));
     }

@@ -105,7 +105,9 @@ impl Builder<'_> {
             };
         }
         let dynamic = self.g.producer_of(z).map(|p| self.g.node(p)).is_some_and(|p| {
-            p.op_type == "DynamicQuantizeLinear" && p.outputs.first().is_some_and(|o| o == x) && p.outputs.get(2) == Some(z)
+            p.op_type == "DynamicQuantizeLinear"
+                && p.outputs.first().is_some_and(|o| o == x)
+                && p.outputs.get(2) == Some(z)
         });
         if dynamic {
             Ok(0.0)

@@ -64,7 +64,7 @@ pub(crate) fn infer(g: &Graph) -> BTreeMap<String, Shape> {
         if n.op_type == "DynamicQuantizeLinear" && n.is_onnx() {
             // Per-tensor scale and zero point (outputs 1, 2) are scalars.
             for o in n.outputs.iter().skip(1).filter(|o| !o.is_empty()) {
-                s.entry(o.clone()).or_insert_with(Vec::new);
+                s.entry(o.clone()).or_default();
             }
         }
         // Quantized ops have the shape of their float op: data at 0, weight at 3 (QLinear*, QGemm) or 1.
