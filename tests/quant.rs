@@ -483,6 +483,42 @@ fn qop_weights_consistent(file: &str, m: &Model) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// char_lm_dyn_s8 with the fc1 bias of every masked fc1 channel set to 0 (a test-side edit): those channels
+/// are exactly 0 after GELU, stay at DynamicQuantizeLinear's zero point, and go — MatMulInteger columns of
+/// fc1 and rows of fc2 — with the eliminated model computing in tract what the edited masked model does.
+fn dynamic_with_zero_biases(masked: &Model, model: &str) {
+    let mut edited = masked.clone();
+    let mut zeroed = 0;
+    for (w, b) in
+        [("onnx::MatMul_258_quantized", "blocks.0.fc1.bias"), ("onnx::MatMul_275_quantized", "blocks.1.fc1.bias")]
+    {
+        let t = edited.graph.initializer(w).unwrap();
+        let zp = edited.graph.weight_quant(&WeightId::Init(w.into())).unwrap().unwrap().zero_point[0];
+        let (q, cols) = (ints(t), t.dims[1] as usize);
+        let dead: Vec<usize> = (0..cols).filter(|c| q.iter().skip(*c).step_by(cols).all(|v| *v == zp)).collect();
+        let bt = edited.graph.initializer(b).unwrap();
+        let mut bv: Vec<f32> = bt.to_f32().unwrap().iter().copied().collect();
+        for &c in &dead {
+            bv[c] = 0.0;
+        }
+        zeroed += dead.len();
+        let nb = Tensor::from_f32(b, bt.dims.clone(), &bv).unwrap();
+        *edited.graph.initializer_mut(b).unwrap() = nb;
+    }
+    let mut m1 = edited.clone();
+    let r = run("dead-channel-elim", &mut m1, None);
+    let removed = r.passes[0].counters["channels_removed"];
+    println!("char_lm_dyn_s8 with zero biases on its {zeroed} dead fc1 channels: removed {removed}");
+    assert_eq!(removed as usize, zeroed, "{:?}", notes(&r));
+    let sample = validate::load_feed(&common::bundled(model).join("sample"), &input_decls(masked)).unwrap();
+    let (err, scale) = output_error(&edited, &m1, &sample);
+    println!("char_lm_dyn_s8 (zero biases): max |Δ output| vs the masked model {err:e} (max |output| {scale})");
+    assert!(err <= 1e-6 * scale.max(1.0), "output moved by {err} (max |output| {scale})");
+    let mut again = m1.clone();
+    run("dead-channel-elim", &mut again, None);
+    assert!(to_bytes(&again).unwrap() == to_bytes(&m1).unwrap(), "second run changed it");
+}
+
 /// dead-channel-elim on QOperator (QLinearConv / QGemm, QLinearMatMul) and dynamic (MatMulInteger) models,
 /// after a 25% channel mask: the quantized weights lose their dead output channels with their per-channel
 /// scales / zero points and int32 biases, the consumers the matching input rows / columns; where tract runs
@@ -523,6 +559,7 @@ fn dead_channel_elim_slices_qoperator_and_integer_op_weights() {
             // batch-dependent integer: nothing is exactly removable.
             assert_eq!(removed, 0.0, "{file}: {ns:?}");
             assert!(ns.iter().any(|n| n.contains("kept") && n.contains("depends on the input")), "{file}: {ns:?}");
+            dynamic_with_zero_biases(&masked, model);
             continue;
         }
         assert!(removed > 0.0, "{file}: nothing removed: {ns:?}");
