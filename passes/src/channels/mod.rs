@@ -2,7 +2,9 @@
 //! channels of which consumers, and what must be rewritten to remove a channel (design notes §7,
 //! prior-art §5/§11).
 //!
-//! Every producer (Conv, Gemm, MatMul with a constant weight) creates one *atom* per output channel.
+//! Every producer (Conv, Gemm, MatMul with a constant weight, and the quantized operators QLinearConv,
+//! QLinearMatMul, com.microsoft QGemm, MatMulInteger, ConvInteger: `qops.rs`) creates one *atom* per
+//! output channel.
 //! Tensors downstream carry a layout: for each position along their channel axis, the atom it holds.
 //! Element-wise activations, BatchNormalization, pooling and depthwise Conv pass a layout through;
 //! `Add`/`Sum`/`Mul`/`Where`/... unify the atoms of their operands position by position (union-find);
@@ -14,6 +16,8 @@
 //! outputs, shared weights, normalizations across the channel axis and `Shape` reads it cannot follow.
 //! Alongside, it propagates per-channel constants (a zero producer row outputs its bias; BatchNorm and
 //! activations map that constant), which [`crate::dead_channel_elim`] uses to decide what is dead.
+//! Constants on quantized tensors are their integer values; a consumer's [`Sink::zero`] is the value that
+//! contributes nothing (its input zero point).
 //!
 //! [`channel_groups`] exposes the result for group-aware channel scoring.
 

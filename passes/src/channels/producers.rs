@@ -1,4 +1,5 @@
-//! Producers and consumers: Conv (plain, grouped, depthwise), Gemm, MatMul, and BatchNormalization.
+//! Producers and consumers: Conv (plain, grouped, depthwise), Gemm, MatMul, and BatchNormalization. The
+//! quantized operators (`qops.rs`) reuse [`Builder::produce`] / [`Builder::consume`].
 
 use super::graph::{zero_slices_of, Builder, Param};
 use super::qops::{is_quantized_op, weight_slot};
@@ -15,8 +16,11 @@ fn quantized_refusal(
     wid: &WeightId,
     t: &sparsify_ir::Tensor,
 ) -> Option<String> {
-    let known = b.dq_on_route(input).is_some() || is_quantized_op(b.g.node(id));
-    (!t.dtype.is_prunable_float() && !known).then(|| {
+    if is_quantized_op(b.g.node(id)) {
+        // Its zero points decide which channels are dead: they must resolve.
+        return b.g.weight_quant(wid).err().map(|e| e.to_string());
+    }
+    (!t.dtype.is_prunable_float() && b.dq_on_route(input).is_none()).then(|| {
         format!(
             "'{}' is a quantized weight ({}) read neither through DequantizeLinear nor by a quantized operator; \
              its scales and zero points are unknown",
