@@ -32,6 +32,13 @@
 //!   scale × weight scale); pruned quantized weights are compared on their dequantized values. Dynamic
 //!   quantization (`MatMulInteger`): the mean is the float activation's (the `DynamicQuantizeLinear`
 //!   input) and the shift goes after the `Cast → Mul` that rescales the integer result, as after a MatMul.
+//!   QOperator ops (`QLinearConv`, `QLinearMatMul`, `com.microsoft.QGemm`): the mean is that of the op's
+//!   own integer input, dequantized `(mean(q) − zp)·scale` (exact, affine; a padded QLinearConv with a
+//!   non-zero input zero point is skipped: its patch sums would count the padding as 0); the shift goes
+//!   into the int32 bias (QLinearConv input 8, QGemm C; scale = input scale × weight scale per channel,
+//!   rounded, created when absent), and for QLinearMatMul (no bias input) after the per-tensor
+//!   `DequantizeLinear` that alone reads its output, in float (the following Add's constant or a new Add);
+//!   otherwise skipped with a note naming the node.
 //! - **ConvTranspose** (`mode=sequential`): the output-side mean depends on how pads and output padding
 //!   crop the output, so the shift is measured on the outputs themselves, Δb = E_dense[y] − E_now[y] per
 //!   output channel (exact in the mean over output positions; `tests/bias_correct.rs`). `mode=dense`
@@ -47,7 +54,9 @@
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights' ops are corrected |
 
 use crate::bias_shift::{product_to_output, shift_output};
-use crate::calib_stats::{mean_request, output_shift, output_shift_between, stages, InputMean};
+use crate::calib_stats::{
+    mean_request, output_shift, output_shift_between, quantized_mean_request, stages, InputDequant, InputMean,
+};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use sparsify_ir::{Model, WeightUse};
 use sparsify_pm::{
@@ -97,7 +106,12 @@ struct Job {
     request: usize,
     /// The request is the op's output mean (ConvTranspose): shift = E_dense[y] − E_now[y].
     from_output: bool,
+    /// QOperator ops: how their integer input's mean is dequantized.
+    dequant: Option<InputDequant>,
 }
+
+/// Ops whose data input is an integer tensor they dequantize themselves.
+const QOPERATOR: [&str; 3] = ["QLinearConv", "QLinearMatMul", "QGemm"];
 
 impl Pass for BiasCorrect {
     fn name(&self) -> &'static str {
@@ -142,13 +156,15 @@ impl Pass for BiasCorrect {
                     continue;
                 }
                 let from_output = u.op == "ConvTranspose";
-                let request = if from_output {
-                    output_mean_request(&dense.graph, u, self.sequential)
+                let planned = if from_output {
+                    output_mean_request(&dense.graph, u, self.sequential).map(|r| (r, None))
+                } else if QOPERATOR.contains(&u.op.as_str()) {
+                    quantized_mean_request(&dense.graph, u, &shape).map(|(r, d)| (r, Some(d)))
                 } else {
-                    mean_request(&dense.graph, u, &shape)
+                    mean_request(&dense.graph, u, &shape).map(|r| (r, None))
                 };
-                match request {
-                    Ok(req) => {
+                match planned {
+                    Ok((req, dequant)) => {
                         let request = match requests.iter().position(|r| *r == req) {
                             Some(i) => i,
                             None => {
@@ -164,6 +180,7 @@ impl Pass for BiasCorrect {
                             after: after.clone(),
                             request,
                             from_output,
+                            dequant,
                         });
                     }
                     Err(why) => notes.push((name.clone(), format!("'{}': skipped: {why}", u.node_name))),
@@ -225,14 +242,16 @@ impl Pass for BiasCorrect {
             for &j in stage {
                 let job = &jobs[j];
                 let u = &job.use_;
+                let deq = |m: InputMean| job.dequant.map_or(m.clone(), |d| d.apply(m));
                 let res = dense_means[job.request]
                     .clone()
+                    .map(deq)
                     .and_then(|md| match &now_means {
                         Some(now) if job.from_output => {
                             now[job.request].clone().and_then(|mp| mean_difference(&md, &mp))
                         }
                         None => output_shift(&job.shape, u.out_axis, u.red_axis, &job.before, &job.after, &md),
-                        Some(now) => now[job.request].clone().and_then(|mp| {
+                        Some(now) => now[job.request].clone().map(deq).and_then(|mp| {
                             output_shift_between(
                                 &job.shape,
                                 (u.out_axis, u.red_axis),

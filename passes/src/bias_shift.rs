@@ -8,6 +8,10 @@
 //! - **MatMulInteger** (dynamic quantization): after the `Cast → Mul` that rescales the integer result.
 //! - **QDQ** biases `DequantizeLinear(int32 q, scale)` read only by the op: `q` changes, rounded to the
 //!   bias grid.
+//! - **QOperator**: `QLinearConv` input 8 / `QGemm` C (int32, scale = input scale × weight scale per output
+//!   channel; created when absent; QGemm with `alpha ≠ 1` is refused), rounded to that grid.
+//!   `QLinearMatMul` has no bias: the shift goes after the per-tensor `DequantizeLinear` that alone reads
+//!   its output (into the following Add's constant, or a new Add), in float; otherwise refused.
 //!
 //! A Conv / Gemm bias can also be scaled per channel first (`ls-correct` scales a channel's weights by
 //! `a` and its bias term with them). A bias shared with another op, computed at run time, or not shaped
@@ -51,6 +55,20 @@ pub fn shift_output(
             add_to_bias_input(g, node_id, &node, 2, (bias_scale, &scaled), weight)?
         }
         "MatMul" => add_after_matmul(g, node_id, &node, shift, weight)?,
+        "QLinearConv" => add_to_integer_bias(g, node_id, &node, (8, 4), (bias_scale, shift), weight)?,
+        "QGemm" => {
+            let alpha = node.attr_float("alpha").unwrap_or(1.0);
+            if alpha != 1.0 {
+                return Err(format!("QGemm with alpha={alpha}: the scale of its int32 C is not documented"));
+            }
+            add_to_integer_bias(g, node_id, &node, (6, 4), (bias_scale, shift), weight)?
+        }
+        "QLinearMatMul" => {
+            // No bias input: the shift goes after the DequantizeLinear that reads its output, in float.
+            let dq = dequantize_of(g, &node)?;
+            let dq_node = g.node(dq).clone();
+            add_after_matmul(g, dq, &dq_node, shift, weight)?
+        }
         "MatMulInteger" => {
             // Dynamic quantization: the float result is `Mul(Cast(MatMulInteger), scale)`; the shift
             // goes after that Mul, as after a float MatMul.
@@ -76,6 +94,89 @@ fn rescale_of_integer_op(g: &Graph, node: &Node) -> Result<sparsify_ir::NodeId, 
         only_reader(y, "Cast").ok_or_else(|| format!("'{}' is not followed by Cast → Mul", node.display_name()))?;
     let c = g.node(cast).outputs.first().cloned().unwrap_or_default();
     only_reader(&c, "Mul").ok_or_else(|| format!("'{}' is not followed by Cast → Mul", node.display_name()))
+}
+
+/// The per-tensor `DequantizeLinear` that alone reads a quantized op's output.
+fn dequantize_of(g: &Graph, node: &Node) -> Result<sparsify_ir::NodeId, String> {
+    let name = node.display_name();
+    let y = node.outputs.first().ok_or("quantized op without output")?;
+    let dq = match g.consumers(y).as_slice() {
+        [(n, 0)] if g.node(*n).op_type == "DequantizeLinear" && g.node(*n).is_onnx() && !g.is_output(y) => *n,
+        _ => {
+            return Err(format!(
+                "'{name}' has no bias input and its output is not read by one DequantizeLinear alone (no exact \
+                 float place for the shift)"
+            ))
+        }
+    };
+    let per_tensor = g.node(dq).inputs.get(1).and_then(|s| g.constant_source(s)).and_then(|id| g.weight(&id));
+    if per_tensor.is_none_or(|t| t.numel() != Ok(1)) {
+        return Err(format!("the DequantizeLinear after '{name}' is not per tensor"));
+    }
+    Ok(dq)
+}
+
+/// The int32 bias of a QOperator op (`QLinearConv` input 8, `QGemm` C at 6; scale = input scale (input 1)
+/// × weight scale (`scale_slot`), per output channel): `q ← round(bias_scale·q + shift / scale)`, or a new
+/// int32 bias `round(shift / scale)` when the op has none. Exact up to half a step of the bias grid.
+fn add_to_integer_bias(
+    g: &mut Graph,
+    id: sparsify_ir::NodeId,
+    node: &Node,
+    (slot, scale_slot): (usize, usize),
+    (bias_scale, shift): (Option<&[f64]>, &[f64]),
+    weight: &str,
+) -> Result<String, String> {
+    let name = node.display_name();
+    let floats = |i: usize| -> Result<Vec<f32>, String> {
+        let s = node.inputs.get(i).filter(|s| !s.is_empty()).ok_or_else(|| format!("'{name}' has no input {i}"))?;
+        let t = g
+            .constant_source(s)
+            .and_then(|c| g.weight(&c))
+            .ok_or_else(|| format!("scale '{s}' of '{name}' is computed at run time"))?;
+        Ok(t.to_f32().map_err(|e| e.to_string())?.iter().copied().collect())
+    };
+    let (xs, ws) = (floats(1)?, floats(scale_slot)?);
+    if xs.len() != 1 || (ws.len() != 1 && ws.len() != shift.len()) {
+        return Err(format!("'{name}' has scales of {} / {} elements", xs.len(), ws.len()));
+    }
+    // The bias grid as the quantizer computes it: x_scale·w_scale in f32.
+    let step = |c: usize| f64::from(xs[0] * if ws.len() == 1 { ws[0] } else { ws[c] });
+    let round = |v: f64| v.round().clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32;
+    match node.inputs.get(slot).filter(|s| !s.is_empty()) {
+        Some(b) => {
+            let cid = private_constant(g, b).ok_or_else(|| format!("int32 bias '{b}' is shared or computed"))?;
+            let t = g.weight(&cid).ok_or_else(|| format!("'{b}' vanished"))?;
+            if t.dtype != DType::I32 || t.dims.len() != 1 || t.shape()[0] != shift.len() {
+                return Err(format!("bias '{b}' is {} {:?}, not int32 [{}]", t.dtype.name(), t.dims, shift.len()));
+            }
+            let vals = sparsify_ir::quant::read_ints(t).map_err(|e| e.to_string())?;
+            let out: Vec<u8> = vals
+                .iter()
+                .enumerate()
+                .flat_map(|(c, &v)| {
+                    round(f64::from(v) * bias_scale.map_or(1.0, |a| a[c]) + shift[c] / step(c)).to_le_bytes()
+                })
+                .collect();
+            let t = g.weight_mut(&cid).ok_or_else(|| format!("'{b}' vanished"))?;
+            t.set_bytes(out.into()).map_err(|e| e.to_string())?;
+            Ok(format!("added to quantized bias '{b}' (int32, scale input × weight scale, rounded)"))
+        }
+        None => {
+            let bname = fresh_name(g, &format!("{weight}.bias_correction"));
+            let out: Vec<u8> = (0..shift.len()).flat_map(|c| round(shift[c] / step(c)).to_le_bytes()).collect();
+            let t = Tensor::new(bname.clone(), DType::I32, vec![shift.len() as i64], out.into())
+                .map_err(|e| e.to_string())?;
+            g.initializers.push(t);
+            let n = g.node_mut(id);
+            while n.inputs.len() <= slot {
+                n.inputs.push(String::new());
+            }
+            n.inputs[slot] = bname.clone();
+            g.relink();
+            Ok(format!("new quantized bias input '{bname}' (int32, scale input × weight scale)"))
+        }
+    }
 }
 
 /// A constant that only `reader` reads, directly, and that is not a graph output.

@@ -6,7 +6,9 @@
 //!   (features along the last axis, or axis 0 for Gemm `transA=1`; every other axis is a row, so a 3-D
 //!   transformer activation is averaged over batch and sequence) and a `ConvPatchSum` for Conv inputs
 //!   (the mean im2col patch per group, zero padding counted, columns in the weight's `[C/g, k...]`
-//!   order). [`InputMean::from_stat`] turns the answer into means.
+//!   order). [`InputMean::from_stat`] turns the answer into means. QOperator ops (`QLinearConv`,
+//!   `QLinearMatMul`, `QGemm`): [`quantized_mean_request`] asks for the mean of the op's integer input,
+//!   which [`InputDequant::apply`] dequantizes, `(mean(q) − zp)·scale` (exact: affine).
 //! - Accumulators the facade's calibrator calls on each batch: [`feature_sums`], [`conv_patch_sums`],
 //!   [`channel_pair_sums`] (the paired dense/current output sums of `ls-correct`; Gram matrices live in
 //!   `util::sgpt_gram`, squared norms in the facade).
@@ -138,6 +140,87 @@ pub fn mean_request(g: &Graph, u: &WeightUse, shape: &[usize]) -> Result<CalibRe
     // Dynamic quantization: the mean of the float activation the integer input was quantized from.
     let tensor =
         if u.op == "MatMulInteger" { crate::score::float_activation(g, &tensor, &u.node_name)? } else { tensor };
+    request_for(g, u, shape, tensor, axis)
+}
+
+/// How a QOperator op (`QLinearConv`, `QLinearMatMul`, `com.microsoft.QGemm`) dequantizes its data input:
+/// `x = (q − zero_point)·scale`, per tensor (inputs 1 and 2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputDequant {
+    pub scale: f64,
+    pub zero_point: f64,
+}
+
+impl InputDequant {
+    /// The mean of the dequantized input from the mean of its integer values (exact: the map is affine).
+    pub fn apply(&self, m: InputMean) -> InputMean {
+        let d = |v: &[f64]| v.iter().map(|q| (q - self.zero_point) * self.scale).collect();
+        match m {
+            InputMean::Features(v) => InputMean::Features(d(&v)),
+            InputMean::Patches(p) => InputMean::Patches(p.iter().map(|v| d(v)).collect()),
+        }
+    }
+}
+
+/// [`mean_request`] for the QOperator ops, whose data input is an integer tensor: the mean of that tensor
+/// (the op's own input, quantization error included) and how to dequantize it. A padded `QLinearConv` pads
+/// with the input zero point, the patch sums with integer 0: only a zero point of 0 is exact there.
+pub fn quantized_mean_request(
+    g: &Graph,
+    u: &WeightUse,
+    shape: &[usize],
+) -> Result<(CalibRequest, InputDequant), String> {
+    let node = g.node(u.node);
+    let name = node.display_name();
+    let axis = match (u.op.as_str(), u.slot) {
+        ("QLinearConv", 3) => None,
+        ("QLinearMatMul", 3) => Some(FeatureAxis::Last),
+        ("QGemm", 3) => {
+            Some(if node.attr_int("transA").unwrap_or(0) != 0 { FeatureAxis::Index(0) } else { FeatureAxis::Last })
+        }
+        (op, slot) => return Err(format!("{op} reading the weight as input {slot} is not a QOperator weight")),
+    };
+    let input = |i: usize| -> Result<Option<Vec<f64>>, String> {
+        let Some(s) = node.inputs.get(i).filter(|s| !s.is_empty()) else { return Ok(None) };
+        let t = g
+            .constant_source(s)
+            .and_then(|id| g.weight(&id))
+            .ok_or_else(|| format!("'{s}' of '{name}' is computed at run time"))?;
+        let v: Vec<f64> = if t.dtype.is_prunable_float() {
+            t.to_f64().map_err(|e| e.to_string())?.iter().copied().collect()
+        } else {
+            sparsify_ir::quant::read_ints(t).map_err(|e| e.to_string())?.into_iter().map(f64::from).collect()
+        };
+        match v.as_slice() {
+            [x] => Ok(Some(vec![*x])),
+            _ => Err(format!("'{s}' of '{name}' is not per tensor")),
+        }
+    };
+    let scale = input(1)?.ok_or_else(|| format!("'{name}' has no input scale"))?[0];
+    let zero_point = input(2)?.map_or(0.0, |v| v[0]);
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(format!("input scale of '{name}' is {scale}"));
+    }
+    let padded = node.attr_ints("pads").is_some_and(|p| p.iter().any(|&x| x != 0))
+        || matches!(node.attr("auto_pad"), Some(AttrValue::String(s)) if s.starts_with(b"SAME"));
+    if axis.is_none() && padded && zero_point != 0.0 {
+        return Err(format!(
+            "padded '{name}' with input zero point {zero_point}: the patch mean would count its padding as 0, not \
+             the zero point"
+        ));
+    }
+    let tensor = node.inputs.first().filter(|s| !s.is_empty()).ok_or("the op has no data input")?.clone();
+    Ok((request_for(g, u, shape, tensor, axis)?, InputDequant { scale, zero_point }))
+}
+
+/// The `FeatureSum` (features on `axis`) or, without an axis, the Conv `ConvPatchSum` of `tensor`.
+fn request_for(
+    g: &Graph,
+    u: &WeightUse,
+    shape: &[usize],
+    tensor: String,
+    axis: Option<FeatureAxis>,
+) -> Result<CalibRequest, String> {
     if g.constant_source(&tensor).is_some() {
         return Err(format!("the data input '{tensor}' of '{}' is a constant", u.node_name));
     }

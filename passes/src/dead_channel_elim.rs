@@ -13,7 +13,17 @@
 //!   weight, with its scale and zero point when they are per axis along the sliced axis; an int32 bias
 //!   behind its own `DequantizeLinear` goes with its per-channel scale. A shared per-axis scale / zero point
 //!   keeps the channels (noted); a non-zero constant is not folded through a quantized consumer weight.
-//!   QOperator / integer-op weights (`QLinearConv`, `MatMulInteger`, ...) are not sliced (noted).
+//! - QOperator / integer ops (`QLinearConv`, `QLinearMatMul`, `com.microsoft.QGemm`, `MatMulInteger`,
+//!   `ConvInteger`; [`crate::channels`]' `qops.rs`): a channel whose weight slice sits at its zero point and
+//!   whose int32 bias entry is 0 (or whose requantized bias saturates to the output zero point, e.g. a
+//!   fused Relu) outputs exactly the output zero point, i.e. dequantizes to 0. It is removed from the
+//!   producer (weight output axis, per-channel weight scale / zero point, int32 bias) and from the
+//!   consumers' reduction axis (QLinearConv weight axis 1, QLinearMatMul / MatMulInteger B rows, QGemm B
+//!   rows or columns per `transB`), through per-tensor `QuantizeLinear` / `DequantizeLinear`,
+//!   `DynamicQuantizeLinear` (exact zeros only: its scale is the batch's range), MaxPool, Flatten and the
+//!   other pass-through ops. A consumer's "zero" is its input zero point. A channel that is constant but
+//!   not at the consumer's zero point is kept, noted with the constant and the zero point. Grouped
+//!   quantized Convs are not sliced (noted). Per-tensor scales / zero points never change.
 //! - Never touched: channels reaching a graph output, shared weights, channels under normalizations
 //!   across the channel axis, anything the analysis does not understand (each noted for dead channels).
 //!   Grouped convs lose equal counts per group; a tensor always keeps at least one channel.
@@ -184,27 +194,6 @@ impl DeadChannelElim {
                     kept.entry((layer_name(g, *id), why.clone())).or_default().push(c);
                     n_kept += 1;
                 }
-            }
-        }
-        // Quantized operators (QLinearConv, QGemm, MatMulInteger, ...) are not producers to the analysis:
-        // their zero channels stay, named here.
-        for w in g.find_weights() {
-            let op = w.op();
-            if sparsify_ir::quant::float_op(op) == op {
-                continue;
-            }
-            let Some(t) = g.weight(&w.id) else { continue };
-            let flags = g.weight_zero_flags(&w.id).unwrap_or_else(|_| t.zero_flags());
-            let zero = crate::channels::graph_zero_slices(t, &flags, w.out_axis()).iter().filter(|z| **z).count();
-            if zero > 0 {
-                cx.note(
-                    w.id.name().to_string(),
-                    format!(
-                        "'{}' is read by a quantized operator ({op}): its {zero} zero output channel(s) stay; \
-                         only QDQ weights (DequantizeLinear) are sliced",
-                        w.id.name()
-                    ),
-                );
             }
         }
         for ((layer, why), chans) in &kept {
@@ -431,6 +420,75 @@ mod tests {
         assert_eq!(&g.initializer("w2").unwrap().bytes()[..], &[1u8, 3, 5, 7]);
         assert_eq!(dims("s2"), vec![2], "per axis along the unsliced axis: unchanged");
         assert_eq!(run(&mut m).0, Changed::No, "idempotent");
+    }
+
+    fn u8t(name: &str, dims: Vec<i64>, v: &[u8]) -> Tensor {
+        Tensor::new(name, sparsify_ir::DType::U8, dims, v.to_vec().into()).unwrap()
+    }
+
+    /// QOperator MLP: QuantizeLinear → QLinearMatMul (w1 int8 [3,4], per-column scale / zero point) →
+    /// QLinearMatMul (w2 int8 [4,2]). Columns 1 and 3 of w1 sit at their zero points: they output fc1's
+    /// output zero point (10), which is what fc2 subtracts, so they go with their scales and zero points.
+    #[test]
+    fn slices_qlinear_matmul_weights_with_per_column_parameters() {
+        let mut g = Graph::new();
+        let zp1 = [1i8, -2, 0, 3];
+        let w1: Vec<i8> = (0..12).map(|i| if i % 4 == 1 || i % 4 == 3 { zp1[i % 4] } else { i as i8 - 5 }).collect();
+        g.initializers.push(i8t("w1", vec![3, 4], &w1));
+        g.initializers.push(Tensor::from_f32("ws1", vec![4], &[0.5, 0.25, 0.125, 2.0]).unwrap());
+        g.initializers.push(i8t("wz1", vec![4], &zp1));
+        g.initializers.push(i8t("w2", vec![4, 2], &[1, 2, 3, 4, 5, 6, 7, -8]));
+        g.initializers.push(Tensor::from_f32("ws2", vec![], &[0.1]).unwrap());
+        g.initializers.push(i8t("wz2", vec![], &[0]));
+        for (n, v) in [("xs", 0.1f32), ("hs", 0.05), ("ys", 0.2)] {
+            g.initializers.push(Tensor::from_f32(n, vec![], &[v]).unwrap());
+        }
+        for (n, v) in [("xz", 128u8), ("hz", 10), ("yz", 0)] {
+            g.initializers.push(u8t(n, vec![], &[v]));
+        }
+        g.inputs.push(ValueInfo::tensor("x", 1, &[1, 3]));
+        g.outputs.push(ValueInfo::tensor("y", 2, &[1, 2]));
+        let g = g.with_nodes(vec![
+            Node::new("QuantizeLinear", "q", &["x", "xs", "xz"], &["xq"]),
+            Node::new("QLinearMatMul", "fc1", &["xq", "xs", "xz", "w1", "ws1", "wz1", "hs", "hz"], &["h"]),
+            Node::new("QLinearMatMul", "fc2", &["h", "hs", "hz", "w2", "ws2", "wz2", "ys", "yz"], &["y"]),
+        ]);
+        let mut m = Model { ir_version: Some(8), opset_import: vec![], graph: g, opaque: vec![] };
+        let (c, notes) = run(&mut m);
+        assert_eq!(c, Changed::Yes, "{notes:?}");
+        let g = &m.graph;
+        assert_eq!(g.initializer("w1").unwrap().dims, vec![3, 2]);
+        assert_eq!(g.initializer("ws1").unwrap().to_f32().unwrap().as_slice().unwrap(), &[0.5, 0.125]);
+        assert_eq!(&g.initializer("wz1").unwrap().bytes()[..], &[1u8, 0]);
+        assert_eq!(&g.initializer("w2").unwrap().bytes()[..], &[1u8, 2, 5, 6]);
+        assert!(notes.iter().any(|n| n.contains("fc1: removed 2 of 4")), "{notes:?}");
+        assert_eq!(run(&mut m).0, Changed::No, "idempotent");
+    }
+
+    /// The same MLP with fc2 reading fc1 through a zero point of 11: the dead columns output 10, a constant
+    /// that is not fc2's zero point, so they stay with that reason.
+    #[test]
+    fn qoperator_constant_off_the_zero_point_is_kept_with_a_reason() {
+        let mut g = Graph::new();
+        g.initializers.push(i8t("w1", vec![2, 2], &[3, 0, -2, 0]));
+        g.initializers.push(i8t("w2", vec![2, 1], &[1, 2]));
+        g.initializers.push(Tensor::from_f32("s", vec![], &[0.1]).unwrap());
+        g.initializers.push(u8t("z10", vec![], &[10]));
+        g.initializers.push(u8t("z11", vec![], &[11]));
+        g.inputs.push(ValueInfo::tensor("xq", 2, &[1, 2]));
+        g.outputs.push(ValueInfo::tensor("y", 2, &[1, 1]));
+        let g = g.with_nodes(vec![
+            Node::new("QLinearMatMul", "fc1", &["xq", "s", "z10", "w1", "s", "", "s", "z10"], &["h"]),
+            Node::new("QLinearMatMul", "fc2", &["h", "s", "z11", "w2", "s", "", "s", "z10"], &["y"]),
+        ]);
+        let mut m = Model { ir_version: Some(8), opset_import: vec![], graph: g, opaque: vec![] };
+        let (c, notes) = run(&mut m);
+        assert_eq!(c, Changed::No, "{notes:?}");
+        assert!(
+            notes.iter().any(|n| n.contains("fc1: kept 1 dead channel(s) [1]")
+                && n.contains("outputs the constant 10.000000 (its zero point is 11)")),
+            "{notes:?}"
+        );
     }
 
     #[test]

@@ -62,7 +62,7 @@ pub(crate) fn fold(g: &mut Graph, a: &Analysis, plan: &Plan) -> Result<(Vec<Site
         let (l, cs) = (&a.layouts[&s.input], &a.consts[&s.input]);
         let hits: Vec<(usize, f64)> = (0..l.atoms.len())
             .filter(|&q| plan.remove.contains(&a.find(l.atoms[q])))
-            .filter_map(|q| cs[q].filter(|&v| v != 0.0).map(|v| (q, v)))
+            .filter_map(|q| cs[q].filter(|&v| v != s.zero).map(|v| (q, v)))
             .collect();
         if hits.is_empty() {
             continue;

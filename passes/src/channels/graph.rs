@@ -91,6 +91,9 @@ impl<'g> Builder<'g> {
         let n = self.g.node(id);
         let op = n.op_type.as_str();
         let has_region = n.inputs.iter().any(|i| self.a.layouts.contains_key(i));
+        if op == "QGemm" && n.domain.as_deref() == Some("com.microsoft") {
+            return self.qgemm(id);
+        }
         if !n.is_onnx() {
             self.block_inputs(id, format!("'{}' ({}) is not understood", n.display_name(), n.kind()));
             return;
@@ -99,7 +102,10 @@ impl<'g> Builder<'g> {
             "Conv" => self.conv(id),
             "Gemm" => self.gemm(id),
             "MatMul" => self.matmul(id),
+            "QLinearConv" | "ConvInteger" => self.qconv(id),
+            "QLinearMatMul" | "MatMulInteger" => self.qmatmul(id),
             _ if !has_region => {}
+            "DynamicQuantizeLinear" => self.dynamic_quantize(id),
             "BatchNormalization" => self.batchnorm(id),
             "QuantizeLinear" | "DequantizeLinear" => self.qdq(id),
             _ if consts::UNARY.contains(&op) => self.unary(id),

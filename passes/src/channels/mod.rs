@@ -2,7 +2,9 @@
 //! channels of which consumers, and what must be rewritten to remove a channel (design notes §7,
 //! prior-art §5/§11).
 //!
-//! Every producer (Conv, Gemm, MatMul with a constant weight) creates one *atom* per output channel.
+//! Every producer (Conv, Gemm, MatMul with a constant weight, and the quantized operators QLinearConv,
+//! QLinearMatMul, com.microsoft QGemm, MatMulInteger, ConvInteger: `qops.rs`) creates one *atom* per
+//! output channel.
 //! Tensors downstream carry a layout: for each position along their channel axis, the atom it holds.
 //! Element-wise activations, BatchNormalization, pooling and depthwise Conv pass a layout through;
 //! `Add`/`Sum`/`Mul`/`Where`/... unify the atoms of their operands position by position (union-find);
@@ -14,6 +16,8 @@
 //! outputs, shared weights, normalizations across the channel axis and `Shape` reads it cannot follow.
 //! Alongside, it propagates per-channel constants (a zero producer row outputs its bias; BatchNorm and
 //! activations map that constant), which [`crate::dead_channel_elim`] uses to decide what is dead.
+//! Constants on quantized tensors are their integer values; a consumer's [`Sink::zero`] is the value that
+//! contributes nothing (its input zero point).
 //!
 //! [`channel_groups`] exposes the result for group-aware channel scoring.
 
@@ -26,12 +30,12 @@ mod groups;
 mod ops;
 pub(crate) mod plan;
 mod producers;
+pub(crate) mod qops;
 mod remap;
 pub(crate) mod shapes;
 pub(crate) mod slice;
 
 pub use coupled::mask_coupled;
-pub(crate) use graph::zero_slices_of as graph_zero_slices;
 pub use groups::{channel_groups, group_scores, zero_channels, ChannelGroup, GroupSlice, SliceEntry, SliceRole};
 
 use sparsify_ir::{NodeId, WeightId};
@@ -93,6 +97,9 @@ pub(crate) struct Sink {
     /// The dtype the op reads the weight in, when a Cast on its route changes it
     /// ([`sparsify_ir::WeightUse::cast_to`]): a bias created for the op takes it.
     pub cast_to: Option<sparsify_ir::DType>,
+    /// The value of `input` that contributes nothing: 0, or a quantized operator's input zero point
+    /// (constants on quantized tensors are their integer values).
+    pub zero: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,6 +92,11 @@ impl Builder<'_> {
                 let k = (*k)? as f32;
                 if quantize {
                     let (lo, hi) = range?;
+                    // Within a hair of a rounding tie, the runtime's arithmetic decides: not a known constant.
+                    let r = f64::from(k) / f64::from(s);
+                    if (r.abs().fract() - 0.5).abs() < 1e-4 {
+                        return None;
+                    }
                     Some(f64::from(((k / s).round_ties_even() + zp as f32).clamp(lo, hi)))
                 } else {
                     Some(f64::from((k - zp as f32) * s))
@@ -243,6 +248,11 @@ impl Builder<'_> {
         self.a.sites.extend(sites);
         let c = (0..len)
             .map(|p| {
+                // 0 times anything (finite) is 0: a zero channel stays zero through a run-time rescale
+                // (the `Cast → Mul` after an integer op).
+                if op == "Mul" && vals.iter().any(|v| v[p] == Some(0.0)) {
+                    return Some(0.0);
+                }
                 let v: Option<Vec<f64>> = vals.iter().map(|v| v[p]).collect();
                 v.and_then(|v| consts::nary(&op, &v))
             })

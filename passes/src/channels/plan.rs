@@ -85,9 +85,10 @@ pub(crate) fn plan(g: &Graph, a: &Analysis, fold: bool) -> Plan {
         let Some(why) = blocker else { continue };
         for (q, &atom) in l.atoms.iter().enumerate() {
             let r = a.find(atom);
-            if p.remove.contains(&r) && cs[q].is_some_and(|v| v != 0.0) {
+            if p.remove.contains(&r) && cs[q].is_some_and(|v| v != s.zero) {
                 p.remove.remove(&r);
-                p.kept.insert(r, format!("outputs the constant {:.6} into '{}': {why}", cs[q].unwrap(), s.input));
+                let zp = if s.zero != 0.0 { format!(" (its zero point is {})", s.zero) } else { String::new() };
+                p.kept.insert(r, format!("outputs the constant {:.6}{zp} into '{}': {why}", cs[q].unwrap(), s.input));
             }
         }
     }

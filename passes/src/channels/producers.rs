@@ -1,16 +1,29 @@
-//! Producers and consumers: Conv (plain, grouped, depthwise), Gemm, MatMul, and BatchNormalization.
+//! Producers and consumers: Conv (plain, grouped, depthwise), Gemm, MatMul, and BatchNormalization. The
+//! quantized operators (`qops.rs`) reuse [`Builder::produce`] / [`Builder::consume`].
 
 use super::graph::{zero_slices_of, Builder, Param};
+use super::qops::{is_quantized_op, weight_slot};
 use super::{Layout, Sink, SinkKind, Site, SliceRole};
 use sparsify_ir::{AttrValue, NodeId, WeightId};
 
-/// Why a producer weight cannot be sliced because it is quantized (non-float) and not read through a
-/// `DequantizeLinear` (whose scale and zero point the rewrite slices along), naming it.
-fn quantized_refusal(b: &Builder<'_>, input: &str, wid: &WeightId, t: &sparsify_ir::Tensor) -> Option<String> {
+/// Why a producer weight cannot be sliced because it is quantized (non-float) and neither read through a
+/// `DequantizeLinear` nor by a quantized operator (whose scales and zero points the rewrite slices along),
+/// naming it.
+fn quantized_refusal(
+    b: &Builder<'_>,
+    id: NodeId,
+    input: &str,
+    wid: &WeightId,
+    t: &sparsify_ir::Tensor,
+) -> Option<String> {
+    if is_quantized_op(b.g.node(id)) {
+        // Its zero points decide which channels are dead: they must resolve.
+        return b.g.weight_quant(wid).err().map(|e| e.to_string());
+    }
     (!t.dtype.is_prunable_float() && b.dq_on_route(input).is_none()).then(|| {
         format!(
-            "'{}' is a quantized weight ({}) not read through DequantizeLinear; only QDQ weights are sliced \
-             with their scales and zero points",
+            "'{}' is a quantized weight ({}) read neither through DequantizeLinear nor by a quantized operator; \
+             its scales and zero points are unknown",
             wid.name(),
             t.dtype.name()
         )
@@ -20,7 +33,7 @@ fn quantized_refusal(b: &Builder<'_>, input: &str, wid: &WeightId, t: &sparsify_
 impl Builder<'_> {
     /// A producer output: fresh atoms, rows site, optional bias, constants of zero rows.
     #[allow(clippy::too_many_arguments)]
-    fn produce(
+    pub(super) fn produce(
         &mut self,
         id: NodeId,
         out: &str,
@@ -37,7 +50,7 @@ impl Builder<'_> {
         let flags = self.g.weight_zero_flags(&wid).unwrap_or_else(|_| t.zero_flags());
         let zero = zero_slices_of(t, &flags, axis);
         let atoms = self.a.fresh(zero.len());
-        let input = self.g.node(id).inputs[1].clone();
+        let input = self.g.node(id).inputs[weight_slot(self.g.node(id))].clone();
         let mut ok = self.exclusive(&input).map(|m| self.a.intermediates.extend(m));
         let bias = match bias {
             Ok(b) => b,
@@ -48,7 +61,10 @@ impl Builder<'_> {
         };
         let mut quant = Vec::new();
         if ok.is_ok() {
-            let mut q = self.quant_sites(&input, id, axis, &atoms);
+            let mut q = self.quant_sites(&input, id, axis, &atoms).and_then(|mut s| {
+                s.extend(self.qop_param_sites(id, axis, &atoms)?);
+                Ok(s)
+            });
             if let (Ok(_), Some(b)) = (&q, bias.as_ref().filter(|b| b.vals.len() == atoms.len() && atoms.len() > 1)) {
                 match self.quant_sites(&b.input, id, b.axis, &atoms) {
                     Ok(s) => q.iter_mut().for_each(|v| v.extend(s.clone())),
@@ -60,7 +76,7 @@ impl Builder<'_> {
                 Err(e) => ok = Err(e),
             }
         }
-        if let Some(why) = quantized_refusal(self, &input, &wid, t) {
+        if let Some(why) = quantized_refusal(self, id, &input, &wid, t) {
             ok = Err(why);
         }
         let consts: Vec<Option<f64>> = (0..zero.len())
@@ -93,21 +109,32 @@ impl Builder<'_> {
         self.set(out, Layout { atoms, back, rank }, consts);
     }
 
-    /// A consumer reading layout `x` through weight columns.
-    fn consume(&mut self, id: NodeId, x: &str, u: Option<(WeightId, usize, usize)>, groups: usize, kind: SinkKind) {
+    /// A consumer reading layout `x` through weight columns. `zero` is the value of `x` that contributes
+    /// nothing (0, or the input zero point of a quantized operator).
+    pub(super) fn consume(
+        &mut self,
+        id: NodeId,
+        x: &str,
+        u: Option<(WeightId, usize, usize)>,
+        groups: usize,
+        kind: SinkKind,
+        zero: f64,
+    ) {
         let Some(l) = self.layout(x) else { return };
         let name = self.g.node(id).display_name();
         let Some((wid, out_axis, red_axis)) = u else {
             return self.block_tensor(x, format!("'{name}' multiplies it by a run-time tensor"));
         };
-        let input = self.g.node(id).inputs[1].clone();
+        let slot = weight_slot(self.g.node(id));
+        let input = self.g.node(id).inputs[slot].clone();
         let red = self.g.weight(&wid).map(|t| t.shape()[red_axis] * groups);
         if red != Some(l.atoms.len()) {
             return self
                 .block_tensor(x, format!("'{name}' reduces over {red:?} features, the tensor has {}", l.atoms.len()));
         }
         let ok = self.exclusive(&input).and_then(|m| {
-            let q = self.quant_sites(&input, id, red_axis, &l.atoms)?;
+            let mut q = self.quant_sites(&input, id, red_axis, &l.atoms)?;
+            q.extend(self.qop_param_sites(id, red_axis, &l.atoms)?);
             if groups > 1 && !q.is_empty() {
                 return Err("a grouped Conv weight quantized along its input channels".to_string());
             }
@@ -124,7 +151,7 @@ impl Builder<'_> {
                     atoms: l.atoms.clone(),
                     groups,
                 });
-                let cast_to = self.weight_at(id, 1).and_then(|(_, u)| u.cast_to);
+                let cast_to = self.weight_at(id, slot).and_then(|(_, u)| u.cast_to);
                 self.a.sinks.push(Sink {
                     node: id,
                     input: x.to_string(),
@@ -134,6 +161,7 @@ impl Builder<'_> {
                     groups,
                     kind,
                     cast_to,
+                    zero,
                 });
             }
             Err(e) => self.block_tensor(x, format!("weight of '{name}': {e}")),
@@ -179,7 +207,14 @@ impl Builder<'_> {
         if xl.is_some_and(|l| l.back + 2 != rank) {
             self.block_tensor(&x, "Conv input channel axis does not match");
         } else {
-            self.consume(id, &x, Some((wid.clone(), oa, ra)), groups, SinkKind::Conv { exact: pads_zero && auto_ok });
+            self.consume(
+                id,
+                &x,
+                Some((wid.clone(), oa, ra)),
+                groups,
+                SinkKind::Conv { exact: pads_zero && auto_ok },
+                0.0,
+            );
         }
         self.produce(id, &out, (wid, oa, groups), bias, 1.0, rank - 2, Some(rank));
     }
@@ -211,7 +246,7 @@ impl Builder<'_> {
             }
             Ok((m, q))
         });
-        let ok = match quantized_refusal(self, &input, &wid, t) {
+        let ok = match quantized_refusal(self, id, &input, &wid, t) {
             Some(why) => Err(why),
             None => ok,
         };
@@ -266,7 +301,7 @@ impl Builder<'_> {
         if self.layout(&a).is_some_and(|l| ta || l.back != 0) {
             self.block_tensor(&a, format!("'{name}' reads it transposed"));
         } else {
-            self.consume(id, &a, w.clone(), 1, SinkKind::Gemm);
+            self.consume(id, &a, w.clone(), 1, SinkKind::Gemm, 0.0);
         }
         let Some((wid, oa, _)) = w else { return };
         let Some(nn) = self.g.weight(&wid).map(|t| t.shape()[oa]) else { return };
@@ -289,7 +324,7 @@ impl Builder<'_> {
         if self.layout(&a).is_some_and(|l| l.back != 0) {
             self.block_tensor(&a, format!("'{name}' does not reduce over its channel axis"));
         } else {
-            self.consume(id, &a, w.clone(), 1, SinkKind::MatMul);
+            self.consume(id, &a, w.clone(), 1, SinkKind::MatMul, 0.0);
         }
         let Some((wid, oa, _)) = w else { return };
         let rb = self.g.weight(&wid).map(|t| t.dims.len());

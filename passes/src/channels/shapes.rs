@@ -60,8 +60,32 @@ pub(crate) fn infer(g: &Graph) -> BTreeMap<String, Shape> {
             }
             continue;
         }
-        let ins: Vec<Option<Shape>> = n.inputs.iter().map(|i| s.get(i).cloned()).collect();
-        let out = infer_node(g, n, &ins);
+        let mut ins: Vec<Option<Shape>> = n.inputs.iter().map(|i| s.get(i).cloned()).collect();
+        if n.op_type == "DynamicQuantizeLinear" && n.is_onnx() {
+            // Per-tensor scale and zero point (outputs 1, 2) are scalars.
+            for o in n.outputs.iter().skip(1).filter(|o| !o.is_empty()) {
+                s.entry(o.clone()).or_default();
+            }
+        }
+        // Quantized ops have the shape of their float op: data at 0, weight at 3 (QLinear*, QGemm) or 1.
+        let float = match n.op_type.as_str() {
+            "QLinearConv" | "ConvInteger" => Some("Conv"),
+            "QLinearMatMul" | "MatMulInteger" => Some("MatMul"),
+            "QGemm" if n.domain.as_deref() == Some("com.microsoft") => Some("Gemm"),
+            _ => None,
+        };
+        let out = match float {
+            Some(op) => {
+                let w = ins.get(super::qops::weight_slot(n)).cloned().flatten();
+                ins.truncate(1);
+                ins.push(w);
+                let mut f = n.clone();
+                f.op_type = op.to_string();
+                f.domain = None;
+                infer_node(g, &f, &ins)
+            }
+            None => infer_node(g, n, &ins),
+        };
         if let (Some(o), Some(sh)) = (n.outputs.first(), out) {
             s.entry(o.clone()).or_insert(sh);
         }
@@ -128,6 +152,9 @@ fn broadcast(shapes: &[&Shape]) -> Shape {
 /// Operators whose output has the shape of their first input, besides the element-wise unary ones
 /// ([`super::consts::UNARY`]).
 pub(crate) const SAME_SHAPE_EXTRA: &[&str] = &[
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
     "BatchNormalization",
     "Softmax",
     "LogSoftmax",
