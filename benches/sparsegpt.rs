@@ -27,7 +27,8 @@ fn layer_solve(c: &mut Criterion) {
     g.bench_function("sparsegpt-50%", |b| {
         b.iter(|| {
             let mut w = w0.clone();
-            sparsegpt(&mut w, rows, cols, hv.clone(), Pattern::Unstructured { sparsity: 0.5, offset: 0 }, 128, 0.01).unwrap()
+            sparsegpt(&mut w, rows, cols, hv.clone(), Pattern::Unstructured { sparsity: 0.5, offset: 0 }, 128, 0.01)
+                .unwrap()
         })
     });
     g.bench_function("sparsegpt-2:4", |b| {
