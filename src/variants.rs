@@ -19,7 +19,7 @@
 
 use crate::graph_slice::{close_over, float_tensors, slice_model};
 use sparsify_ir::{DType, Graph, Model, NodeId, Tensor};
-use sparsify_pm::{apply_variant, CalibError, RelL2};
+use sparsify_pm::{apply_variant, check_variant, CalibError, RelL2};
 use sparsify_validate::{Array, Feed, ModelSource, Runner};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,28 +117,6 @@ pub(crate) fn variant_errors(
         }
     }
     Ok(errors)
-}
-
-fn check_variant(model: &Model, v: &[Tensor]) -> Result<(), CalibError> {
-    if v.iter().any(|t| model.graph.inputs.iter().any(|i| i.name == t.name)) {
-        return Err(CalibError("a variant replaces a graph input".into()));
-    }
-    for t in v {
-        let Some(slot) = model.graph.initializer(&t.name) else {
-            return Err(CalibError(format!("variant tensor '{}' is not an initializer of the model", t.name)));
-        };
-        if slot.dtype != t.dtype || slot.dims != t.dims {
-            return Err(CalibError(format!(
-                "variant tensor '{}' is {} {:?}, the initializer is {} {:?}",
-                t.name,
-                t.dtype.name(),
-                t.dims,
-                slot.dtype.name(),
-                slot.dims
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Runs `model` over `batches` keeping `tensors` (per batch, in order); `None` past [`KEEP_BUDGET`].

@@ -213,12 +213,25 @@ pub trait Calibrator: Sync {
 
 /// `model` with the variant's tensors in place of the initializers of the same names.
 pub fn apply_variant(model: &Model, variant: &[sparsify_ir::Tensor]) -> Result<Model, CalibError> {
+    check_variant(model, variant)?;
     let mut m = model.clone();
     for t in variant {
-        let slot = m
-            .graph
-            .initializer_mut(&t.name)
-            .ok_or_else(|| CalibError(format!("variant tensor '{}' is not an initializer of the model", t.name)))?;
+        if let Some(slot) = m.graph.initializer_mut(&t.name) {
+            *slot = t.clone();
+        }
+    }
+    Ok(m)
+}
+
+/// A variant may only replace initializers (not graph inputs) by tensors of the same dtype and shape.
+pub fn check_variant(model: &Model, variant: &[sparsify_ir::Tensor]) -> Result<(), CalibError> {
+    for t in variant {
+        if model.graph.inputs.iter().any(|i| i.name == t.name) {
+            return Err(CalibError(format!("variant tensor '{}' is a graph input", t.name)));
+        }
+        let Some(slot) = model.graph.initializer(&t.name) else {
+            return Err(CalibError(format!("variant tensor '{}' is not an initializer of the model", t.name)));
+        };
         if slot.dtype != t.dtype || slot.dims != t.dims {
             return Err(CalibError(format!(
                 "variant tensor '{}' is {} {:?}, the initializer is {} {:?}",
@@ -229,9 +242,8 @@ pub fn apply_variant(model: &Model, variant: &[sparsify_ir::Tensor]) -> Result<M
                 slot.dims
             )));
         }
-        *slot = t.clone();
     }
-    Ok(m)
+    Ok(())
 }
 
 /// The [`CalibStat::Values`] of `output` in `model`.

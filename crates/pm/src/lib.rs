@@ -17,7 +17,8 @@ pub mod spill;
 
 pub use analysis::{Analysis, AnalysisCache};
 pub use calib::{
-    apply_variant, rel_l2, CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PairRequest, PairStat, RelL2,
+    apply_variant, check_variant, rel_l2, CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PairRequest,
+    PairStat, RelL2,
 };
 pub use manager::{PassManager, PmError, RunEnv};
 pub use options::{OptionSpec, Options};
