@@ -10,97 +10,12 @@
 
 mod common;
 
-use sparsify_onnx::ir::{DType, Graph, Model, Tensor, WeightId, WeightInfo};
+use common::quant::{fixture, ints, notes, quantized_weights, run, scales, zero_points, FIXTURES};
+use common::rel_l2;
+
+use sparsify_onnx::ir::{DType, Model, Tensor, WeightId};
 use sparsify_onnx::validate::{self, Array, Feed, ModelSource};
 use sparsify_onnx::{input_decls, load, to_bytes, Pipeline, TractCalibrator};
-use std::path::{Path, PathBuf};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant").join(name)
-}
-
-/// (fixture, bundled model it was made from, whether tract runs every op in it)
-const FIXTURES: [(&str, &str, bool); 5] = [
-    ("digits_mlp_qdq_s8.onnx", "digits_mlp", true),
-    ("digits_cnn_qdq_u8pc.onnx", "digits_cnn", true),
-    ("char_lm_dyn_s8.onnx", "char_lm", true),
-    ("digits_cnn_qop.onnx", "digits_cnn", false), // com.microsoft.QGemm: onnxruntime only
-    ("char_lm_qop.onnx", "char_lm", true),
-];
-
-/// Every note of a run as (subject, message).
-fn notes(r: &sparsify_onnx::RunReport) -> Vec<(String, String)> {
-    r.passes.iter().flat_map(|p| p.notes.iter().map(|n| (n.subject.clone(), n.message.clone()))).collect()
-}
-
-fn run(text: &str, m: &mut Model, cal: Option<&TractCalibrator>) -> sparsify_onnx::RunReport {
-    Pipeline::parse(text).unwrap().run(m, cal.map(|c| c as &dyn sparsify_onnx::Calibrator)).unwrap()
-}
-
-/// Integer values of an 8-bit tensor, decoded here.
-fn ints(t: &Tensor) -> Vec<i32> {
-    match t.dtype {
-        DType::I8 => t.bytes().iter().map(|&b| b as i8 as i32).collect(),
-        DType::U8 => t.bytes().iter().map(|&b| b as i32).collect(),
-        d => panic!("fixture weight '{}' has dtype {}", t.name, d.name()),
-    }
-}
-
-/// The zero point of every element of a quantized weight, read from the node that dequantizes it:
-/// DequantizeLinear input 2, QLinearConv/QLinearMatMul/QGemm input 5, MatMulInteger input 3. Per-channel
-/// zero points in the fixtures are along axis 0 (checked).
-fn zero_points(g: &Graph, w: &WeightInfo) -> Vec<i32> {
-    let t = g.weight(&w.id).unwrap();
-    let n = t.numel().unwrap();
-    let (node, slot) = g.consumers(w.id.name())[0];
-    let node = g.node(node);
-    let zp_input = match (node.op_type.as_str(), slot) {
-        ("DequantizeLinear", 0) => 2,
-        ("QLinearConv" | "QLinearMatMul" | "QGemm", 3) => 5,
-        ("MatMulInteger", 1) => 3,
-        other => panic!("unexpected reader {other:?}"),
-    };
-    let zt = g.initializer(&node.inputs[zp_input]).unwrap();
-    let zp = ints(zt);
-    if zp.len() == 1 {
-        return vec![zp[0]; n];
-    }
-    assert_eq!(zp.len(), t.dims[0] as usize, "'{}': per-channel zero points along axis 0", w.id.name());
-    if node.op_type == "DequantizeLinear" {
-        assert_eq!(node.attr_int("axis"), Some(0));
-    }
-    let inner = n / zp.len();
-    (0..n).map(|i| zp[i / inner]).collect()
-}
-
-/// The scale of every element, read the same way (inputs 1 / 4; integer ops: 1).
-fn scales(g: &Graph, w: &WeightInfo) -> Vec<f32> {
-    let t = g.weight(&w.id).unwrap();
-    let n = t.numel().unwrap();
-    let (node, _) = g.consumers(w.id.name())[0];
-    let node = g.node(node);
-    let input = match node.op_type.as_str() {
-        "DequantizeLinear" => 1,
-        "MatMulInteger" => usize::MAX,
-        _ => 4,
-    };
-    // MatMulInteger has no scale input: onnxruntime's dynamic quantizer names it `<weight>_scale`.
-    let name = match node.inputs.get(input) {
-        Some(s) => s.clone(),
-        None => w.id.name().replace("_quantized", "_scale"),
-    };
-    let s: Vec<f32> = g.initializer(&name).unwrap().to_f32().unwrap().iter().copied().collect();
-    let inner = n / s.len();
-    (0..n).map(|i| s[i / inner]).collect()
-}
-
-fn quantized_weights(m: &Model) -> Vec<WeightInfo> {
-    let g = &m.graph;
-    g.find_weights()
-        .into_iter()
-        .filter(|w| g.weight(&w.id).is_some_and(|t| matches!(t.dtype, DType::I8 | DType::U8) && t.dims.len() >= 2))
-        .collect()
-}
 
 #[test]
 fn every_format_exposes_its_quantized_weights() {
@@ -683,13 +598,17 @@ fn block_and_channel_masks_write_zero_points() {
     }
 }
 
-/// Relative L2 of the first output of `pruned` against `dense` on `feed`, in tract.
-fn rel_l2(dense: &Model, pruned: &Model, feed: &Feed) -> f64 {
-    let a = validate::run_model(ModelSource::Bytes(&to_bytes(dense).unwrap()), feed, &[]).unwrap();
-    let b = validate::run_model(ModelSource::Bytes(&to_bytes(pruned).unwrap()), feed, &[]).unwrap();
-    let (a, b) = (a[0].1.to_f64_vec(), b[0].1.to_f64_vec());
-    let d: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
-    (d / a.iter().map(|x| x * x).sum::<f64>()).sqrt()
+/// The held-out error of `prune` and of `prune` + `bias-correct` on a fixture made from `model`, and the
+/// corrected run's report.
+fn with_and_without_bias_correct(file: &str, model: &str, prune: &str) -> (f64, f64, Model, sparsify_onnx::RunReport) {
+    let m0 = load(&fixture(file)).unwrap();
+    let cal = TractCalibrator::new(&calib_feed(model, &m0), 16).unwrap();
+    let sample = validate::load_feed(&common::bundled(model).join("sample"), &input_decls(&m0)).unwrap();
+    let mut plain = m0.clone();
+    run(prune, &mut plain, Some(&cal));
+    let mut corrected = m0.clone();
+    let r = run(&format!("{prune},bias-correct"), &mut corrected, Some(&cal));
+    (rel_l2(&m0, &plain, &sample), rel_l2(&m0, &corrected, &sample), corrected, r)
 }
 
 /// bias-correct on QDQ models writes the int32 biases behind DequantizeLinear (rounded to their scale)
@@ -697,18 +616,12 @@ fn rel_l2(dense: &Model, pruned: &Model, feed: &Feed) -> f64 {
 #[test]
 fn bias_correct_writes_quantized_biases_and_helps() {
     for (file, model) in [("digits_mlp_qdq_s8.onnx", "digits_mlp"), ("digits_cnn_qdq_u8pc.onnx", "digits_cnn")] {
-        let m0 = load(&fixture(file)).unwrap();
-        let cal = TractCalibrator::new(&calib_feed(model, &m0), 16).unwrap();
-        let sample = validate::load_feed(&common::bundled(model).join("sample"), &input_decls(&m0)).unwrap();
-        let mut plain = m0.clone();
-        run("score{method=wanda},mask{sparsity=0.5}", &mut plain, Some(&cal));
-        let mut corrected = m0.clone();
-        let r = run("score{method=wanda},mask{sparsity=0.5},bias-correct", &mut corrected, Some(&cal));
+        let (e0, e1, corrected, r) =
+            with_and_without_bias_correct(file, model, "score{method=wanda},mask{sparsity=0.5}");
         let written = notes(&r).iter().filter(|(_, n)| n.contains("added to quantized bias")).count();
         assert_eq!(written, 3, "{file}: {:?}", notes(&r));
         let biases: Vec<&Tensor> = corrected.graph.initializers.iter().filter(|t| t.dtype == DType::I32).collect();
         assert!(biases.iter().any(|t| t.modified), "{file}: no int32 bias changed");
-        let (e0, e1) = (rel_l2(&m0, &plain, &sample), rel_l2(&m0, &corrected, &sample));
         println!("{file}: wanda 50% rel L2 {e0:.4}, + bias-correct {e1:.4}");
         assert!(e1 < e0, "{file}: bias correction did not help ({e0} -> {e1})");
     }
@@ -719,17 +632,11 @@ fn bias_correct_writes_quantized_biases_and_helps() {
 /// output error on held-out samples goes down.
 #[test]
 fn bias_correct_on_dynamic_quantized_matmuls() {
-    let m0 = load(&fixture("char_lm_dyn_s8.onnx")).unwrap();
-    let cal = TractCalibrator::new(&calib_feed("char_lm", &m0), 16).unwrap();
-    let sample = validate::load_feed(&common::bundled("char_lm").join("sample"), &input_decls(&m0)).unwrap();
-    let mut plain = m0.clone();
-    run("score{method=l1},mask{sparsity=0.5}", &mut plain, Some(&cal));
-    let mut corrected = m0.clone();
-    let r = run("score{method=l1},mask{sparsity=0.5},bias-correct", &mut corrected, Some(&cal));
-    let ints = quantized_weights(&m0).len();
+    let file = "char_lm_dyn_s8.onnx";
+    let (e0, e1, _, r) = with_and_without_bias_correct(file, "char_lm", "score{method=l1},mask{sparsity=0.5}");
+    let ints = quantized_weights(&load(&fixture(file)).unwrap()).len();
     let placed = notes(&r).iter().filter(|(_, n)| n.contains("bias shift")).count();
     assert_eq!(placed, ints, "{:?}", notes(&r));
-    let (e0, e1) = (rel_l2(&m0, &plain, &sample), rel_l2(&m0, &corrected, &sample));
     println!("char_lm dynamic: magnitude 50% rel L2 {e0:.4}, + bias-correct {e1:.4}");
     assert!(e1 < e0, "bias correction did not help ({e0} -> {e1})");
 }
@@ -759,17 +666,11 @@ fn permutation_refuses_quantized_weights() {
 /// corrected and the error against the quantized dense model goes down.
 #[test]
 fn bias_correct_on_qlinear_matmuls() {
-    let m0 = load(&fixture("char_lm_qop.onnx")).unwrap();
-    let cal = TractCalibrator::new(&calib_feed("char_lm", &m0), 16).unwrap();
-    let sample = validate::load_feed(&common::bundled("char_lm").join("sample"), &input_decls(&m0)).unwrap();
-    let mut plain = m0.clone();
-    run("score{method=l1},mask{sparsity=0.5}", &mut plain, Some(&cal));
-    let mut corrected = m0.clone();
-    let r = run("score{method=l1},mask{sparsity=0.5},bias-correct", &mut corrected, Some(&cal));
+    let file = "char_lm_qop.onnx";
+    let (e0, e1, _, r) = with_and_without_bias_correct(file, "char_lm", "score{method=l1},mask{sparsity=0.5}");
     let ns = notes(&r);
     let placed = ns.iter().filter(|(_, n)| n.contains("bias shift") && n.contains("following Add")).count();
-    assert_eq!(placed, quantized_weights(&m0).len(), "{ns:?}");
-    let (e0, e1) = (rel_l2(&m0, &plain, &sample), rel_l2(&m0, &corrected, &sample));
+    assert_eq!(placed, quantized_weights(&load(&fixture(file)).unwrap()).len(), "{ns:?}");
     println!("char_lm_qop: magnitude 50% rel L2 {e0:.4}, + bias-correct {e1:.4}");
     assert!(e1 < e0, "bias correction did not help ({e0} -> {e1})");
 }

@@ -3,6 +3,7 @@
 
 pub mod built;
 pub mod proto;
+pub mod quant;
 
 use sparsify_onnx::ir::{Model, WeightInfo};
 use sparsify_onnx::validate::{self, Feed};
