@@ -35,14 +35,24 @@ fn exact_on_built_models_with_constant_inputs() {
         for prune in ["score{method=l1},mask{sparsity=0.5}", "score{method=wanda},mask{sparsity=0.6}"] {
             let mut plain = dense.clone();
             pipeline(prune, &mut plain, &cal);
-            let mut fixed = dense.clone();
-            let rep = pipeline(&format!("{prune},bias-correct"), &mut fixed, &cal);
-            let (before, after) = (rel_l2(&dense, &plain, &feed), rel_l2(&dense, &fixed, &feed));
-            println!("{name} {prune}: rel L2 {before:.4} -> {after:.2e}");
-            assert!(before > 1e-2, "{name}: pruning should move the output ({before})");
-            assert!(after < 1e-5, "{name}: bias correction is not exact ({after})");
-            let bc = rep.passes.last().unwrap();
-            assert_eq!(bc.counters["ops_corrected"], 3.0 - if name == "mlp" { 1.0 } else { 0.0 }, "{:?}", bc.notes);
+            // Every shift applied (verify=false) and the verified default: both exact. The default may
+            // leave an op alone whose shift on its own raises the error (the cnn's conv1 here): the next
+            // stage then absorbs the mean shift it passes on.
+            for (bc_text, all_ops) in [("bias-correct{verify=false}", true), ("bias-correct", false)] {
+                let mut fixed = dense.clone();
+                let rep = pipeline(&format!("{prune},{bc_text}"), &mut fixed, &cal);
+                let (before, after) = (rel_l2(&dense, &plain, &feed), rel_l2(&dense, &fixed, &feed));
+                println!("{name} {prune},{bc_text}: rel L2 {before:.4} -> {after:.2e}");
+                assert!(before > 1e-2, "{name}: pruning should move the output ({before})");
+                assert!(after < 1e-5, "{name} {bc_text}: bias correction is not exact ({after})");
+                let bc = rep.passes.last().unwrap();
+                if all_ops {
+                    let ops = 3.0 - if name == "mlp" { 1.0 } else { 0.0 };
+                    assert_eq!(bc.counters["ops_corrected"], ops, "{:?}", bc.notes);
+                } else {
+                    assert!(bc.counters["output_rel_l2_after"] <= bc.counters["output_rel_l2_before"]);
+                }
+            }
         }
     }
     // Where the biases went: the MatMul+Add constant in place, a new Add after the bare MatMul, a new
@@ -174,7 +184,8 @@ fn accuracy(bytes: &[u8], x: &Path, y: &Path, input: &str) -> f64 {
 }
 
 /// Wanda 50% with and without bias correction on the bundled CNNs: output error on the held-out sample
-/// and the task accuracy (digits_cnn: test set; ppocr: the 16 sample labels).
+/// lowered and the task accuracy kept or raised (digits_cnn: test set; ppocr: the 16 sample labels);
+/// on ppocr, applying every shift without verification raises the error.
 #[test]
 fn lowers_the_error_of_wanda_on_the_cnns() {
     for (name, x, y) in
@@ -195,11 +206,13 @@ fn lowers_the_error_of_wanda_on_the_cnns() {
         let (a_dense, a0, a1) = (acc(&dense), acc(&plain), acc(&fixed));
         println!("{name} wanda 50%: rel L2 {e0:.4} -> {e1:.4} with bias-correct; accuracy {a0:.4} -> {a1:.4} (dense {a_dense:.4})");
         if name == "ppocr_cls_mobile_v2" {
-            // Measured (docs/results.md): on this model bias correction *raises* the output error
-            // (0.739 -> 0.841, top-1 agreement 44% -> 56%); issue 11 stays open on it. Only finiteness
-            // is checked here, so the numbers above are printed rather than asserted.
-            assert!(e1.is_finite());
-            continue;
+            // Without verification, restoring every mean raises this model's error (0.739 -> 0.841):
+            // the check is what keeps the pass from making it worse.
+            let mut unchecked = dense.clone();
+            pipeline("score{method=wanda},mask{sparsity=0.5},bias-correct{verify=false}", &mut unchecked, &cal);
+            let e2 = rel_l2(&dense, &unchecked, &sample);
+            println!("{name}: verify=false gives rel L2 {e2:.4}");
+            assert!(e2 > e0, "{name}: every shift applied no longer raises the error ({e0} -> {e2})");
         }
         assert!(e1 < e0, "{name}: bias correction did not lower the error ({e0} -> {e1})");
         assert!(a1 >= a0, "{name}: bias correction lowered the accuracy ({a0} -> {a1})");

@@ -598,8 +598,9 @@ fn block_and_channel_masks_write_zero_points() {
     }
 }
 
-/// The held-out error of `prune` and of `prune` + `bias-correct` on a fixture made from `model`, and the
-/// corrected run's report.
+/// The held-out error of `prune` and of `prune` + `bias-correct{verify=false}` (every shift applied, so
+/// every placement can be checked) on a fixture made from `model`, and the corrected run's report. The
+/// verified default is run too: its held-out error must be below the pruned model's as well.
 fn with_and_without_bias_correct(file: &str, model: &str, prune: &str) -> (f64, f64, Model, sparsify_onnx::RunReport) {
     let m0 = load(&fixture(file)).unwrap();
     let cal = TractCalibrator::new(&calib_feed(model, &m0), 16).unwrap();
@@ -607,8 +608,14 @@ fn with_and_without_bias_correct(file: &str, model: &str, prune: &str) -> (f64, 
     let mut plain = m0.clone();
     run(prune, &mut plain, Some(&cal));
     let mut corrected = m0.clone();
-    let r = run(&format!("{prune},bias-correct"), &mut corrected, Some(&cal));
-    (rel_l2(&m0, &plain, &sample), rel_l2(&m0, &corrected, &sample), corrected, r)
+    let r = run(&format!("{prune},bias-correct{{verify=false}}"), &mut corrected, Some(&cal));
+    let e0 = rel_l2(&m0, &plain, &sample);
+    let mut verified = m0.clone();
+    run(&format!("{prune},bias-correct"), &mut verified, Some(&cal));
+    let e2 = rel_l2(&m0, &verified, &sample);
+    println!("{file}: {prune} rel L2 {e0:.4}, + bias-correct (verified) {e2:.4}");
+    assert!(e2 < e0, "{file}: the verified bias correction did not help ({e0} -> {e2})");
+    (e0, rel_l2(&m0, &corrected, &sample), corrected, r)
 }
 
 /// bias-correct on QDQ models writes the int32 biases behind DequantizeLinear (rounded to their scale)
@@ -683,7 +690,7 @@ fn bias_correct_writes_qoperator_int32_biases() {
     let m0 = load(&fixture("digits_cnn_qop.onnx")).unwrap();
     let cal = TractCalibrator::new(&calib_feed("digits_cnn", &m0), 16).unwrap();
     let mut m1 = m0.clone();
-    let res = Pipeline::parse("score{method=l1},mask{sparsity=0.5},bias-correct")
+    let res = Pipeline::parse("score{method=l1},mask{sparsity=0.5},bias-correct{verify=false}")
         .unwrap()
         .run(&mut m1, Some(&cal as &dyn sparsify_onnx::Calibrator));
     match res {
