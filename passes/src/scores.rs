@@ -288,20 +288,24 @@ impl Candidates for MagKeys {
     fn histogram(&self, hist: &mut [usize], shift: u32, mask: u64, filter: Option<(u32, u64)>) {
         const PAR: usize = 1 << 18;
         let sq = self.squared;
+        // One histogram per rayon fold (a few per thread), not one per chunk.
         let partial = self
             .bytes
             .par_chunks(4 * PAR)
-            .map(|c| {
-                let mut h = vec![0usize; hist.len()];
-                let words = c.chunks_exact(4).map(|w| MagKeys::key_of(u32::from_le_bytes(w.try_into().unwrap()), sq));
-                match filter {
-                    None => words.for_each(|x| h[((x >> shift) & mask) as usize] += 1),
-                    Some((hi, prefix)) => {
-                        words.filter(|x| x >> hi == prefix).for_each(|x| h[((x >> shift) & mask) as usize] += 1)
+            .fold(
+                || vec![0usize; hist.len()],
+                |mut h, c| {
+                    let words =
+                        c.chunks_exact(4).map(|w| MagKeys::key_of(u32::from_le_bytes(w.try_into().unwrap()), sq));
+                    match filter {
+                        None => words.for_each(|x| h[((x >> shift) & mask) as usize] += 1),
+                        Some((hi, prefix)) => {
+                            words.filter(|x| x >> hi == prefix).for_each(|x| h[((x >> shift) & mask) as usize] += 1)
+                        }
                     }
-                }
-                h
-            })
+                    h
+                },
+            )
             .reduce_with(|mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                 a

@@ -401,15 +401,26 @@ impl Graph {
         }
     }
 
+    /// (elements, dequantized zeros) of a weight; float weights are counted in place (no flag vector).
+    fn weight_zero_count(&self, id: &WeightId) -> Result<(usize, usize), TensorError> {
+        let t = self.weight(id).ok_or_else(|| QuantError::NotFound(id.name().into()))?;
+        if self.weight_quant(id)?.is_none() && t.dtype.is_prunable_float() {
+            return Ok((t.numel()?, t.zero_count()));
+        }
+        let z = self.weight_zero_flags(id)?;
+        Ok((z.len(), z.iter().filter(|x| **x).count()))
+    }
+
     /// Count of (dequantized) non-zero elements.
     pub fn weight_nnz(&self, id: &WeightId) -> Result<usize, TensorError> {
-        Ok(self.weight_zero_flags(id)?.iter().filter(|z| !**z).count())
+        let (n, z) = self.weight_zero_count(id)?;
+        Ok(n - z)
     }
 
     /// Fraction of (dequantized) zeros, 0 for empty tensors.
     pub fn weight_sparsity(&self, id: &WeightId) -> Result<f64, TensorError> {
-        let z = self.weight_zero_flags(id)?;
-        Ok(if z.is_empty() { 0.0 } else { z.iter().filter(|x| **x).count() as f64 / z.len() as f64 })
+        let (n, z) = self.weight_zero_count(id)?;
+        Ok(if n == 0 { 0.0 } else { z as f64 / n as f64 })
     }
 
     /// Zero every element whose `keep` flag is false: +0 for float weights, the element's zero point for

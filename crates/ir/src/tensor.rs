@@ -168,14 +168,12 @@ impl Tensor {
         // Exponent bits all set = Inf or NaN, tested on the raw bits of each dtype.
         let b = &self.data[..];
         let first = match self.dtype {
-            DType::F32 => {
-                Some(b.chunks_exact(4).position(|c| !u32::from_le_bytes(c.try_into().unwrap()) & 0x7f80_0000 == 0))
+            DType::F32 => Some(first_where(b, 4, |c| !u32::from_le_bytes(c.try_into().unwrap()) & 0x7f80_0000 == 0)),
+            DType::F16 => Some(first_where(b, 2, |c| !u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0)),
+            DType::BF16 => Some(first_where(b, 2, |c| !u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0)),
+            DType::F64 => {
+                Some(first_where(b, 8, |c| !u64::from_le_bytes(c.try_into().unwrap()) & (0x7ff0u64 << 48) == 0))
             }
-            DType::F16 => Some(b.chunks_exact(2).position(|c| !u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0)),
-            DType::BF16 => Some(b.chunks_exact(2).position(|c| !u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0)),
-            DType::F64 => Some(
-                b.chunks_exact(8).position(|c| !u64::from_le_bytes(c.try_into().unwrap()) & (0x7ff0u64 << 48) == 0),
-            ),
             _ => None,
         };
         let bad = match (first, self.elems()) {
@@ -237,14 +235,13 @@ impl Tensor {
 
     /// Count of exactly-zero elements (either sign; non-float dtypes compare bytes to 0), without copies.
     pub fn zero_count(&self) -> usize {
+        use rayon::prelude::*;
         let b = &self.data[..];
-        match self.dtype {
-            DType::F32 => b.chunks_exact(4).filter(|c| u32::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
-            DType::F64 => b.chunks_exact(8).filter(|c| u64::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
-            DType::F16 | DType::BF16 => {
-                b.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 == 0).count()
-            }
-            _ => self.zero_flags().iter().filter(|z| **z).count(),
+        match self.dtype.size().filter(|_| self.dtype.is_prunable_float()) {
+            // Large float tensors: chunks in parallel (the chunk length is a multiple of every size).
+            Some(w) if b.len() >= 2 * PAR_BYTES => b.par_chunks(PAR_BYTES).map(|c| float_zeros(w, c)).sum(),
+            Some(w) => float_zeros(w, b),
+            None => self.zero_flags().iter().filter(|z| **z).count(),
         }
     }
 
@@ -300,29 +297,41 @@ impl Tensor {
         use rayon::prelude::*;
         const TASK: usize = 1 << 16;
         let src = &self.data[..];
-        let mut out = vec![0u8; src.len()];
-        let changed: usize = out
+        // Every byte of the output is written below, so it is not zero-filled first.
+        let mut out: Vec<u8> = Vec::with_capacity(src.len());
+        let changed: usize = out.spare_capacity_mut()[..src.len()]
             .par_chunks_mut(TASK * W)
             .zip(src.par_chunks(TASK * W))
             .enumerate()
             .map(|(c, (o, s))| {
                 let mut n = 0usize;
+                // A trailing partial element (a malformed length) is copied unchanged.
+                let tail = s.len() / W * W;
+                for (ob, &b) in o[tail..].iter_mut().zip(&s[tail..]) {
+                    ob.write(b);
+                }
+                // Branch-free: a pruned element is written as +0 through a byte mask (pruning decisions
+                // are close to random, so a branch per element would mispredict about half the time).
                 for (j, (oc, sc)) in o.chunks_exact_mut(W).zip(s.chunks_exact(W)).enumerate() {
                     let w: [u8; W] = sc.try_into().expect("chunks of W bytes");
-                    if prune(c * TASK + j, w) {
-                        // Non-zero: any bit set other than the sign (top bit of the last byte).
-                        let mut any = w[W - 1] & 0x7f;
-                        for &b in &w[..W - 1] {
-                            any |= b;
-                        }
-                        n += usize::from(any != 0);
-                    } else {
-                        oc.copy_from_slice(&w);
+                    let p = prune(c * TASK + j, w);
+                    // Non-zero: any bit set other than the sign (top bit of the last byte).
+                    let mut any = w[W - 1] & 0x7f;
+                    for &b in &w[..W - 1] {
+                        any |= b;
+                    }
+                    n += usize::from(p & (any != 0));
+                    let keep = u8::from(p).wrapping_sub(1);
+                    for (ob, &b) in oc.iter_mut().zip(&w) {
+                        ob.write(b & keep);
                     }
                 }
                 n
             })
             .sum();
+        // SAFETY: the chunks above cover `out`'s first `src.len()` bytes exactly (whole elements through
+        // `chunks_exact_mut`, the tail of each chunk copied), and each byte was written.
+        unsafe { out.set_len(src.len()) };
         if changed > 0 {
             self.data = Bytes::from(out);
             self.modified = true;
@@ -350,6 +359,30 @@ impl Tensor {
             h = h.wrapping_mul(0x100000001b3);
         }
         h
+    }
+}
+
+/// Bytes per parallel task when scanning a large tensor.
+const PAR_BYTES: usize = 1 << 22;
+
+/// Index of the first `w`-byte element of `b` for which `bad` holds; large slices are searched in
+/// parallel chunks (same answer: the first chunk with a hit wins).
+fn first_where(b: &[u8], w: usize, bad: impl Fn(&[u8]) -> bool + Sync) -> Option<usize> {
+    use rayon::prelude::*;
+    if b.len() < 2 * PAR_BYTES {
+        return b.chunks_exact(w).position(bad);
+    }
+    let chunk = b.par_chunks(PAR_BYTES).position_first(|c| c.chunks_exact(w).any(&bad))?;
+    let at = b[chunk * PAR_BYTES..].chunks_exact(w).position(bad)?;
+    Some(chunk * PAR_BYTES / w + at)
+}
+
+/// Zeros (either sign) among the `w`-byte little-endian floats in `b`.
+fn float_zeros(w: usize, b: &[u8]) -> usize {
+    match w {
+        8 => b.chunks_exact(8).filter(|c| u64::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
+        4 => b.chunks_exact(4).filter(|c| u32::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
+        _ => b.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 == 0).count(),
     }
 }
 

@@ -84,23 +84,47 @@ pub fn nm_keep_by(len: usize, key: impl Fn(usize) -> u64 + Sync, view: AxisView,
     }
     // A block = the m rows of one group along the axis, across `inner`: contiguous, independent.
     keep.par_chunks_mut(block).enumerate().for_each(|(blk, kb)| {
-        let base = blk * block;
-        let mut g = vec![0u64; m];
-        for i in 0..inner {
-            for (k, slot) in g.iter_mut().enumerate() {
-                *slot = key(base + k * inner + i);
-            }
-            for a in 0..m {
-                let ka = g[a];
-                let mut rank = 0usize;
-                for (b, &kb) in g.iter().enumerate() {
-                    rank += usize::from((kb > ka) | ((kb == ka) & (b < a)));
+        let key = |k: usize, i: usize| key(blk * block + k * inner + i);
+        // Common group sizes get fixed-size arrays (unrolled rank counts); the result is the same.
+        match m {
+            2 => keep_block::<2>(kb, inner, n, key),
+            4 => keep_block::<4>(kb, inner, n, key),
+            8 => keep_block::<8>(kb, inner, n, key),
+            16 => keep_block::<16>(kb, inner, n, key),
+            _ => {
+                let mut g = vec![0u64; m];
+                for i in 0..inner {
+                    for (k, slot) in g.iter_mut().enumerate() {
+                        *slot = key(k, i);
+                    }
+                    for (a, r) in ranks(&g).enumerate() {
+                        kb[a * inner + i] = r < n;
+                    }
                 }
-                kb[a * inner + i] = rank < n;
             }
         }
     });
     keep
+}
+
+/// The rank of each key of a group (0 = kept first): higher keys first, equal keys in position order.
+/// Branch-free (m² comparisons); the ranks are a permutation of `0..m`.
+#[inline(always)]
+fn ranks<T: PartialOrd + Copy>(g: &[T]) -> impl Iterator<Item = usize> + '_ {
+    g.iter().enumerate().map(move |(a, &ka)| {
+        g.iter().enumerate().map(|(b, &kb)| usize::from((kb > ka) | ((kb == ka) & (b < a)))).sum::<usize>()
+    })
+}
+
+/// [`nm_keep_by`] for one block with a group size known at compile time.
+#[inline(always)]
+fn keep_block<const M: usize>(kb: &mut [bool], inner: usize, n: usize, key: impl Fn(usize, usize) -> u64) {
+    for i in 0..inner {
+        let g: [u64; M] = std::array::from_fn(|k| key(k, i));
+        for (a, r) in ranks(&g).enumerate() {
+            kb[a * inner + i] = r < n;
+        }
+    }
 }
 
 /// Groups holding more than `n` non-zeros, and the group count.
@@ -135,31 +159,39 @@ pub fn nm_retained_vals(vals: &[f32], view: AxisView, n: usize, m: usize) -> f64
     let parts: Vec<f64> = vals
         .par_chunks(block)
         .filter(|c| c.len() == block)
-        .map(|vb| {
-            let mut total = 0.0f64;
-            let mut g = vec![0u32; m];
-            let mut gv = vec![0f32; m];
-            let mut top = vec![0f32; n];
-            for i in 0..inner {
-                for k in 0..m {
-                    gv[k] = vb[k * inner + i];
-                    g[k] = f32_key(gv[k]);
+        .map(|vb| match m {
+            2 => retained_block::<2>(vb, inner, n),
+            4 => retained_block::<4>(vb, inner, n),
+            8 => retained_block::<8>(vb, inner, n),
+            16 => retained_block::<16>(vb, inner, n),
+            _ => {
+                let (mut total, mut top) = (0.0f64, vec![0f32; m]);
+                for i in 0..inner {
+                    let gv: Vec<f32> = (0..m).map(|k| vb[k * inner + i]).collect();
+                    let g: Vec<u32> = gv.iter().map(|&v| f32_key(v)).collect();
+                    ranks(&g).zip(&gv).for_each(|(r, &v)| top[r] = v);
+                    total += top[..n].iter().map(|&v| v as f64).sum::<f64>();
                 }
-                for a in 0..m {
-                    let mut rank = 0usize;
-                    for (b, &kb) in g.iter().enumerate() {
-                        rank += usize::from((kb > g[a]) | ((kb == g[a]) & (b < a)));
-                    }
-                    if rank < n {
-                        top[rank] = gv[a];
-                    }
-                }
-                total += top.iter().map(|&v| v as f64).sum::<f64>();
+                total
             }
-            total
         })
         .collect();
     parts.iter().sum()
+}
+
+/// The retained total of one block with a group size known at compile time: per group, the `n`
+/// values of lowest rank added in rank order.
+#[inline(always)]
+fn retained_block<const M: usize>(vb: &[f32], inner: usize, n: usize) -> f64 {
+    let mut total = 0.0f64;
+    for i in 0..inner {
+        let gv: [f32; M] = std::array::from_fn(|k| vb[k * inner + i]);
+        let g: [u32; M] = std::array::from_fn(|k| f32_key(gv[k]));
+        let mut top = [0f32; M];
+        ranks(&g).zip(&gv).for_each(|(r, &v)| top[r] = v);
+        total += top[..n].iter().map(|&v| v as f64).sum::<f64>();
+    }
+    total
 }
 
 /// The axis N:M groups run along for a weight, or why the weight is not eligible.

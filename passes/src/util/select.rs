@@ -71,7 +71,8 @@ impl Cut {
 
     #[inline(always)]
     pub fn takes(&self, i: usize, x: u64) -> bool {
-        x < self.key || (x == self.key && i >= self.from)
+        // Non-short-circuit operators: no branch in the zeroing loops that call this per element.
+        (x < self.key) | ((x == self.key) & (i >= self.from))
     }
 }
 
@@ -116,11 +117,13 @@ impl Candidates for KeySlice<'_> {
         let partial = self
             .0
             .par_chunks(PAR)
-            .map(|c| {
-                let mut h = vec![0usize; hist.len()];
-                KeySliceSeq(c).histogram(&mut h, shift, mask, filter);
-                h
-            })
+            .fold(
+                || vec![0usize; hist.len()],
+                |mut h, c| {
+                    KeySliceSeq(c).histogram(&mut h, shift, mask, filter);
+                    h
+                },
+            )
             .reduce_with(|mut a, b| {
                 a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
                 a
@@ -177,6 +180,10 @@ pub fn select_cut(c: &impl Candidates, k: usize, bits: u32) -> Option<Cut> {
         if shift == 0 {
             // Ties at the boundary key: prune the k highest indices, i.e. skip the first (ties - k).
             let skip = hist[b] - k;
+            if skip == 0 {
+                // Every tie is pruned: no scan needed to find where they start.
+                return Some(Cut { key: prefix, from: 0 });
+            }
             let (mut seen, mut from) = (0usize, usize::MAX);
             c.scan(|i, x| {
                 if x == prefix {
