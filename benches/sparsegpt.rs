@@ -6,7 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use sparsify_onnx::validate::load_feed;
 use sparsify_onnx::{input_decls, Calibrator, Pipeline, TractCalibrator};
-use sparsify_passes::util::obs::{sparsegpt, Pattern};
+use sparsify_passes::obs::{sparsegpt, Pattern};
 use std::path::{Path, PathBuf};
 
 fn lcg(seed: &mut u64) -> f64 {

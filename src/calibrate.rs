@@ -17,7 +17,7 @@ use crate::token_mask::{self, TokenMask};
 use crate::variants::VariantPaths;
 use sparsify_ir::{Model, Tensor};
 use sparsify_passes::calib_stats::{channel_pair_sums, conv_patch_sums, feature_sums};
-use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
+use sparsify_passes::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
 use sparsify_pm::{CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PairRequest, PairStat};
 use sparsify_validate::{Array, Feed, InputDecl, ModelSource, Runner};
 

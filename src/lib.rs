@@ -153,7 +153,7 @@ impl sparsify_pm::Spill for ScratchSpill<'_> {
             .0
             .store_named(&t.name, t.bytes())
             .map_err(|e| sparsify_pm::PassError::Invalid { subject: t.name.clone(), message: e.to_string() })?;
-        t.set_bytes(stored)?;
+        t.set_storage(stored)?;
         Ok(())
     }
 }

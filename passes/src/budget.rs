@@ -17,10 +17,10 @@
 //! Skipped weights and notes follow `mask`. Scores come from the `score` analysis (any method) or |w|.
 
 use crate::layer_sensitivity::{default_output, measure, output_values, parse_levels, rel_l2, Curves};
+use crate::mask_groups::{apply_mask, plan_targets, Granularity, Group, MaskConfig, Target};
 use crate::scope::Scope;
 use crate::scores::WeightScores;
-use crate::util::mask_groups::{apply_mask, plan_targets, Granularity, Group, MaskConfig, Target};
-use crate::util::select::prune_count;
+use crate::select::prune_count;
 use sparsify_ir::Model;
 use sparsify_pm::{Calibrator, Changed, OptionSpec, Options, PassCx, PassError, PipelineError};
 

@@ -11,13 +11,13 @@
 //!   which [`InputDequant::apply`] dequantizes, `(mean(q) − zp)·scale` (exact: affine).
 //! - Accumulators the facade's calibrator calls on each batch: [`feature_sums`], [`conv_patch_sums`],
 //!   [`channel_pair_sums`] (the paired dense/current output sums of `ls-correct`; Gram matrices live in
-//!   `util::sgpt_gram`, squared norms in the facade).
+//!   `sgpt_gram`, squared norms in the facade).
 //! - [`output_shift`]: the expected change of each output channel of an op when its weight goes from
 //!   `before` to `after`, E[x]·(W_before − W_after), from those means.
 //!
 //! Used by `bias-correct` and `ls-correct`; issues 12/15 build on the same requests (means, Grams).
 
-use crate::util::sgpt_gram::{patch_offsets, ConvGeometry};
+use crate::sgpt_gram::{patch_offsets, ConvGeometry};
 use sparsify_ir::{AttrValue, Graph, NodeId, WeightUse};
 use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis, PairStat};
 use std::collections::BTreeSet;

@@ -52,12 +52,12 @@
 
 use crate::budget::{Budget, BUDGET_OPTIONS};
 use crate::channels::calibrated::{Criterion, Reconstruct, Settings};
+use crate::mask_groups::{apply_mask, plan_targets, Granularity, Group, MaskConfig};
 use crate::schedule::PruningSchedule;
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::{compute_scores, ScoreRecipe};
+use crate::score_math::Method;
 use crate::scores::WeightScores;
-use crate::util::mask_groups::{apply_mask, plan_targets, Granularity, Group, MaskConfig};
-use crate::util::score_math::Method;
 use sparsify_ir::Model;
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
 

@@ -25,9 +25,9 @@
 //! | `strict` | `false` | eligibility also requires output % 8 == 0 and reduction % 16 == 0 |
 //! | `ops`, `names`, `exclude` | see [`crate::scope`] | which weights are held to the rule |
 
+use crate::nm::{nm_eligibility, nm_violations, AxisView};
 use crate::nm_legalize::parse_nm;
 use crate::scope::{Scope, SCOPE_OPTIONS};
-use crate::util::nm::{nm_eligibility, nm_violations, AxisView};
 use serde::Serialize;
 use sparsify_ir::Model;
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};

@@ -29,11 +29,11 @@
 //! | `permute` | `false` | search a channel permutation first (Pool & Yu, 2021) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights |
 
+use crate::nm::{nm_eligibility, nm_keep_by, nm_keep_keys, AxisView};
 use crate::permute::{nm_source, permute_for_nm, retained_total};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::ScoreRecipe;
 use crate::scores::{selection_keys, MagKeys, WeightScores};
-use crate::util::nm::{nm_eligibility, nm_keep_by, nm_keep_keys, AxisView};
 use sparsify_ir::{Graph, Model, WeightInfo};
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
 

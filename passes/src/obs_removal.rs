@@ -19,7 +19,7 @@
 //! layer's bias shift) is never removed, so the refit also moves the bias: the caller builds H with
 //! that row ([`augment`]) from the input sums.
 
-use crate::util::obs::{upper_chol_of_inverse, MAX_RETRIES};
+use crate::obs::{upper_chol_of_inverse, MAX_RETRIES};
 
 /// Rank-1 downdates of H⁻¹ kept pending before one matrix product applies them.
 pub const LAZY: usize = 32;

@@ -2,12 +2,12 @@
 //! without pruning anything. `nm-legalize{permute=true}` runs the same step before legalizing.
 //!
 //! For each eligible weight (see `nm-legalize`) the pass finds the *region* of its input tensor
-//! ([`crate::util::permute_region`]): every producer of that tensor (weight output axis, bias,
+//! ([`crate::permute_region`]): every producer of that tensor (weight output axis, bias,
 //! BatchNorm parameters on the way), every other consumer (sibling), through elementwise ops, pooling,
 //! BatchNorm and depthwise convs. Where it cannot prove the rewrite exact (graph inputs/outputs,
 //! Reshape/Flatten/Concat/Transpose/LayerNorm/Softmax..., shared or non-constant weights, grouped convs)
 //! the weight stays unpermuted and a note says why. Otherwise a bounded deterministic search
-//! ([`crate::util::permute_search`]) looks for a permutation of the C channels that keeps more score
+//! ([`crate::permute_search`]) looks for a permutation of the C channels that keeps more score
 //! under N:M over all eligible consumers of the region; it is applied only if it gains. The model's
 //! outputs are unchanged (up to float summation order). Cached [`WeightScores`] are permuted along.
 //!
@@ -22,13 +22,13 @@
 //! | `n`, `m` | `2`, `4` | the N:M pattern the permutation is optimised for (N kept of every M) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights seed a search |
 
+use crate::nm::{nm_retained_vals, AxisView};
 use crate::nm_legalize::{check_nm_args, nm_candidates, parse_nm};
+use crate::permute_region::{find_region, has_subgraphs, Region, WeightIndex};
+use crate::permute_search::search;
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::ScoreRecipe;
 use crate::scores::{scores_or_magnitude, ScoreSrc, WeightScores};
-use crate::util::nm::{nm_retained_vals, AxisView};
-use crate::util::permute_region::{find_region, has_subgraphs, Region, WeightIndex};
-use crate::util::permute_search::search;
 use ndarray::Axis;
 use sparsify_ir::{Graph, Model, NodeId, Tensor, WeightId, WeightInfo};
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};

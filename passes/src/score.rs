@@ -17,7 +17,7 @@
 //!   producing the integer input, else l1 with a note (an integer tensor from another quantized op).
 //!
 //! - `ria` = (|w|/Σ_row|w| + |w|/Σ_col|w|)·‖X_j‖₂^a (RIA, Zhang et al. 2024; rows = output channels,
-//!   columns = the elements reading one input, see [`crate::util::ria`]), from the same one-sweep norms
+//!   columns = the elements reading one input, see [`crate::ria`]), from the same one-sweep norms
 //!   as Wanda, with Wanda's fallbacks. `mask` compares RIA scores per layer by default (`scope=auto`).
 //!   `mask{steps>1}` does not recompute RIA between steps (it keeps the first scores).
 //!
@@ -31,8 +31,8 @@
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are scored |
 
 use crate::scope::{Scope, SCOPE_OPTIONS};
+use crate::score_math::{check_norms, FeatureMap, Method};
 use crate::scores::{FeatureNorms, WeightScores};
-use crate::util::score_math::{check_norms, FeatureMap, Method};
 use sparsify_ir::{Graph, Model, WeightInfo, WeightUse};
 use sparsify_pm::{
     Analysis, CalibRequest, CalibStat, Calibrator, Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError,
@@ -369,9 +369,7 @@ fn wanda_for(
     let norms: Vec<f64> = sq.unwrap_or_default().iter().map(|v| v.sqrt()).collect();
     let map = uses[0].1;
     let s = match method {
-        Method::Ria => {
-            Scored::Array(crate::util::ria::ria(&t.to_f32().map_err(|e| e.to_string())?, &map, &norms, ria_a)?)
-        }
+        Method::Ria => Scored::Array(crate::ria::ria(&t.to_f32().map_err(|e| e.to_string())?, &map, &norms, ria_a)?),
         _ => {
             let shape = t.shape();
             map.check(&shape)?;

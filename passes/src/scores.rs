@@ -12,8 +12,8 @@
 //! as a stored array would be updated. Only scores that are not element-wise functions of the weight
 //! (RIA's row and column sums, scores set directly) are held as arrays ([`WeightScores::scores`]).
 
-use crate::util::score_math::{stride, FeatureMap, Method};
-use crate::util::select::{f32_key, Candidates};
+use crate::score_math::{stride, FeatureMap, Method};
+use crate::select::{f32_key, Candidates};
 use ndarray::ArrayD;
 use rayon::prelude::*;
 use sparsify_ir::{Elems, Graph, Tensor, TensorError, WeightId};
@@ -361,7 +361,7 @@ mod tests {
             mk.scan(|_, x| scanned.push(x));
             assert_eq!(scanned, keys);
             for k in [0, 1, 2, 7, 2500, vals.len()] {
-                use crate::util::select::{select_cut, KeySlice};
+                use crate::select::{select_cut, KeySlice};
                 assert_eq!(select_cut(&mk, k, 32), select_cut(&KeySlice(&keys), k, 32), "k = {k}");
             }
         }
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn derived_wanda_equals_the_array_formula_bit_for_bit() {
-        use crate::util::score_math::wanda;
+        use crate::score_math::wanda;
         // A grouped Conv weight [O=4, C/g=3, 2, 2] with 2 groups (6 features), and a MatMul [K=5, N=3].
         let cases: [(Vec<usize>, FeatureMap); 2] = [
             (vec![4, 3, 2, 2], FeatureMap { out_axis: 0, red_axis: 1, conv_groups: 2 }),

@@ -1,6 +1,6 @@
 //! The seed library API for code that embeds the library (e.g. a training loop): importance scores,
 //! unstructured and N:M masks over plain `ndarray` weights, and [`PruningSchedule`]. A thin layer over
-//! the same math the `score` / `mask` passes use (`util::score_math`, `util::select`), so both make the
+//! the same math the `score` / `mask` passes use (`score_math`, `select`), so both make the
 //! same decisions: exactly floor(s·n) pruned, lowest scores first, ties keep the lower index.
 //!
 //! ```
@@ -37,8 +37,8 @@
 //! ```
 
 pub use crate::schedule::{PruningSchedule, ScheduleError};
-use crate::util::score_math::{magnitude, wanda, FeatureMap};
-use crate::util::select::{highest_k, lowest_k, prune_count};
+use crate::score_math::{magnitude, wanda, FeatureMap};
+use crate::select::{highest_k, lowest_k, prune_count};
 use ndarray::{ArrayD, Zip};
 use sparsify_ir::{Tensor, WeightInfo};
 use std::ops::Deref;

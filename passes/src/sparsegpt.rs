@@ -14,7 +14,7 @@
 //!   the same output error within ±0.01 except on the CNNs (sequential better on digits_cnn, worse on
 //!   ppocr), and parallel is 3-20× faster (MiniLM: about 3 s against 11 s), hence the default.
 //! - Patterns: `sparsity=s` prunes exactly floor(s·n) weights of each tensor (selection per column block
-//!   over all rows by w²/[H⁻¹]²_jj, block targets from cumulative floors; see `util::obs`); `n=N,m=M` keeps N
+//!   over all rows by w²/[H⁻¹]²_jj, block targets from cumulative floors; see `obs`); `n=N,m=M` keeps N
 //!   of every M consecutive elements along the reduction axis (for Conv: M consecutive input channels at
 //!   each kernel position, as `nm-legalize` defines them), so the output passes `check`.
 //! - Numerics in f64; a Hessian that is not positive definite after damping is retried with 10× the
@@ -41,9 +41,9 @@
 //! | `mode` | parallel | `parallel` (calibrate once) or `sequential` (recalibrate per stage) |
 //! | `ops`, `names`, `exclude`, `embeddings` | | scope (see `scope`) |
 
+use crate::obs::Solved;
 use crate::scope::{Scope, SCOPE_OPTIONS};
-use crate::util::obs::Solved;
-use crate::util::sgpt_plan::{self, Plan, Target};
+use crate::sgpt_plan::{self, Plan, Target};
 use ndarray::{ArrayD, IxDyn};
 use rayon::prelude::*;
 use sparsify_ir::Model;

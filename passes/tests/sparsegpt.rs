@@ -3,7 +3,7 @@
 
 use sparsify_ir::{AttrValue, DType, Graph, Model, Node, Tensor, ValueInfo};
 use sparsify_passes::registry;
-use sparsify_passes::util::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
+use sparsify_passes::sgpt_gram::{add_conv_patches, ConvGeometry, GramAcc};
 use sparsify_pm::{
     CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PassManager, PmError, RunEnv, RunReport,
 };

@@ -9,6 +9,7 @@ use crate::DType;
 use bytes::Bytes;
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
+use std::sync::OnceLock;
 
 /// How the tensor was stored in the file; the exporter writes it back the same way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub struct Tensor {
     pub modified: bool,
     /// Fields the IR does not interpret (doc string, segment, metadata), owned by the exporter.
     pub opaque: Vec<u8>,
+    /// Zero elements of a float tensor, counted once (with the dtype they were counted for): reports
+    /// read a rewritten weight's sparsity without reading its bytes back from where they were stored.
+    zeros: OnceLock<(DType, usize)>,
 }
 
 impl Tensor {
@@ -59,6 +63,7 @@ impl Tensor {
             storage: Storage::Raw,
             modified: false,
             opaque: Vec::new(),
+            zeros: OnceLock::new(),
         };
         t.check_len()?;
         Ok(t)
@@ -138,6 +143,19 @@ impl Tensor {
             return Err(e);
         }
         self.modified = true;
+        self.zeros = OnceLock::new();
+        Ok(())
+    }
+
+    /// Hold the same values in other storage (a spill area's copy of these bytes): values, dtype,
+    /// shape, the `modified` flag and the cached zero count stay as they are. Errors when the length
+    /// differs; debug builds also check that the bytes are equal.
+    pub fn set_storage(&mut self, data: Bytes) -> Result<(), TensorError> {
+        if data.len() != self.data.len() {
+            return Err(self.invalid(format!("new storage holds {} bytes, not {}", data.len(), self.data.len())));
+        }
+        debug_assert!(data[..] == self.data[..], "set_storage must not change values");
+        self.data = data;
         Ok(())
     }
 
@@ -237,12 +255,20 @@ impl Tensor {
     pub fn zero_count(&self) -> usize {
         use rayon::prelude::*;
         let b = &self.data[..];
-        match self.dtype.size().filter(|_| self.dtype.is_prunable_float()) {
-            // Large float tensors: chunks in parallel (the chunk length is a multiple of every size).
-            Some(w) if b.len() >= 2 * PAR_BYTES => b.par_chunks(PAR_BYTES).map(|c| float_zeros(w, c)).sum(),
-            Some(w) => float_zeros(w, b),
-            None => self.zero_flags().iter().filter(|z| **z).count(),
+        let Some(w) = self.dtype.size().filter(|_| self.dtype.is_prunable_float()) else {
+            return self.zero_flags().iter().filter(|z| **z).count();
+        };
+        if let Some(&(_, z)) = self.zeros.get().filter(|(d, _)| *d == self.dtype) {
+            return z;
         }
+        // Large float tensors: chunks in parallel (the chunk length is a multiple of every size).
+        let z = if b.len() >= 2 * PAR_BYTES {
+            b.par_chunks(PAR_BYTES).map(|c| float_zeros(w, c)).sum()
+        } else {
+            float_zeros(w, b)
+        };
+        let _ = self.zeros.set((self.dtype, z));
+        z
     }
 
     /// Count of non-zero elements.
@@ -299,12 +325,12 @@ impl Tensor {
         let src = &self.data[..];
         // Every byte of the output is written below, so it is not zero-filled first.
         let mut out: Vec<u8> = Vec::with_capacity(src.len());
-        let changed: usize = out.spare_capacity_mut()[..src.len()]
+        let (changed, zeros): (usize, usize) = out.spare_capacity_mut()[..src.len()]
             .par_chunks_mut(TASK * W)
             .zip(src.par_chunks(TASK * W))
             .enumerate()
             .map(|(c, (o, s))| {
-                let mut n = 0usize;
+                let (mut n, mut zeros) = (0usize, 0usize);
                 // A trailing partial element (a malformed length) is copied unchanged.
                 let tail = s.len() / W * W;
                 for (ob, &b) in o[tail..].iter_mut().zip(&s[tail..]) {
@@ -321,14 +347,15 @@ impl Tensor {
                         any |= b;
                     }
                     n += usize::from(p & (any != 0));
+                    zeros += usize::from(p | (any == 0));
                     let keep = u8::from(p).wrapping_sub(1);
                     for (ob, &b) in oc.iter_mut().zip(&w) {
                         ob.write(b & keep);
                     }
                 }
-                n
+                (n, zeros)
             })
-            .sum();
+            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         // SAFETY: the chunks above cover `out`'s first `src.len()` bytes exactly (whole elements through
         // `chunks_exact_mut`, the tail of each chunk copied), and each byte was written.
         unsafe { out.set_len(src.len()) };
@@ -336,6 +363,9 @@ impl Tensor {
             self.data = Bytes::from(out);
             self.modified = true;
         }
+        // The zero count of the result (equal to the input's when nothing changed).
+        self.zeros = OnceLock::new();
+        let _ = self.zeros.set((self.dtype, zeros));
         changed
     }
 

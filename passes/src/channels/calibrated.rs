@@ -39,7 +39,7 @@ use super::groups::{group_scores, ChannelGroup, SliceRole};
 use crate::calib_stats::mean_request;
 use crate::obs_removal::{augment, output_energy, RowRemoval};
 use crate::scores::WeightScores;
-use crate::util::sgpt_plan::{self, Plan, Target};
+use crate::sgpt_plan::{self, Plan, Target};
 use ndarray::{ArrayD, IxDyn};
 use sparsify_ir::{Graph, Model, WeightId, WeightInfo, WeightUse};
 use sparsify_pm::{CalibRequest, CalibStat, PassCx, PassError};

@@ -4,9 +4,9 @@
 
 use sparsify_ir::{AttrValue, DType, Graph, Model, Node, Tensor, ValueInfo, WeightId};
 use sparsify_passes::nm_check::{all_compliant, check_nm};
+use sparsify_passes::permute_region::{find_region, WeightIndex};
 use sparsify_passes::registry;
 use sparsify_passes::scores::WeightScores;
-use sparsify_passes::util::permute_region::{find_region, WeightIndex};
 use sparsify_pm::{
     AnalysisCache, CalibError, CalibRequest, CalibStat, Calibrator, FeatureAxis, PassCx, PassManager, RunEnv, RunReport,
 };

@@ -3,9 +3,9 @@
 //! cached scores so pruned elements score 0.
 
 use crate::scope::Scope;
+use crate::score_math::{channel_of_each, stride};
 use crate::scores::{selection_keys, weight_view, MagKeys, ScoreSrc, WeightScores};
-use crate::util::score_math::{channel_of_each, stride};
-use crate::util::select::{f32_key, prune_count, prune_flags, select_cut, Candidates, Cut, KeySlice};
+use crate::select::{f32_key, prune_count, prune_flags, select_cut, Candidates, Cut, KeySlice};
 use sparsify_ir::{Graph, NodeId, Tensor, WeightId};
 use sparsify_pm::{PassError, Spill};
 use std::borrow::Cow;

@@ -10,7 +10,7 @@
 //! axes) — across output channels. ‖X_j‖₂ is Wanda's activation norm (`score_math::wanda`); a zero row
 //! or column sum (all its weights zero) contributes 0.
 
-use crate::util::score_math::{channel_of_each, check_norms, stride, FeatureMap};
+use crate::score_math::{channel_of_each, check_norms, stride, FeatureMap};
 use ndarray::ArrayD;
 
 /// RIA scores of `w` given the consumer's feature norms ‖X_j‖₂ (not squared) and the exponent `a`.

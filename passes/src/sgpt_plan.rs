@@ -1,8 +1,8 @@
 //! SparseGPT planning: for each selected weight, its 2-D view W [outputs, reduction·kernel], the
 //! calibration requests that give its Hessian, the stages of the sequential mode, and the per-weight solve
-//! (Hessian assembly, column permutation for Conv N:M, [`crate::util::obs::sparsegpt`], write-back values).
+//! (Hessian assembly, column permutation for Conv N:M, [`crate::obs::sparsegpt`], write-back values).
 
-use crate::util::obs::{self, Pattern, Solved};
+use crate::obs::{self, Pattern, Solved};
 use sparsify_ir::{AttrValue, Graph, NodeId, WeightId, WeightInfo};
 use sparsify_pm::{CalibRequest, CalibStat, FeatureAxis};
 use std::collections::BTreeSet;

@@ -15,7 +15,7 @@ pub enum Method {
     L2,
     /// |w_ij| · ‖X_j‖₂
     Wanda,
-    /// Relative importance and activations (`util::ria`).
+    /// Relative importance and activations (`ria`).
     Ria,
 }
 

@@ -7,7 +7,7 @@
 //! `[M, C/g, kH, kW]` with the axis 1 this is "every m input channels of each output channel and kernel
 //! position", TensorRT's rule.
 
-use crate::util::select::f32_key;
+use crate::select::f32_key;
 use rayon::prelude::*;
 use sparsify_ir::{DType, Tensor, WeightInfo};
 
