@@ -290,7 +290,8 @@ mod tests {
         fn fast_keep_matches_reference(
             shape in proptest::sample::select(vec![(2usize, 8usize, 3usize), (1, 4, 1), (3, 12, 2), (1, 16, 5)]),
             vals in proptest::collection::vec((0u8..5, proptest::bool::weighted(0.8)), 16 * 5 * 3),
-            nm in proptest::sample::select(vec![(1usize, 2usize), (2, 4), (1, 4), (3, 4), (2, 8)]),
+            // m in {2, 4, 8, 16} take the fixed-size kernels, 3 and 6 the general one.
+            nm in proptest::sample::select(vec![(1usize, 2usize), (2, 4), (1, 4), (3, 4), (2, 8), (5, 16), (1, 3), (2, 6)]),
         ) {
             let (outer, len, inner) = shape;
             let (n, m) = nm;
@@ -305,15 +306,18 @@ mod tests {
 
     #[test]
     fn retained_matches_sorting_groups() {
-        let view = AxisView { outer: 3, len: 8, inner: 5 };
-        let vals: Vec<f32> = (0..120).map(|i| ((i * 37) % 11) as f32 * 0.1 + (i % 3) as f32 * 1e-3).collect();
-        let mut want = 0.0f64;
-        view.for_each_group(4, |g| {
-            let mut v: Vec<f32> = g.iter().map(|&i| vals[i]).collect();
-            v.sort_by(|a, b| b.total_cmp(a));
-            want += v[..2].iter().map(|&x| x as f64).sum::<f64>();
-        });
-        assert_eq!(nm_retained_vals(&vals, view, 2, 4).to_bits(), want.to_bits());
+        let view = AxisView { outer: 3, len: 48, inner: 5 };
+        let vals: Vec<f32> = (0..720).map(|i| ((i * 37) % 11) as f32 * 0.1 + (i % 3) as f32 * 1e-3).collect();
+        // Fixed-size kernels (m = 2, 4, 8, 16) and the general one (3, 6).
+        for (n, m) in [(2, 4), (1, 2), (4, 8), (5, 16), (1, 3), (4, 6)] {
+            let mut want = 0.0f64;
+            view.for_each_group(m, |g| {
+                let mut v: Vec<f32> = g.iter().map(|&i| vals[i]).collect();
+                v.sort_by(|a, b| b.total_cmp(a));
+                want += v[..n].iter().map(|&x| x as f64).sum::<f64>();
+            });
+            assert_eq!(nm_retained_vals(&vals, view, n, m).to_bits(), want.to_bits(), "{n}:{m}");
+        }
     }
 
     #[test]

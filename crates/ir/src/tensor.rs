@@ -544,6 +544,43 @@ mod tests {
     }
 
     #[test]
+    fn zero_count_cache_follows_the_bytes() {
+        let mut t = Tensor::from_f32("w", vec![4], &[1.0, 2.0, 0.0, 3.0]).unwrap();
+        assert_eq!(t.zero_count(), 1);
+        assert_eq!(t.zero_by(|i| i < 2).unwrap(), 2);
+        assert_eq!(t.zero_count(), 3);
+        // The same bytes in other storage keep the count; another length is refused.
+        t.set_storage(Bytes::copy_from_slice(t.bytes())).unwrap();
+        assert_eq!(t.zero_count(), 3);
+        assert!(t.set_storage(Bytes::from(vec![0u8; 12])).is_err());
+        // New values clear it.
+        let ones: Vec<u8> = [1f32, 1.0, 1.0, 0.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        t.set_bytes(Bytes::from(ones)).unwrap();
+        assert_eq!(t.zero_count(), 1);
+        // Another dtype is not answered from the cache: 1.0f32 read as two f16 is (+0, 0x3f80).
+        t.dtype = DType::F16;
+        t.dims = vec![8];
+        assert_eq!(t.zero_count(), 5);
+    }
+
+    #[test]
+    fn large_tensors_count_and_check_in_parallel_chunks() {
+        let n = 2 * PAR_BYTES / 4 + 1001;
+        let vals: Vec<f32> = (0..n).map(|i| if i % 7 == 0 { 0.0 } else { 1.0 }).collect();
+        let t = Tensor::from_f32("big", vec![n as i64], &vals).unwrap();
+        assert_eq!(t.zero_count(), n.div_ceil(7));
+        assert_eq!(t.zero_count(), float_zeros(4, t.bytes()));
+        t.check_finite().unwrap();
+        for bad in [[5, n - 3], [PAR_BYTES / 4 + 1, n - 1], [n - 2, n - 1]] {
+            let mut v = vals.clone();
+            v[bad[0]] = f32::NAN;
+            v[bad[1]] = f32::INFINITY;
+            let e = Tensor::from_f32("big", vec![n as i64], &v).unwrap().check_finite().unwrap_err();
+            assert!(matches!(e, TensorError::NonFinite { index, .. } if index == bad[0]), "{e}");
+        }
+    }
+
+    #[test]
     fn non_finite_is_named() {
         let t = Tensor::from_f32("bad.w", vec![2], &[1.0, f32::NAN]).unwrap();
         let e = t.check_finite().unwrap_err().to_string();
