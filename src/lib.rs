@@ -148,13 +148,10 @@ impl Pipeline {
 struct ScratchSpill<'a>(&'a Scratch);
 
 impl sparsify_pm::Spill for ScratchSpill<'_> {
-    fn settle(&self, t: &mut sparsify_ir::Tensor) -> Result<(), sparsify_pm::PassError> {
-        let stored = self
-            .0
-            .store_named(&t.name, t.bytes())
-            .map_err(|e| sparsify_pm::PassError::Invalid { subject: t.name.clone(), message: e.to_string() })?;
-        t.set_storage(stored)?;
-        Ok(())
+    fn store(&self, name: &str, bytes: &[u8]) -> Result<bytes::Bytes, sparsify_pm::PassError> {
+        self.0
+            .store_named(name, bytes)
+            .map_err(|e| sparsify_pm::PassError::Invalid { subject: name.to_string(), message: e.to_string() })
     }
 }
 

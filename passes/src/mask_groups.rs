@@ -7,7 +7,7 @@ use crate::score_math::{channel_of_each, stride};
 use crate::scores::{selection_keys, weight_view, MagKeys, ScoreSrc, WeightScores};
 use crate::select::{f32_key, prune_count, prune_flags, select_cut, Candidates, Cut, KeySlice};
 use sparsify_ir::{Graph, NodeId, Tensor, WeightId};
-use sparsify_pm::{PassError, Spill};
+use sparsify_pm::{PassError, Spill, StoreBehind};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,15 +162,33 @@ pub struct StepOut {
 pub fn apply_mask(
     g: &mut Graph,
     targets: &[Target],
-    mut scores: Option<&mut WeightScores>,
+    scores: Option<&mut WeightScores>,
     s: f64,
     cfg: &MaskConfig,
     spill: Option<&dyn Spill>,
 ) -> Result<StepOut, PassError> {
-    let mut out = StepOut::default();
     if cfg.granularity == Granularity::Element && cfg.group == Group::Global {
         return apply_global(g, targets, scores, s, spill);
     }
+    // Each finished tensor is stored on a helper thread while the next one is computed.
+    std::thread::scope(|sc| {
+        let mut behind = StoreBehind::new(sc, spill);
+        let out = mask_each(g, targets, scores, s, cfg, &mut behind);
+        behind.land(g)?;
+        out
+    })
+}
+
+/// The per-tensor loop of [`apply_mask`] (every scope but `global`).
+fn mask_each(
+    g: &mut Graph,
+    targets: &[Target],
+    mut scores: Option<&mut WeightScores>,
+    s: f64,
+    cfg: &MaskConfig,
+    behind: &mut StoreBehind<'_, '_>,
+) -> Result<StepOut, PassError> {
+    let mut out = StepOut::default();
     for (i, t) in targets.iter().enumerate() {
         let w = weight(g, t)?;
         let shape = w.shape();
@@ -213,7 +231,7 @@ pub fn apply_mask(
                 Pruned::Channels(flags, ck)
             }
         };
-        apply_one(g, t, &pruned, scores.as_deref_mut(), &mut out, i, spill)?;
+        apply_one(g, t, &pruned, scores.as_deref_mut(), &mut out, i, behind)?;
     }
     Ok(out)
 }
@@ -273,7 +291,7 @@ fn row_flags(keys: &[u64], bits: u32, shape: &[usize], ax: usize, s: f64) -> Vec
 fn apply_global(
     g: &mut Graph,
     targets: &[Target],
-    mut scores: Option<&mut WeightScores>,
+    scores: Option<&mut WeightScores>,
     s: f64,
     spill: Option<&dyn Spill>,
 ) -> Result<StepOut, PassError> {
@@ -297,6 +315,25 @@ fn apply_global(
         let all = GlobalKeys { views: &views, srcs: &srcs, offsets: &offsets, total };
         select_cut(&all, prune_count(s, total), 33)
     };
+    std::thread::scope(|sc| {
+        let mut behind = StoreBehind::new(sc, spill);
+        let done = global_each(g, targets, scores, cut, &offsets, &mut out, &mut behind);
+        behind.land(g)?;
+        done
+    })?;
+    Ok(out)
+}
+
+/// The per-tensor loop of [`apply_global`]: zero each target by the global cut.
+fn global_each(
+    g: &mut Graph,
+    targets: &[Target],
+    mut scores: Option<&mut WeightScores>,
+    cut: Option<Cut>,
+    offsets: &[usize],
+    out: &mut StepOut,
+    behind: &mut StoreBehind<'_, '_>,
+) -> Result<(), PassError> {
     for (i, t) in targets.iter().enumerate() {
         let (base, w) = (offsets[i], weight(g, t)?);
         let flags = match cut {
@@ -308,9 +345,9 @@ fn apply_global(
                 f
             }
         };
-        apply_one(g, t, &Pruned::Flags(flags), scores.as_deref_mut(), &mut out, i, spill)?;
+        apply_one(g, t, &Pruned::Flags(flags), scores.as_deref_mut(), out, i, behind)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[inline(always)]
@@ -365,7 +402,7 @@ fn apply_one(
     scores: Option<&mut WeightScores>,
     out: &mut StepOut,
     i: usize,
-    spill: Option<&dyn Spill>,
+    behind: &mut StoreBehind<'_, '_>,
 ) -> Result<(), PassError> {
     let quantized = g
         .weight_quant(&t.id)
@@ -387,9 +424,7 @@ fn apply_one(
     out.per_target[i].zeros_added = added;
     out.any_changed |= added > 0;
     if added > 0 {
-        if let (Some(sp), Some(w)) = (spill, g.weight_mut(&t.id)) {
-            sp.settle(w)?;
-        }
+        behind.hand(g, &t.id)?;
     }
     if let Some(sc) = scores.and_then(|s| s.scores.get_mut(&t.id)) {
         if sc.len() == out.per_target[i].elements {

@@ -35,7 +35,9 @@ use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::ScoreRecipe;
 use crate::scores::{selection_keys, MagKeys, WeightScores};
 use sparsify_ir::{Graph, Model, WeightInfo};
-use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
+use sparsify_pm::{
+    Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError, StoreBehind,
+};
 
 const OPTIONS: [OptionSpec; 8] = [
     OptionSpec { name: "n", default: "2", help: "elements KEPT in every group of m (NVIDIA's meaning: 2:4 keeps 2)" },
@@ -163,45 +165,24 @@ impl Pass for NmLegalize {
         }
         let (mut legalized, mut already, mut zeros) = (0usize, 0usize, 0usize);
         let stage = cx.stage("nm-legalize: weights", eligible.len());
-        for (info, axis) in &eligible {
-            stage.inc(1);
-            let view = AxisView::new(&model.graph.weight(&info.id).map(|t| t.shape()).unwrap_or_default(), *axis);
-            let keep = {
-                // Quantized weights are read dequantized (`weight_view`); f32 magnitude keys from the bytes.
-                let t = crate::scores::weight_view(&model.graph, &info.id)?;
-                let src = nm_source(cx.analyses.get::<WeightScores>(), &t, &info.id)?;
-                match MagKeys::of(&src, &t) {
-                    Some(mk) => nm_keep_by(t.numel()?, |i| mk.key(i), view, n, m),
-                    None => {
-                        let (keys, _, _) = selection_keys(src, &t)?;
-                        nm_keep_keys(&keys, view, n, m)
-                    }
+        let spill = cx.spill;
+        // Each legalized weight is stored on a helper thread while the next one is computed.
+        std::thread::scope(|sc| -> Result<(), PassError> {
+            let mut behind = StoreBehind::new(sc, spill);
+            for (info, axis) in &eligible {
+                stage.inc(1);
+                let z = legalize_one(&mut model.graph, cx, info, *axis, n, m)?;
+                if z > 0 {
+                    behind.hand(&mut model.graph, &info.id)?;
+                    legalized += 1;
+                } else {
+                    already += 1;
                 }
-            };
-            let z = model.graph.zero_weight_where(&info.id, &keep)?;
-            if z > 0 {
-                if let Some(t) = model.graph.weight_mut(&info.id) {
-                    cx.settle(t)?;
-                }
+                zeros += z;
             }
-            let groups = view.groups(m);
-            if z > 0 {
-                legalized += 1;
-                changed = true;
-                cx.note(info.id.name(), format!("{n}:{m} along axis {axis}: zeroed {z} elements ({groups} groups)"));
-            } else {
-                already += 1;
-                cx.note(info.id.name(), format!("{n}:{m} along axis {axis}: already compliant ({groups} groups)"));
-            }
-            zeros += z;
-            if let Some(s) = cx.analyses.get_mut::<WeightScores>().and_then(|s| s.scores.get_mut(&info.id)) {
-                for (v, k) in s.iter_mut().zip(&keep) {
-                    if !k {
-                        *v = 0.0;
-                    }
-                }
-            }
-        }
+            behind.land(&mut model.graph)
+        })?;
+        changed |= legalized > 0;
         cx.stat("legalized", legalized as f64);
         cx.stat("already_compliant", already as f64);
         cx.stat("zeros_added", zeros as f64);
@@ -211,4 +192,41 @@ impl Pass for NmLegalize {
         }
         Ok(if changed { Changed::Yes } else { Changed::No })
     }
+}
+
+/// Legalize one weight along `axis`: keep the top `n` of every group of `m` (zeros first out), note
+/// the outcome, and zero the pruned entries of its stored scores. Returns how many elements were zeroed.
+fn legalize_one(
+    g: &mut Graph,
+    cx: &mut PassCx<'_>,
+    info: &WeightInfo,
+    axis: usize,
+    n: usize,
+    m: usize,
+) -> Result<usize, PassError> {
+    let view = AxisView::new(&g.weight(&info.id).map(|t| t.shape()).unwrap_or_default(), axis);
+    let keep = {
+        // Quantized weights are read dequantized (`weight_view`); f32 magnitude keys from the bytes.
+        let t = crate::scores::weight_view(g, &info.id)?;
+        let src = nm_source(cx.analyses.get::<WeightScores>(), &t, &info.id)?;
+        match MagKeys::of(&src, &t) {
+            Some(mk) => nm_keep_by(t.numel()?, |i| mk.key(i), view, n, m),
+            None => {
+                let (keys, _, _) = selection_keys(src, &t)?;
+                nm_keep_keys(&keys, view, n, m)
+            }
+        }
+    };
+    let z = g.zero_weight_where(&info.id, &keep)?;
+    let groups = view.groups(m);
+    let what = if z > 0 { format!("zeroed {z} elements") } else { "already compliant".to_string() };
+    cx.note(info.id.name(), format!("{n}:{m} along axis {axis}: {what} ({groups} groups)"));
+    if let Some(s) = cx.analyses.get_mut::<WeightScores>().and_then(|s| s.scores.get_mut(&info.id)) {
+        for (v, k) in s.iter_mut().zip(&keep) {
+            if !k {
+                *v = 0.0;
+            }
+        }
+    }
+    Ok(z)
 }
