@@ -122,3 +122,28 @@ fn an_unsaved_in_place_scratch_leaves_nothing_behind() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A pass that fails after earlier weights were handed to the background store: the error names the
+/// bad weight, the stores in flight finish (no thread outlives the pass), and dropping the unsaved
+/// scratch leaves nothing in the output folder.
+#[test]
+fn a_pass_failing_after_stores_started_leaves_nothing_behind() {
+    // nm-legalize reads every eligible weight (its retained-score statistic) before it zeroes any, so it
+    // fails before storing; mask finds the bad weight only when it reaches it.
+    for (pipeline, stores_first) in [("mask{sparsity=0.5}", true), ("nm-legalize{n=2,m=4}", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = load(&common::bundled("char_lm").join("model.onnx")).unwrap();
+        let last = m.graph.find_weights().into_iter().filter(|w| w.op() == "MatMul").last().unwrap().id;
+        let t = m.graph.weight_mut(&last).unwrap();
+        let mut b = t.bytes().to_vec();
+        b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        t.set_bytes(bytes::Bytes::from(b)).unwrap();
+        let scratch = Scratch::for_output(&m, &dir.path().join("out.onnx"), &opts(true)).unwrap();
+        let err = Pipeline::parse(pipeline).unwrap().run_with(&mut m, None, None, Some(&scratch)).unwrap_err();
+        assert!(err.to_string().contains(last.name()), "{pipeline}: {err}");
+        assert_eq!(scratch.in_place_len() > 0, stores_first, "{pipeline}: weights stored before the failure");
+        drop(scratch);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{pipeline}: left behind: {left:?}");
+    }
+}
