@@ -133,7 +133,7 @@ fn a_pass_failing_after_stores_started_leaves_nothing_behind() {
     for (pipeline, stores_first) in [("mask{sparsity=0.5}", true), ("nm-legalize{n=2,m=4}", false)] {
         let dir = tempfile::tempdir().unwrap();
         let mut m = load(&common::bundled("char_lm").join("model.onnx")).unwrap();
-        let last = m.graph.find_weights().into_iter().filter(|w| w.op() == "MatMul").last().unwrap().id;
+        let last = m.graph.find_weights().into_iter().rev().find(|w| w.op() == "MatMul").unwrap().id;
         let t = m.graph.weight_mut(&last).unwrap();
         let mut b = t.bytes().to_vec();
         b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
