@@ -147,3 +147,44 @@ fn a_pass_failing_after_stores_started_leaves_nothing_behind() {
         assert!(left.is_empty(), "{pipeline}: left behind: {left:?}");
     }
 }
+
+/// Weights of 1 MiB and more are stored on a helper thread while the next one is computed (smaller ones
+/// on the calling thread): the saved bytes equal an in-memory run, and every rewritten weight went to
+/// its place in the output data file.
+#[test]
+fn background_stores_of_large_weights_save_the_same_bytes() {
+    use common::built::{model, out, weights};
+    use sparsify_onnx::ir::{Graph, Node, ValueInfo};
+    let mut g = Graph::new();
+    g.inputs.push(ValueInfo::tensor("x", 1, &[1, 512]));
+    g.outputs.push(out("y"));
+    // 2 MiB, 2 MiB, 1 MiB (threaded) and 16 KiB (on the calling thread).
+    for (name, dims, seed) in [("w1", [512, 1024], 0.7), ("w2", [1024, 512], 0.45), ("w3", [512, 512], 0.3)] {
+        g.initializers.push(weights(name, &dims, seed));
+    }
+    g.initializers.push(weights("w4", &[512, 8], 0.9));
+    let original = model(
+        g,
+        vec![
+            Node::new("MatMul", "mm1", &["x", "w1"], &["h1"]),
+            Node::new("MatMul", "mm2", &["h1", "w2"], &["h2"]),
+            Node::new("MatMul", "mm3", &["h2", "w3"], &["h3"]),
+            Node::new("MatMul", "mm4", &["h3", "w4"], &["y"]),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for text in ["score{method=l1},mask{sparsity=0.5}", "score{method=l2},nm-legalize{n=2,m=4}"] {
+        let p = Pipeline::parse(text).unwrap();
+        let mut mem = original.clone();
+        p.run(&mut mem, None).unwrap();
+        let want = saved(dir.path(), "mem", &mem, None, true);
+        let scratch = Scratch::for_output(&original, &out_path(dir.path(), "spill"), &opts(true)).unwrap();
+        let mut spilled = original.clone();
+        p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
+        let modified: u64 =
+            spilled.graph.initializers.iter().filter(|t| t.modified).map(|t| t.bytes().len() as u64).sum();
+        assert_eq!(modified, (5 << 20) + (16 << 10), "{text}: every weight rewritten");
+        assert_eq!(scratch.in_place_len(), modified, "{text}: written in place");
+        assert!(saved(dir.path(), "spill", &spilled, Some(&scratch), true) == want, "{text}: saved bytes differ");
+    }
+}

@@ -30,6 +30,9 @@ pub trait Spill: Sync {
     }
 }
 
+/// Tensors smaller than this are stored on the calling thread.
+const BEHIND_MIN_BYTES: usize = 1 << 20;
+
 /// A store started on a helper thread: the weight, and the thread returning the stored view.
 type Pending<'scope> = (WeightId, ScopedJoinHandle<'scope, Result<Bytes, PassError>>);
 
@@ -52,7 +55,12 @@ impl<'scope, 'env> StoreBehind<'scope, 'env> {
     /// store in flight.
     pub fn hand(&mut self, g: &mut Graph, id: &WeightId) -> Result<(), PassError> {
         self.land(g)?;
-        let (Some(spill), Some(t)) = (self.spill, g.weight(id)) else { return Ok(()) };
+        let Some(spill) = self.spill else { return Ok(()) };
+        let Some(t) = g.weight_mut(id) else { return Ok(()) };
+        if t.bytes().len() < BEHIND_MIN_BYTES {
+            // Small tensors: a thread would cost more than the store it hides.
+            return spill.settle(t);
+        }
         let (name, bytes) = (t.name.clone(), t.bytes().clone());
         let handle = self.scope.spawn(move || spill.store(&name, &bytes));
         self.pending = Some((id.clone(), handle));
