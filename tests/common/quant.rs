@@ -1,4 +1,4 @@
-//! Helpers of the quantized-model tests (`tests/quant.rs`): the fixtures, and quantized bytes, zero
+//! Helpers of the quantized-model tests (`tests/quant/`): the fixtures, and quantized bytes, zero
 //! points and scales decoded here, independently of `sparsify_ir::quant`.
 
 use sparsify_onnx::ir::{DType, Graph, Model, Tensor, WeightInfo};
