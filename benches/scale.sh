@@ -44,7 +44,7 @@ setup_cgroup
 # next measurement: flush and wait before every timed run.
 quiesce() { sync; sleep "${SETTLE:-2}"; }
 # best_of CLEAN CMD...: run CMD ${REPS:-2} times (CLEAN removes its outputs before each), print the
-# fastest "wall rss" (every row below is a best-of, as the cp row always was).
+# fastest "wall rss" (every timed row below is a best-of).
 best_of() {
   local clean=$1 b="" r=""; shift
   for _ in $(seq "${REPS:-2}"); do
@@ -69,21 +69,13 @@ for name in "${names[@]}"; do
   mib=$((size >> 20))
   # warm the page cache once (every tool below reads warm files)
   cat $(files_of "$src") > /dev/null
-  # cp of the same files (best of 2)
-  best=""
-  for _ in 1 2; do
-    rm -f "$OUT/out/cp.onnx" "$OUT/out/cp.onnx.data"
-    quiesce
-    set -- $(timed sh -c "cp '$src' '$OUT/out/cp.onnx'; [ ! -f '$src.data' ] || cp '$src.data' '$OUT/out/cp.onnx.data'")
-    if [ -z "$best" ] || [ "$(echo "$1 < $best" | bc)" = 1 ]; then best=$1; cprss=$2; fi
-  done
-  cp_s=$best
+  # cp of the same files, and cp + sync: the tool syncs its outputs to disk before renaming them into
+  # place (an atomic, durable save); cp does not. `cp` + `sync` of the copies is the like-for-like floor.
+  clean_cp="rm -f '$OUT/out/cp.onnx' '$OUT/out/cp.onnx.data'"
+  cp_cmd="cp '$src' '$OUT/out/cp.onnx'; [ ! -f '$src.data' ] || cp '$src.data' '$OUT/out/cp.onnx.data'"
+  read -r cp_s cprss <<< "$(best_of "$clean_cp" sh -c "$cp_cmd")"
   printf '| %s | %s | cp | %s | %s | 1.0 | |\n' "$name" "$mib" "$cp_s" "$cprss"
-  # The tool syncs its outputs to disk before renaming them into place (an atomic, durable save); cp
-  # does not. `cp` + `sync` of the copies is the like-for-like floor.
-  rm -f "$OUT/out/cp.onnx" "$OUT/out/cp.onnx.data"
-  quiesce
-  set -- $(timed sh -c "cp '$src' '$OUT/out/cp.onnx'; [ ! -f '$src.data' ] || cp '$src.data' '$OUT/out/cp.onnx.data'; sync '$OUT/out/cp.onnx'; [ ! -f '$OUT/out/cp.onnx.data' ] || sync '$OUT/out/cp.onnx.data'")
+  set -- $(best_of "$clean_cp" sh -c "$cp_cmd; sync '$OUT/out/cp.onnx'; [ ! -f '$OUT/out/cp.onnx.data' ] || sync '$OUT/out/cp.onnx.data'")
   printf '| %s | %s | cp + sync (durable copy) | %s | %s | %.1f | |\n' "$name" "$mib" "$1" "$2" "$(echo "$1 / $cp_s" | bc -l)"
   set -- $(best_of "rm -f '$OUT/out/none.onnx' '$OUT/out/none.onnx.data'" "$BIN" run "$src" -o "$OUT/out/none.onnx")
   printf '| %s | %s | sparsify-onnx, no passes | %s | %s | %.1f | %s |\n' "$name" "$mib" "$1" "$2" "$(echo "$1 / $cp_s" | bc -l)" "$(sha_of "$OUT/out/none.onnx")"

@@ -7,7 +7,7 @@ use crate::score_math::{channel_of_each, stride};
 use crate::scores::{selection_keys, weight_view, MagKeys, ScoreSrc, WeightScores};
 use crate::select::{f32_key, prune_count, prune_flags, select_cut, Candidates, Cut, KeySlice};
 use sparsify_ir::{Graph, NodeId, Tensor, WeightId};
-use sparsify_pm::{PassError, Spill, StoreBehind};
+use sparsify_pm::{with_store_behind, PassError, Spill, StoreBehind};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,12 +171,7 @@ pub fn apply_mask(
         return apply_global(g, targets, scores, s, spill);
     }
     // Each finished tensor is stored on a helper thread while the next one is computed.
-    std::thread::scope(|sc| {
-        let mut behind = StoreBehind::new(sc, spill);
-        let out = mask_each(g, targets, scores, s, cfg, &mut behind);
-        behind.land(g)?;
-        out
-    })
+    with_store_behind(g, spill, |g, behind| mask_each(g, targets, scores, s, cfg, behind))
 }
 
 /// The per-tensor loop of [`apply_mask`] (every scope but `global`).
@@ -315,12 +310,7 @@ fn apply_global(
         let all = GlobalKeys { views: &views, srcs: &srcs, offsets: &offsets, total };
         select_cut(&all, prune_count(s, total), 33)
     };
-    std::thread::scope(|sc| {
-        let mut behind = StoreBehind::new(sc, spill);
-        let done = global_each(g, targets, scores, cut, &offsets, &mut out, &mut behind);
-        behind.land(g)?;
-        done
-    })?;
+    with_store_behind(g, spill, |g, behind| global_each(g, targets, scores, cut, &offsets, &mut out, behind))?;
     Ok(out)
 }
 

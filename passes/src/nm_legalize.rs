@@ -36,7 +36,7 @@ use crate::score::ScoreRecipe;
 use crate::scores::{selection_keys, MagKeys, WeightScores};
 use sparsify_ir::{Graph, Model, WeightInfo};
 use sparsify_pm::{
-    Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError, StoreBehind,
+    with_store_behind, Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError,
 };
 
 const OPTIONS: [OptionSpec; 8] = [
@@ -167,20 +167,19 @@ impl Pass for NmLegalize {
         let stage = cx.stage("nm-legalize: weights", eligible.len());
         let spill = cx.spill;
         // Each legalized weight is stored on a helper thread while the next one is computed.
-        std::thread::scope(|sc| -> Result<(), PassError> {
-            let mut behind = StoreBehind::new(sc, spill);
+        with_store_behind(&mut model.graph, spill, |g, behind| {
             for (info, axis) in &eligible {
                 stage.inc(1);
-                let z = legalize_one(&mut model.graph, cx, info, *axis, n, m)?;
+                let z = legalize_one(g, cx, info, *axis, n, m)?;
                 if z > 0 {
-                    behind.hand(&mut model.graph, &info.id)?;
+                    behind.hand(g, &info.id)?;
                     legalized += 1;
                 } else {
                     already += 1;
                 }
                 zeros += z;
             }
-            behind.land(&mut model.graph)
+            Ok(())
         })?;
         changed |= legalized > 0;
         cx.stat("legalized", legalized as f64);

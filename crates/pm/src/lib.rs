@@ -27,4 +27,4 @@ pub use pipeline::{parse_pipeline, Element, PipelineError};
 pub use progress::{NoStage, Progress, Stage};
 pub use report::{weight_table, Note, PassStats, RunReport, WeightRow};
 pub use snapshot::DenseSnapshot;
-pub use spill::{Spill, StoreBehind};
+pub use spill::{with_store_behind, Spill, StoreBehind};

@@ -36,21 +36,33 @@ const BEHIND_MIN_BYTES: usize = 1 << 20;
 /// A store started on a helper thread: the weight, and the thread returning the stored view.
 type Pending<'scope> = (WeightId, ScopedJoinHandle<'scope, Result<Bytes, PassError>>);
 
-/// Settles tensors one step behind the pass: [`StoreBehind::hand`] starts storing a weight's bytes on a
-/// thread of `scope` (after landing the previous one), [`StoreBehind::land`] waits for the store in
-/// flight and points its weight at the stored copy. Call `land` before the pass returns; until then
-/// the handed weight keeps its in-memory bytes (readable, never changed by the store).
+/// Settles tensors one step behind the pass (made by [`with_store_behind`]): [`StoreBehind::hand`]
+/// starts storing a weight's bytes on a scoped thread (after landing the previous one),
+/// [`StoreBehind::land`] waits for the store in flight and points its weight at the stored copy. Until
+/// then the handed weight keeps its in-memory bytes (readable, never changed by the store).
 pub struct StoreBehind<'scope, 'env> {
     scope: &'scope Scope<'scope, 'env>,
     spill: Option<&'env dyn Spill>,
     pending: Option<Pending<'scope>>,
 }
 
-impl<'scope, 'env> StoreBehind<'scope, 'env> {
-    pub fn new(scope: &'scope Scope<'scope, 'env>, spill: Option<&'env dyn Spill>) -> Self {
-        StoreBehind { scope, spill, pending: None }
-    }
+/// Run a pass's per-weight loop `f` with a [`StoreBehind`] over `spill`, then land the last store (also
+/// when `f` fails; `f`'s error comes first). Stores run on threads of a scope that ends here.
+pub fn with_store_behind<'env, R>(
+    g: &mut Graph,
+    spill: Option<&'env dyn Spill>,
+    f: impl for<'scope> FnOnce(&mut Graph, &mut StoreBehind<'scope, 'env>) -> Result<R, PassError>,
+) -> Result<R, PassError> {
+    std::thread::scope(|scope| {
+        let mut behind = StoreBehind { scope, spill, pending: None };
+        let out = f(g, &mut behind);
+        let landed = behind.land(g);
+        let out = out?;
+        landed.map(|()| out)
+    })
+}
 
+impl<'scope, 'env> StoreBehind<'scope, 'env> {
     /// Start storing weight `id` of `g` (no-op without a spill or when `g` lacks it), after landing the
     /// store in flight.
     pub fn hand(&mut self, g: &mut Graph, id: &WeightId) -> Result<(), PassError> {
