@@ -405,7 +405,14 @@ fn apply_one(
         match pruned {
             // f32 magnitude: the key comes from the bits the zeroing loop already holds.
             Pruned::Mag(mk, cut) => match cut {
-                Some(c) => w.zero_by_f32_bits(|j, b| c.takes(j, mk.key_of_bits(b)))?,
+                // Keys fit in 32 bits; a cut above them (`Cut::ALL`) takes every element.
+                Some(c) => {
+                    let (below, from) = u32::try_from(c.key).map_or((u32::MAX, 0), |k| (k, c.from));
+                    match mk.squared() {
+                        true => w.zero_f32_by_key(|b| MagKeys::key32(b, true), below, from)?,
+                        false => w.zero_f32_by_key(|b| MagKeys::key32(b, false), below, from)?,
+                    }
+                }
                 None => 0,
             },
             _ => w.zero_by(|j| pruned.at(j))?,

@@ -107,6 +107,67 @@ pub fn nm_keep_by(len: usize, key: impl Fn(usize) -> u64 + Sync, view: AxisView,
     keep
 }
 
+/// [`nm_keep_by`] and, in the same visit of each group, the weight's [`nm_retained_vals`] total over the
+/// values `val(i)` (scores with zeros as 0.0) — equal bit for bit when `val` orders like `key` up to ties
+/// between equal values: per group the `n` values of lowest rank added in rank order in f64, group sums
+/// added per block, block totals in block order. Group sizes other than 2, 4, 8 and 16 take the two
+/// separate passes.
+pub fn nm_keep_retained_by(
+    len: usize,
+    key: impl Fn(usize) -> u64 + Sync,
+    val: impl Fn(usize) -> f32 + Sync,
+    view: AxisView,
+    n: usize,
+    m: usize,
+) -> (Vec<bool>, f64) {
+    let inner = view.inner;
+    if m * inner == 0 || ![2, 4, 8, 16].contains(&m) {
+        let keep = nm_keep_by(len, &key, view, n, m);
+        let vals: Vec<f32> = (0..len).map(&val).collect();
+        return (keep, nm_retained_vals(&vals, view, n, m));
+    }
+    let mut keep = vec![false; len];
+    let parts: Vec<f64> = keep
+        .par_chunks_mut(m * inner)
+        .enumerate()
+        .map(|(blk, kb)| {
+            let block = m * inner;
+            let key = |k: usize, i: usize| key(blk * block + k * inner + i);
+            let val = |k: usize, i: usize| val(blk * block + k * inner + i);
+            // Blocks are whole: the axis length is a multiple of m (eligibility).
+            match m {
+                2 => keep_retained_block::<2>(kb, inner, n, key, val),
+                4 => keep_retained_block::<4>(kb, inner, n, key, val),
+                8 => keep_retained_block::<8>(kb, inner, n, key, val),
+                _ => keep_retained_block::<16>(kb, inner, n, key, val),
+            }
+        })
+        .collect();
+    (keep, parts.iter().sum())
+}
+
+/// [`keep_block`] that also returns the block's retained total (see [`retained_block`]).
+#[inline(always)]
+fn keep_retained_block<const M: usize>(
+    kb: &mut [bool],
+    inner: usize,
+    n: usize,
+    key: impl Fn(usize, usize) -> u64,
+    val: impl Fn(usize, usize) -> f32,
+) -> f64 {
+    let mut total = 0.0f64;
+    for i in 0..inner {
+        let g: [u64; M] = std::array::from_fn(|k| key(k, i));
+        let mut top = [0f32; M];
+        for (a, r) in ranks(&g).enumerate() {
+            kb[a * inner + i] = r < n;
+            top[r] = val(a, i);
+        }
+        total += top[..n].iter().map(|&v| v as f64).sum::<f64>();
+    }
+    total
+}
+
 /// The rank of each key of a group (0 = kept first): higher keys first, equal keys in position order.
 /// Branch-free (m² comparisons); the ranks are a permutation of `0..m`.
 #[inline(always)]

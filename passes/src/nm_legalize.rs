@@ -29,7 +29,7 @@
 //! | `permute` | `false` | search a channel permutation first (Pool & Yu, 2021) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights |
 
-use crate::nm::{nm_eligibility, nm_keep_by, nm_keep_keys, AxisView};
+use crate::nm::{nm_eligibility, nm_keep_keys, nm_keep_retained_by, nm_retained_vals, AxisView};
 use crate::permute::{nm_source, permute_for_nm, retained_total};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::ScoreRecipe;
@@ -156,13 +156,16 @@ impl Pass for NmLegalize {
             cx.note(name, format!("skipped: {why}"));
         }
         let mut changed = false;
-        let plain = retained_total(&model.graph, cx, &eligible, n, m)?;
-        cx.stat("retained_score_plain", plain);
         if self.permute {
+            let plain = retained_total(&model.graph, cx, &eligible, n, m)?;
+            cx.stat("retained_score_plain", plain);
             changed |= permute_for_nm(model, cx, &eligible, n, m)?;
             let permuted = retained_total(&model.graph, cx, &eligible, n, m)?;
             cx.stat("retained_score_permuted", permuted);
         }
+        // Without permutation the weights legalized are the ones `retained_score_plain` is about: their
+        // retained totals come from the same visit of each group (added in the same order).
+        let mut plain = 0.0;
         let (mut legalized, mut already, mut zeros) = (0usize, 0usize, 0usize);
         let stage = cx.stage("nm-legalize: weights", eligible.len());
         let spill = cx.spill;
@@ -170,7 +173,8 @@ impl Pass for NmLegalize {
         with_store_behind(&mut model.graph, spill, |g, behind| {
             for (info, axis) in &eligible {
                 stage.inc(1);
-                let z = legalize_one(g, cx, info, *axis, n, m)?;
+                let (z, retained) = legalize_one(g, cx, info, *axis, n, m)?;
+                plain += retained;
                 if z > 0 {
                     behind.hand(g, &info.id)?;
                     legalized += 1;
@@ -182,6 +186,9 @@ impl Pass for NmLegalize {
             Ok(())
         })?;
         changed |= legalized > 0;
+        if !self.permute {
+            cx.stat("retained_score_plain", plain);
+        }
         cx.stat("legalized", legalized as f64);
         cx.stat("already_compliant", already as f64);
         cx.stat("zeros_added", zeros as f64);
@@ -194,7 +201,8 @@ impl Pass for NmLegalize {
 }
 
 /// Legalize one weight along `axis`: keep the top `n` of every group of `m` (zeros first out), note
-/// the outcome, and zero the pruned entries of its stored scores. Returns how many elements were zeroed.
+/// the outcome, and zero the pruned entries of its stored scores. Returns how many elements were zeroed
+/// and the weight's retained score before (`nm_retained_vals` of its scores, zeros as 0).
 fn legalize_one(
     g: &mut Graph,
     cx: &mut PassCx<'_>,
@@ -202,17 +210,20 @@ fn legalize_one(
     axis: usize,
     n: usize,
     m: usize,
-) -> Result<usize, PassError> {
+) -> Result<(usize, f64), PassError> {
     let view = AxisView::new(&g.weight(&info.id).map(|t| t.shape()).unwrap_or_default(), axis);
-    let keep = {
+    let (keep, retained) = {
         // Quantized weights are read dequantized (`weight_view`); f32 magnitude keys from the bytes.
         let t = crate::scores::weight_view(g, &info.id)?;
         let src = nm_source(cx.analyses.get::<WeightScores>(), &t, &info.id)?;
         match MagKeys::of(&src, &t) {
-            Some(mk) => nm_keep_by(t.numel()?, |i| mk.key(i), view, n, m),
+            // The score of a zero element is 0; |±0| and (±0)² are +0 already.
+            Some(mk) => nm_keep_retained_by(t.numel()?, |i| mk.key(i), |i| mk.score(i), view, n, m),
             None => {
                 let (keys, _, _) = selection_keys(src, &t)?;
-                nm_keep_keys(&keys, view, n, m)
+                let mut vals = vec![0f32; t.numel()?];
+                src.for_each(&t, |i, s, z| vals[i] = if z { 0.0 } else { s })?;
+                (nm_keep_keys(&keys, view, n, m), nm_retained_vals(&vals, view, n, m))
             }
         }
     };
@@ -227,5 +238,5 @@ fn legalize_one(
             }
         }
     }
-    Ok(z)
+    Ok((z, retained))
 }

@@ -258,6 +258,31 @@ impl MagKeys {
         MagKeys::key_of(b, self.squared)
     }
 
+    /// The score of element `i`: |w| or w² (as `ScoreSrc::Magnitude` computes it).
+    #[inline(always)]
+    pub fn score(&self, i: usize) -> f32 {
+        let x = f32::from_le_bytes(self.bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        if self.squared {
+            x * x
+        } else {
+            x.abs()
+        }
+    }
+
+    /// Whether the keys are of w² (else |w|).
+    pub fn squared(&self) -> bool {
+        self.squared
+    }
+
+    /// [`MagKeys::key_of_bits`] as 32 bits (every key fits), for keys of w² when `squared`. Loops call
+    /// it with a constant `squared` so that the choice is made once, outside them.
+    #[inline(always)]
+    pub fn key32(b: u32, squared: bool) -> u32 {
+        let x = f32::from_bits(b);
+        let s = if squared { x * x } else { x.abs() };
+        (u32::from(b << 1 != 0) << 31) | s.to_bits()
+    }
+
     #[inline(always)]
     fn key_of(b: u32, squared: bool) -> u64 {
         let x = f32::from_bits(b);
@@ -284,6 +309,28 @@ impl Candidates for MagKeys {
     fn scan(&self, mut f: impl FnMut(usize, u64)) {
         let sq = self.squared;
         self.words().enumerate().for_each(|(i, b)| f(i, MagKeys::key_of(b, sq)));
+    }
+    fn sample(&self, m: usize) -> Option<Vec<u64>> {
+        Some(crate::select::sample_positions(self.len(), m).map(|i| self.key(i)).collect())
+    }
+    fn band(&self, lo: u64, hi: u64) -> (usize, usize, Vec<u64>) {
+        let sq = self.squared;
+        // SAFETY: `u32` accepts any bit pattern; `align_to` returns only the aligned middle.
+        let (head, words, tail) = unsafe { self.bytes.align_to::<u32>() };
+        let copy;
+        let words = if head.is_empty() && tail.is_empty() {
+            words
+        } else {
+            copy = self.words().map(u32::to_le).collect::<Vec<u32>>();
+            &copy[..]
+        };
+        // Keys use 32 bits: a band starting above them is empty, one ending above them is open.
+        let Ok(lo) = u32::try_from(lo) else { return (words.len(), 0, Vec::new()) };
+        let hi = u32::try_from(hi).unwrap_or(u32::MAX);
+        match sq {
+            true => crate::select::band_of(words, lo, hi, |&w| MagKeys::key32(u32::from_le(w), true)),
+            false => crate::select::band_of(words, lo, hi, |&w| MagKeys::key32(u32::from_le(w), false)),
+        }
     }
     fn histogram(&self, hist: &mut [usize], shift: u32, mask: u64, filter: Option<(u32, u64)>) {
         const PAR: usize = 1 << 18;
@@ -361,8 +408,39 @@ mod tests {
             mk.scan(|_, x| scanned.push(x));
             assert_eq!(scanned, keys);
             for k in [0, 1, 2, 7, 2500, vals.len()] {
-                use crate::select::{select_cut, KeySlice};
+                use crate::select::{band_cut, radix_cut, select_cut, KeySlice};
                 assert_eq!(select_cut(&mk, k, 32), select_cut(&KeySlice(&keys), k, 32), "k = {k}");
+                // The band select over the weight's bytes: the radix select's cut, whenever it decides.
+                if let Some(b) = band_cut(&mk, k) {
+                    assert_eq!(Some(b), radix_cut(&KeySlice(&keys), k, 32), "band, k = {k}");
+                }
+                let (mut a, mut b) =
+                    (mk.band(1 << 31, (1 << 31) + (1 << 30)), KeySlice(&keys).band(1 << 31, (1 << 31) + (1 << 30)));
+                a.2.sort_unstable();
+                b.2.sort_unstable();
+                assert_eq!(a, b, "band counts and keys");
+            }
+        }
+    }
+
+    /// Zeroing through the 32-bit key kernel (`Tensor::zero_f32_by_key`, both sides of the tie index)
+    /// prunes exactly what the cut takes, over a tensor large enough for several parallel tasks.
+    #[test]
+    fn key_kernel_zeroes_what_the_cut_takes() {
+        let n = 300_000usize;
+        let vals: Vec<f32> = (0..n).map(|i| ((i * 7919 % 257) as f32 - 128.0) * 0.5).collect();
+        let t = Tensor::from_f32("w", vec![n as i64], &vals).unwrap();
+        for squared in [false, true] {
+            let mk = MagKeys::of(&ScoreSrc::Magnitude { squared }, &t).unwrap();
+            for k in [1, 1000, n / 2, n - 1, n] {
+                let cut = crate::select::select_cut(&mk, k, 32).unwrap();
+                let (below, from) = u32::try_from(cut.key).map_or((u32::MAX, 0), |x| (x, cut.from));
+                let mut fast = t.clone();
+                let changed = fast.zero_f32_by_key(|b| MagKeys::key32(b, squared), below, from).unwrap();
+                let mut plain = t.clone();
+                let want = plain.zero_by(|i| cut.takes(i, mk.key(i))).unwrap();
+                assert_eq!((changed, fast.bytes()), (want, plain.bytes()), "squared {squared}, k {k}");
+                assert_eq!(fast.zero_count(), (0..n).filter(|&i| cut.takes(i, mk.key(i)) || vals[i] == 0.0).count());
             }
         }
     }

@@ -97,6 +97,79 @@ pub trait Candidates {
             }),
         }
     }
+    /// For the band select ([`select_cut`] on large sets): about `m` keys drawn from positions spread
+    /// over the whole index range, or `None` when the set cannot be sampled without a full pass (then
+    /// only the radix select runs).
+    fn sample(&self, _m: usize) -> Option<Vec<u64>> {
+        None
+    }
+    /// One pass: (candidates with key < `lo`, candidates with key > `hi`, the keys of the others, in
+    /// any order). Override to parallelise.
+    fn band(&self, lo: u64, hi: u64) -> (usize, usize, Vec<u64>) {
+        let (mut below, mut above, mut mid) = (0, 0, Vec::new());
+        self.scan(|_, x| {
+            below += usize::from(x < lo);
+            above += usize::from(x > hi);
+            if (lo..=hi).contains(&x) {
+                mid.push(x);
+            }
+        });
+        (below, above, mid)
+    }
+}
+
+/// Sample positions for [`Candidates::sample`] over `n` indices: `m` strata of equal width, one
+/// position in each, placed by a fixed hash of the stratum (so a stride never lines up with a row
+/// length). Deterministic.
+pub fn sample_positions(n: usize, m: usize) -> impl Iterator<Item = usize> {
+    let m = m.min(n).max(1);
+    (0..m).map(move |j| {
+        let (a, b) = (j * n / m, (j + 1) * n / m);
+        let h = (j as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        a + (h as usize) % (b - a).max(1)
+    })
+}
+
+/// [`Candidates::band`] over a slice of items with a key function, in parallel chunks. Keys in the
+/// band are gathered without a branch (written at the end of a block buffer whose length advances only
+/// for them): the band holds a few percent of the keys, too many for a well-predicted branch.
+pub fn band_of<T: Sync, K: Copy + Ord + Default + Into<u64> + Send + Sync>(
+    items: &[T],
+    lo: K,
+    hi: K,
+    key: impl Fn(&T) -> K + Sync,
+) -> (usize, usize, Vec<u64>) {
+    const PAR: usize = 1 << 18;
+    const BLOCK: usize = 1 << 12;
+    let parts: Vec<(usize, usize, Vec<K>)> = items
+        .par_chunks(PAR)
+        .map(|chunk| {
+            let (mut below, mut above, mut mid) = (0usize, 0usize, Vec::new());
+            let mut buf = [K::default(); BLOCK];
+            for blk in chunk.chunks(BLOCK) {
+                let (mut lt, mut gt, mut len) = (0u32, 0u32, 0usize);
+                for it in blk {
+                    let x = key(it);
+                    let (l, g) = (x < lo, x > hi);
+                    lt += u32::from(l);
+                    gt += u32::from(g);
+                    buf[len] = x;
+                    len += usize::from(!(l | g));
+                }
+                below += lt as usize;
+                above += gt as usize;
+                mid.extend_from_slice(&buf[..len]);
+            }
+            (below, above, mid)
+        })
+        .collect();
+    let mut out = (0, 0, Vec::with_capacity(parts.iter().map(|p| p.2.len()).sum()));
+    for (b, a, m) in parts {
+        out.0 += b;
+        out.1 += a;
+        out.2.extend(m.into_iter().map(Into::into));
+    }
+    out
 }
 
 /// Candidates over a key slice (every element), histograms computed in parallel chunks.
@@ -108,6 +181,12 @@ impl Candidates for KeySlice<'_> {
     }
     fn scan(&self, mut f: impl FnMut(usize, u64)) {
         self.0.iter().enumerate().for_each(|(i, &k)| f(i, k));
+    }
+    fn sample(&self, m: usize) -> Option<Vec<u64>> {
+        Some(sample_positions(self.0.len(), m).map(|i| self.0[i]).collect())
+    }
+    fn band(&self, lo: u64, hi: u64) -> (usize, usize, Vec<u64>) {
+        band_of(self.0, lo, hi, |&k| k)
     }
     fn histogram(&self, hist: &mut [usize], shift: u32, mask: u64, filter: Option<(u32, u64)>) {
         const PAR: usize = 1 << 20;
@@ -152,6 +231,79 @@ pub fn select_cut(c: &impl Candidates, k: usize, bits: u32) -> Option<Cut> {
     if k == 0 {
         return None;
     }
+    if c.len() >= BAND_MIN {
+        if let Some(cut) = band_cut(c, k) {
+            return Some(cut);
+        }
+    }
+    radix_cut(c, k, bits)
+}
+
+/// Sets at least this large try the band select first.
+const BAND_MIN: usize = 1 << 20;
+/// Keys sampled to place the band.
+const BAND_SAMPLE: usize = 1 << 14;
+
+/// The band select: the same [`Cut`] as [`radix_cut`] in one pass instead of two or three, or `None`
+/// (then the radix select runs) when the set cannot be sampled or the k-th key falls outside the band.
+/// A sample of the keys estimates the k-th key's place; the band [lo, hi] covers about ±5 standard
+/// deviations of that estimate; one pass counts the keys below and above it and collects the ones in
+/// it (about 1% of the set), among which the k-th key and the tie rule are resolved exactly.
+pub fn band_cut(c: &impl Candidates, k: usize) -> Option<Cut> {
+    let mut sample = c.sample(BAND_SAMPLE)?;
+    let m = sample.len();
+    if m < 2 {
+        return None;
+    }
+    let n = c.len() as f64;
+    let q = (k as f64 / n).clamp(0.0, 1.0);
+    let spread = 5.0 * (m as f64 * q * (1.0 - q)).sqrt() + 8.0;
+    let at = q * m as f64;
+    let lo_rank = (at - spread).floor().max(0.0) as usize;
+    let hi_rank = ((at + spread).ceil() as usize).min(m - 1);
+    let lo = if lo_rank == 0 { 0 } else { *sample.select_nth_unstable(lo_rank).1 };
+    let hi = if hi_rank == m - 1 { u64::MAX } else { *sample.select_nth_unstable(hi_rank).1 };
+    let (below, above, mid) = c.band(lo, hi);
+    if k >= below + above + mid.len() {
+        return Some(Cut::ALL);
+    }
+    // The k-th key must be in the band (and not below it: its exact value would be unknown).
+    if k <= below || k > below + mid.len() {
+        return None;
+    }
+    let r = k - below;
+    let mut mid = mid;
+    let key = *mid.select_nth_unstable(r - 1).1;
+    let less = mid.iter().filter(|&&x| x < key).count();
+    let ties = mid.iter().filter(|&&x| x == key).count();
+    // Ties at the boundary key: prune the (r - less) highest indices, i.e. skip the first ones.
+    let skip = ties - (r - less);
+    if skip == 0 {
+        // Every tie is pruned: no scan needed to find where they start.
+        return Some(Cut { key, from: 0 });
+    }
+    Some(Cut { key, from: tie_start(c, key, skip) })
+}
+
+/// The index of the candidate with key `key` that has `skip` others with that key before it.
+fn tie_start(c: &impl Candidates, key: u64, skip: usize) -> usize {
+    let (mut seen, mut from) = (0usize, usize::MAX);
+    c.scan(|i, x| {
+        if x == key {
+            if seen == skip && from == usize::MAX {
+                from = i;
+            }
+            seen += 1;
+        }
+    });
+    from
+}
+
+/// The radix select behind [`select_cut`] (always exact; histogram passes over 16- or 8-bit digits).
+pub fn radix_cut(c: &impl Candidates, k: usize, bits: u32) -> Option<Cut> {
+    if k == 0 {
+        return None;
+    }
     let digit = if c.len() >= 1 << 16 { 16 } else { 8 };
     let mut hist = vec![0usize; 1 << digit];
     let (mut prefix, mut fixed, mut shift, mut k) = (0u64, false, bits, k);
@@ -184,16 +336,7 @@ pub fn select_cut(c: &impl Candidates, k: usize, bits: u32) -> Option<Cut> {
                 // Every tie is pruned: no scan needed to find where they start.
                 return Some(Cut { key: prefix, from: 0 });
             }
-            let (mut seen, mut from) = (0usize, usize::MAX);
-            c.scan(|i, x| {
-                if x == prefix {
-                    if seen == skip && from == usize::MAX {
-                        from = i;
-                    }
-                    seen += 1;
-                }
-            });
-            return Some(Cut { key: prefix, from });
+            return Some(Cut { key: prefix, from: tie_start(c, prefix, skip) });
         }
     }
     unreachable!("bits > 0")
@@ -435,7 +578,41 @@ mod tests {
         ]
     }
 
+    /// The band select gives the radix select's cut (key and tie index) on large sets of several
+    /// shapes, and decides by itself (no fallback) on the smooth ones.
+    #[test]
+    fn band_select_equals_radix_select() {
+        let n = 1 << 20;
+        let smooth: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 34).collect();
+        let grid: Vec<u64> = (0..n as u64).map(|i| (i * 7919) % 613).collect();
+        let skewed: Vec<u64> = (0..n as u64).map(|i| if i % 100 == 0 { i } else { 5 }).collect();
+        let same = vec![42u64; n];
+        for (name, keys, must_decide) in
+            [("smooth", &smooth, true), ("grid", &grid, false), ("skewed", &skewed, false), ("same", &same, false)]
+        {
+            for k in [1, 2, 1000, n / 3, n / 2, n - 1, n, n + 5] {
+                let band = band_cut(&KeySlice(keys), k);
+                if must_decide && k < n {
+                    assert!(band.is_some(), "{name}: k {k} fell back");
+                }
+                if let Some(b) = band {
+                    assert_eq!(Some(b), radix_cut(&KeySlice(keys), k, 64), "{name}: k {k}");
+                }
+                assert_eq!(select_cut(&KeySlice(keys), k, 64), radix_cut(&KeySlice(keys), k, 64), "{name}: k {k}");
+            }
+        }
+    }
+
     proptest! {
+        /// Small sets with many ties: whenever the band select decides, it is the radix select's cut.
+        #[test]
+        fn band_matches_radix(keys in proptest::collection::vec(0u64..40, 2..3000), frac in 0.0f64..=1.0) {
+            let k = prune_count(frac, keys.len()).max(1);
+            if let Some(b) = band_cut(&KeySlice(&keys), k) {
+                prop_assert_eq!(Some(b), radix_cut(&KeySlice(&keys), k, 64));
+            }
+        }
+
         #[test]
         fn fast_matches_reference(
             v in proptest::collection::vec((score(), any::<bool>()), 0..300),

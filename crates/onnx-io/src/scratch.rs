@@ -44,6 +44,10 @@ pub(crate) struct InPlace {
     pub(crate) file: Mutex<Option<AtomicFile>>,
     /// A second handle to the same file, for writes and maps.
     handle: File,
+    /// A third, `O_DIRECT` handle (when the file system allows it), see [`InPlace::write`].
+    direct: Mutex<Option<File>>,
+    /// Bytes written through `direct` so far.
+    direct_len: std::sync::atomic::AtomicU64,
     /// Tensor name → (offset, length) in the planned layout; a slot is used once.
     slots: Mutex<BTreeMap<String, (u64, usize)>>,
     /// End of the planned layout (the file's length).
@@ -105,10 +109,13 @@ impl Scratch {
         let werr = |source| IoError::Write { path: data_path.clone(), source };
         atomic.file().set_len(plan.offset).map_err(werr)?;
         let handle = atomic.file().try_clone().map_err(werr)?;
+        let direct = Mutex::new(atomic.open_direct());
         scratch.in_place = Some(InPlace {
             dest: data_path,
             file: Mutex::new(Some(atomic)),
             handle,
+            direct,
+            direct_len: Default::default(),
             slots: Mutex::new(slots),
             end: plan.offset,
         });
@@ -135,7 +142,8 @@ impl Scratch {
                 }
             };
             if let Some(offset) = slot {
-                return self.write_map(&ip.handle, &ip.dest, offset, bytes, Loc::InPlace(offset));
+                ip.write(offset, bytes).map_err(|source| IoError::Write { path: ip.dest.clone(), source })?;
+                return self.map(&ip.handle, &ip.dest, offset, bytes.len(), Loc::InPlace(offset));
             }
         }
         let offset = {
@@ -144,18 +152,20 @@ impl Scratch {
             *end = offset + bytes.len() as u64;
             offset
         };
-        self.write_map(&self.file, &self.path, offset, bytes, Loc::Spill(offset))
+        let werr = |source| IoError::Write { path: self.path.clone(), source };
+        self.file.write_all_at(bytes, offset).map_err(werr)?;
+        start_writeback(&self.file, offset, bytes.len());
+        self.map(&self.file, &self.path, offset, bytes.len(), Loc::Spill(offset))
     }
 
-    fn write_map(&self, file: &File, path: &Path, offset: u64, bytes: &[u8], loc: Loc) -> Result<Bytes, IoError> {
+    /// Map `len` stored bytes of `file` at `offset` read-only and record where they are.
+    fn map(&self, file: &File, path: &Path, offset: u64, len: usize, loc: Loc) -> Result<Bytes, IoError> {
         let werr = |source| IoError::Write { path: path.to_path_buf(), source };
-        file.write_all_at(bytes, offset).map_err(werr)?;
-        start_writeback(file, offset, bytes.len());
         // SAFETY: the region was just written and is never written again by this process: spill regions
         // are appended past the end, in-place slots are used once, and the exporter writes only regions
         // that hold no stored bytes. The spill file is private (unlinked); the in-place file is a fresh
         // temporary file that only this scratch writes until it is renamed.
-        let map = unsafe { MmapOptions::new().offset(offset).len(bytes.len()).map(file) }.map_err(werr)?;
+        let map = unsafe { MmapOptions::new().offset(offset).len(len).map(file) }.map_err(werr)?;
         self.regions.lock().unwrap_or_else(|e| e.into_inner()).push((map.as_ptr() as usize, map.len(), loc));
         Ok(Bytes::from_owner(MapOwner(map)))
     }
@@ -212,8 +222,52 @@ impl Scratch {
         regions.iter().filter(|r| matches!(r.2, Loc::InPlace(_))).map(|r| r.1 as u64).sum()
     }
 
+    /// Of [`Scratch::in_place_len`], the bytes written around the page cache (`O_DIRECT`).
+    pub fn direct_len(&self) -> u64 {
+        self.in_place.as_ref().map_or(0, |ip| ip.direct_len.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0 && self.in_place_len() == 0
+    }
+}
+
+/// Alignment of `O_DIRECT` writes: file offset, memory address and length (a page: a multiple of every
+/// common logical block size).
+const DIRECT_ALIGN: usize = 4096;
+
+impl InPlace {
+    /// Write `bytes` at `offset`. The page-aligned part goes around the page cache (`O_DIRECT`) when
+    /// the bytes and the offset both start on a page boundary (rewritten large tensors do, see
+    /// `sparsify_ir::Tensor::zero_by`): the disk reads them from this process's buffer, which saves
+    /// copying every new byte into fresh page-cache pages and writing those back at the final `fsync`.
+    /// The rest, and everything on a file system without `O_DIRECT`, is written through the page cache
+    /// with write-back started at once.
+    fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        let aligned =
+            offset.is_multiple_of(DIRECT_ALIGN as u64) && (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
+        let mut done = if aligned { bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN } else { 0 };
+        if done > 0 {
+            let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+            match direct.as_ref().map(|f| f.write_all_at(&bytes[..done], offset)) {
+                Some(Ok(())) => {
+                    self.direct_len.fetch_add(done as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                // Refused after all (a file system that accepts the flag but not the write): stop trying.
+                Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    *direct = None;
+                    done = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => done = 0,
+            }
+        }
+        let rest = &bytes[done..];
+        if !rest.is_empty() {
+            self.handle.write_all_at(rest, offset + done as u64)?;
+            start_writeback(&self.handle, offset + done as u64, rest.len());
+        }
+        Ok(())
     }
 }
 

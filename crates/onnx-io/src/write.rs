@@ -174,6 +174,13 @@ impl AtomicFile {
         &mut self.file
     }
 
+    /// A second handle to the temporary file that writes around the page cache (`O_DIRECT`), or
+    /// `None` where the file system refuses that.
+    pub(crate) fn open_direct(&self) -> Option<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        File::options().write(true).custom_flags(libc::O_DIRECT).open(&self.tmp).ok()
+    }
+
     /// The destination path.
     pub fn dest(&self) -> &Path {
         &self.dest
