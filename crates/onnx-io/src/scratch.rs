@@ -8,7 +8,9 @@
 //!   the exporter will give it, and a tensor stored for the first time is written straight to its final
 //!   offset. Saving then skips every tensor already in place and renames the file into position, so a
 //!   weight pass writes each modified byte once, as `cp` does. Nothing is renamed unless the save
-//!   succeeds; dropped unsaved, the temporary file is removed.
+//!   succeeds; dropped unsaved, the temporary file is removed. Bytes that start on a page boundary in
+//!   memory and in the file are written around the page cache (`O_DIRECT`) where the file system
+//!   allows it (see `InPlace::write`).
 //! - **spill**: everything else (inline outputs, a tensor stored a second time, layouts that changed) is
 //!   appended to an unlinked temporary file, each region on a page boundary so it can be mapped alone;
 //!   the exporter copies those bytes file to file in the kernel.
