@@ -298,24 +298,13 @@ impl Tensor {
     /// [`Tensor::zero_by`] for f32 tensors with a predicate that sees each element's bits:
     /// `prune(i, bits)` (no second read of the element). Same result and return value as `zero_by`.
     pub fn zero_by_f32_bits(&mut self, prune: impl Fn(usize, u32) -> bool + Sync) -> Result<usize, TensorError> {
-        if self.dtype != DType::F32 {
-            return Err(TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() });
-        }
-        Ok(self.rewrite::<4>(|base, o, s| {
-            // SAFETY: `u32` and `MaybeUninit<u32>` accept any bit pattern, so reinterpreting aligned
-            // middles of byte slices is sound; `align_to` returns only correctly aligned middles.
-            let (oh, om, ot) = unsafe { o.align_to_mut::<MaybeUninit<u32>>() };
-            let (sh, sm, st) = unsafe { s.align_to::<u32>() };
-            if !(oh.is_empty() && ot.is_empty() && sh.is_empty() && st.is_empty() && om.len() == sm.len()) {
-                return zero_chunk::<4>(base, o, s, |i, w| prune(i, u32::from_le_bytes(w)));
-            }
-            // Whole aligned words: the same decisions as `zero_chunk`.
+        self.rewrite_f32(&prune, |base, om, sm| {
             let mut j = base;
             zero_words_where(om, sm, |w| {
                 j += 1;
                 prune(j - 1, w)
             })
-        }))
+        })
     }
 
     /// [`Tensor::zero_by_f32_bits`] for an exact-count cut on a 32-bit key of each element's bits:
@@ -328,24 +317,39 @@ impl Tensor {
         below: u32,
         ties_from: usize,
     ) -> Result<usize, TensorError> {
-        if self.dtype != DType::F32 {
-            return Err(TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() });
-        }
-        Ok(self.rewrite::<4>(|base, o, s| {
-            // SAFETY: as in `zero_by_f32_bits`.
-            let (oh, om, ot) = unsafe { o.align_to_mut::<MaybeUninit<u32>>() };
-            let (sh, sm, st) = unsafe { s.align_to::<u32>() };
-            if !(oh.is_empty() && ot.is_empty() && sh.is_empty() && st.is_empty() && om.len() == sm.len()) {
-                return zero_chunk::<4>(base, o, s, |i, w| {
-                    let k = key(u32::from_le_bytes(w));
-                    (k < below) | ((k == below) & (i >= ties_from))
-                });
-            }
+        let prune = |i: usize, b: u32| {
+            let k = key(b);
+            (k < below) | ((k == below) & (i >= ties_from))
+        };
+        self.rewrite_f32(prune, |base, om, sm| {
             let t = ties_from.saturating_sub(base).min(sm.len());
             let (o1, o2) = om.split_at_mut(t);
             let (a1, a2) = zero_words_where(o1, &sm[..t], |w| key(w) < below);
             let (b1, b2) = zero_words_where(o2, &sm[t..], |w| key(w) <= below);
             (a1 + b1, a2 + b2)
+        })
+    }
+
+    /// The f32 zeroing loop: `words(first index, output words, input words)` on each task's aligned
+    /// words, or `prune(i, bits)` element by element where a task's bytes are not 4-byte aligned.
+    fn rewrite_f32(
+        &mut self,
+        prune: impl Fn(usize, u32) -> bool + Sync,
+        words: impl Fn(usize, &mut [MaybeUninit<u32>], &[u32]) -> (usize, usize) + Sync,
+    ) -> Result<usize, TensorError> {
+        if self.dtype != DType::F32 {
+            return Err(TensorError::Unsupported { name: self.name.clone(), dtype: self.dtype.name() });
+        }
+        Ok(self.rewrite::<4>(|base, o, s| {
+            // SAFETY: `u32` and `MaybeUninit<u32>` accept any bit pattern, so reinterpreting aligned
+            // middles of byte slices is sound; `align_to` returns only correctly aligned middles.
+            let (oh, om, ot) = unsafe { o.align_to_mut::<MaybeUninit<u32>>() };
+            let (sh, sm, st) = unsafe { s.align_to::<u32>() };
+            if oh.is_empty() && ot.is_empty() && sh.is_empty() && st.is_empty() && om.len() == sm.len() {
+                words(base, om, sm)
+            } else {
+                zero_chunk::<4>(base, o, s, |i, w| prune(i, u32::from_le_bytes(w)))
+            }
         }))
     }
 
