@@ -7,6 +7,8 @@
 //! cargo run --release --example accuracy -- budget    # mask{max_error=E}, uniform vs allocate=sensitivity
 //! cargo run --release --example accuracy -- budget char_lm   # one model
 //! cargo run --release --example accuracy -- quality   # issue 15: real-token statistics, refine, recipes
+//! cargo run --release --example accuracy -- sweep ppocr_cls_mobile_v2   # uniform vs allocate=sensitivity,
+//!                                                   # sparsity 0.05..0.90: error on the sample
 //! ```
 //!
 //! Calibration uses each model's `calib/` inputs (batches of 16); errors are measured on the held-out
@@ -77,10 +79,10 @@ fn main() -> Result<()> {
     let (mode, only) = match args.as_slice() {
         [m] => (m.clone(), None),
         [m, name] => (m.clone(), Some(name.clone())),
-        _ => bail!("usage: accuracy bias|budget|quality|ls [MODEL]"),
+        _ => bail!("usage: accuracy bias|budget|quality|ls|sweep [MODEL]"),
     };
     match mode.as_str() {
-        "bias" | "quality" | "ls" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
+        "bias" | "quality" | "ls" | "sweep" => println!("| model | pipeline | task metric | value | rel. L2 vs dense | weight sparsity | seconds |\n|---|---|---|---|---|---|---|"),
         "budget" => println!(
             "| model | allocation | error bound E | global sparsity | validated rel. L2 (calib) | held-out rel. L2 (sample) | task metric | seconds |\n|---|---|---|---|---|---|---|---|"
         ),
@@ -91,7 +93,19 @@ fn main() -> Result<()> {
             continue;
         }
         let Some(dir) = tasks::model_dir(spec.name) else { continue };
-        if mode == "bias" || mode == "quality" || mode == "ls" {
+        if mode == "sweep" {
+            // Same Wanda scores both ways; the sensitivity curves are measured once (cached in process).
+            let mut rows = Vec::new();
+            for i in 1..=18 {
+                let s = f64::from(i) * 0.05;
+                rows.push((format!("uniform {s:.2}"), format!("score{{method=wanda}},mask{{sparsity={s:.2}}}")));
+                rows.push((
+                    format!("sensitivity {s:.2}"),
+                    format!("score{{method=wanda}},mask{{sparsity={s:.2},allocate=sensitivity}}"),
+                ));
+            }
+            evaluate(spec, &dir, &rows, false)?;
+        } else if mode == "bias" || mode == "quality" || mode == "ls" {
             let table = match mode.as_str() {
                 "bias" => BIAS_ROWS,
                 "quality" => QUALITY_ROWS,
