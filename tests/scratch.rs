@@ -193,6 +193,42 @@ fn background_stores_of_large_weights_save_the_same_bytes() {
     }
 }
 
+/// Rewritten weights whose slots do not start on a page boundary (a 2 KiB constant is laid out first):
+/// their whole pages still go around the page cache (through the bounce buffer), the partial pages at
+/// both ends through it, and the saved bytes are those of an in-memory run.
+#[test]
+fn unaligned_slots_write_their_whole_pages_directly() {
+    use common::built::{model, out, weights};
+    use sparsify_onnx::ir::{Graph, Node, ValueInfo};
+    let mut g = Graph::new();
+    g.inputs.push(ValueInfo::tensor("x", 1, &[1, 512]));
+    g.outputs.push(out("y"));
+    g.initializers.push(weights("c0", &[512], 0.2));
+    g.initializers.push(weights("w1", &[512, 1024], 0.7));
+    g.initializers.push(weights("w2", &[1024, 512], 0.45));
+    let original = model(
+        g,
+        vec![
+            Node::new("Add", "add", &["x", "c0"], &["x0"]),
+            Node::new("MatMul", "mm1", &["x0", "w1"], &["h1"]),
+            Node::new("MatMul", "mm2", &["h1", "w2"], &["y"]),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::parse("score{method=l1},mask{sparsity=0.5}").unwrap();
+    let mut mem = original.clone();
+    p.run(&mut mem, None).unwrap();
+    let want = saved(dir.path(), "mem", &mem, None, true);
+    let scratch = Scratch::for_output(&original, &out_path(dir.path(), "spill"), &opts(true)).unwrap();
+    let mut spilled = original.clone();
+    p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
+    assert_eq!(scratch.in_place_len(), 4 << 20, "both weights written in place");
+    // w1 at offset 2048 and w2 at 2048 + 2 MiB: each loses its first and last partial page.
+    let want_direct = if direct_io_works(dir.path()) { (4 << 20) - 2 * 4096 } else { 0 };
+    assert_eq!(scratch.direct_len(), want_direct, "bytes written with O_DIRECT");
+    assert!(saved(dir.path(), "spill", &spilled, Some(&scratch), true) == want, "saved bytes differ");
+}
+
 /// Whether a page-aligned O_DIRECT write works in `dir` (tmpfs before Linux 6.6 refuses the flag).
 fn direct_io_works(dir: &std::path::Path) -> bool {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};

@@ -8,9 +8,8 @@
 //!   the exporter will give it, and a tensor stored for the first time is written straight to its final
 //!   offset. Saving then skips every tensor already in place and renames the file into position, so a
 //!   weight pass writes each modified byte once, as `cp` does. Nothing is renamed unless the save
-//!   succeeds; dropped unsaved, the temporary file is removed. Bytes that start on a page boundary in
-//!   memory and in the file are written around the page cache (`O_DIRECT`) where the file system
-//!   allows it (see `InPlace::write`).
+//!   succeeds; dropped unsaved, the temporary file is removed. The whole pages of large tensors are
+//!   written around the page cache (`O_DIRECT`) where the file system allows it (see `InPlace::write`).
 //! - **spill**: everything else (inline outputs, a tensor stored a second time, layouts that changed) is
 //!   appended to an unlinked temporary file, each region on a page boundary so it can be mapped alone;
 //!   the exporter copies those bytes file to file in the kernel.
@@ -50,6 +49,8 @@ pub(crate) struct InPlace {
     direct: Mutex<Option<File>>,
     /// Bytes written through `direct` so far.
     direct_len: std::sync::atomic::AtomicU64,
+    /// Page-aligned staging for `direct` writes of bytes placed unlike their file offset.
+    bounce: Mutex<Vec<u8>>,
     /// Tensor name → (offset, length) in the planned layout; a slot is used once.
     slots: Mutex<BTreeMap<String, (u64, usize)>>,
     /// End of the planned layout (the file's length).
@@ -118,6 +119,7 @@ impl Scratch {
             handle,
             direct,
             direct_len: Default::default(),
+            bounce: Mutex::new(Vec::new()),
             slots: Mutex::new(slots),
             end: plan.offset,
         });
@@ -237,39 +239,73 @@ impl Scratch {
 /// Alignment of `O_DIRECT` writes: file offset, memory address and length (a page: a multiple of every
 /// common logical block size).
 const DIRECT_ALIGN: usize = 4096;
+/// Tensors smaller than this are written through the page cache.
+const DIRECT_MIN: usize = 1 << 20;
 
 impl InPlace {
-    /// Write `bytes` at `offset`. The page-aligned part goes around the page cache (`O_DIRECT`) when
-    /// the bytes and the offset both start on a page boundary (rewritten large tensors do, see
-    /// `sparsify_ir::Tensor::zero_by`): the disk reads them from this process's buffer, which saves
-    /// copying every new byte into fresh page-cache pages and writing those back at the final `fsync`.
-    /// The rest, and everything on a file system without `O_DIRECT`, is written through the page cache
-    /// with write-back started at once.
+    /// Write `bytes` at `offset`. For tensors of [`DIRECT_MIN`] bytes or more, the whole pages inside
+    /// the range go around the page cache (`O_DIRECT`): straight from the caller's buffer when it is
+    /// placed like the file offset within a page (rewritten large tensors start on a page boundary,
+    /// see `sparsify_ir::Tensor::zero_by`, and most slots do), else through a reused bounce buffer
+    /// placed that way (one memory copy, far cheaper than the page cache's). The disk then reads the
+    /// bytes from this process's memory, which saves copying every new byte into fresh page-cache pages
+    /// and writing those back at the final `fsync`. The partial pages at both ends, small tensors and
+    /// everything on a file system without `O_DIRECT` are written through the page cache, with
+    /// write-back started at once. No page is written both ways.
     fn write(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
-        let aligned =
-            offset.is_multiple_of(DIRECT_ALIGN as u64) && (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN);
-        let mut done = if aligned { bytes.len() / DIRECT_ALIGN * DIRECT_ALIGN } else { 0 };
-        if done > 0 {
-            let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-            match direct.as_ref().map(|f| f.write_all_at(&bytes[..done], offset)) {
-                Some(Ok(())) => {
-                    self.direct_len.fetch_add(done as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-                // Refused after all (a file system that accepts the flag but not the write): stop trying.
-                Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    *direct = None;
-                    done = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None => done = 0,
+        let a = DIRECT_ALIGN as u64;
+        let (first, last) = (offset.next_multiple_of(a), (offset + bytes.len() as u64) / a * a);
+        let direct = if bytes.len() >= DIRECT_MIN && last > first {
+            let (lo, hi) = ((first - offset) as usize, (last - offset) as usize);
+            self.write_direct(&bytes[lo..hi], first)?.then_some((lo, hi))
+        } else {
+            None
+        };
+        let buffered = |part: &[u8], at: u64| -> std::io::Result<()> {
+            if !part.is_empty() {
+                self.handle.write_all_at(part, at)?;
+                start_writeback(&self.handle, at, part.len());
             }
+            Ok(())
+        };
+        match direct {
+            Some((lo, hi)) => {
+                buffered(&bytes[..lo], offset)?;
+                buffered(&bytes[hi..], offset + hi as u64)
+            }
+            None => buffered(bytes, offset),
         }
-        let rest = &bytes[done..];
-        if !rest.is_empty() {
-            self.handle.write_all_at(rest, offset + done as u64)?;
-            start_writeback(&self.handle, offset + done as u64, rest.len());
+    }
+
+    /// Write whole pages `part` at the page-aligned `at` with `O_DIRECT`. `Ok(false)`: not written (no
+    /// `O_DIRECT` handle, or the file system refused the write; then it is not tried again).
+    fn write_direct(&self, part: &[u8], at: u64) -> std::io::Result<bool> {
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = direct.as_ref() else { return Ok(false) };
+        let written = if (part.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+            f.write_all_at(part, at)
+        } else {
+            let mut bounce = self.bounce.lock().unwrap_or_else(|e| e.into_inner());
+            if bounce.len() < part.len() + DIRECT_ALIGN {
+                *bounce = vec![0u8; part.len() + DIRECT_ALIGN];
+            }
+            let pad = bounce.as_ptr().align_offset(DIRECT_ALIGN);
+            let staged = &mut bounce[pad..pad + part.len()];
+            staged.copy_from_slice(part);
+            f.write_all_at(staged, at)
+        };
+        match written {
+            Ok(()) => {
+                self.direct_len.fetch_add(part.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                Ok(true)
+            }
+            // Refused after all (a file system that accepts the flag but not the write): stop trying.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                *direct = None;
+                Ok(false)
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 }
 
