@@ -153,34 +153,14 @@ fn a_pass_failing_after_stores_started_leaves_nothing_behind() {
 /// its place in the output data file.
 #[test]
 fn background_stores_of_large_weights_save_the_same_bytes() {
-    use common::built::{model, out, weights};
-    use sparsify_onnx::ir::{Graph, Node, ValueInfo};
-    let mut g = Graph::new();
-    g.inputs.push(ValueInfo::tensor("x", 1, &[1, 512]));
-    g.outputs.push(out("y"));
     // 2 MiB, 2 MiB, 1 MiB (threaded) and 16 KiB (on the calling thread).
-    for (name, dims, seed) in [("w1", [512, 1024], 0.7), ("w2", [1024, 512], 0.45), ("w3", [512, 512], 0.3)] {
-        g.initializers.push(weights(name, &dims, seed));
-    }
-    g.initializers.push(weights("w4", &[512, 8], 0.9));
-    let original = model(
-        g,
-        vec![
-            Node::new("MatMul", "mm1", &["x", "w1"], &["h1"]),
-            Node::new("MatMul", "mm2", &["h1", "w2"], &["h2"]),
-            Node::new("MatMul", "mm3", &["h2", "w3"], &["h3"]),
-            Node::new("MatMul", "mm4", &["h3", "w4"], &["y"]),
-        ],
+    let original = matmul_chain(
+        None,
+        &[("w1", [512, 1024], 0.7), ("w2", [1024, 512], 0.45), ("w3", [512, 512], 0.3), ("w4", [512, 8], 0.9)],
     );
     let dir = tempfile::tempdir().unwrap();
     for text in ["score{method=l1},mask{sparsity=0.5}", "score{method=l2},nm-legalize{n=2,m=4}"] {
-        let p = Pipeline::parse(text).unwrap();
-        let mut mem = original.clone();
-        p.run(&mut mem, None).unwrap();
-        let want = saved(dir.path(), "mem", &mem, None, true);
-        let scratch = Scratch::for_output(&original, &out_path(dir.path(), "spill"), &opts(true)).unwrap();
-        let mut spilled = original.clone();
-        p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
+        let (want, scratch, spilled) = in_memory_and_in_place(dir.path(), &original, text);
         let modified: u64 =
             spilled.graph.initializers.iter().filter(|t| t.modified).map(|t| t.bytes().len() as u64).sum();
         assert_eq!(modified, (5 << 20) + (16 << 10), "{text}: every weight rewritten");
@@ -198,35 +178,51 @@ fn background_stores_of_large_weights_save_the_same_bytes() {
 /// both ends through it, and the saved bytes are those of an in-memory run.
 #[test]
 fn unaligned_slots_write_their_whole_pages_directly() {
-    use common::built::{model, out, weights};
-    use sparsify_onnx::ir::{Graph, Node, ValueInfo};
-    let mut g = Graph::new();
-    g.inputs.push(ValueInfo::tensor("x", 1, &[1, 512]));
-    g.outputs.push(out("y"));
-    g.initializers.push(weights("c0", &[512], 0.2));
-    g.initializers.push(weights("w1", &[512, 1024], 0.7));
-    g.initializers.push(weights("w2", &[1024, 512], 0.45));
-    let original = model(
-        g,
-        vec![
-            Node::new("Add", "add", &["x", "c0"], &["x0"]),
-            Node::new("MatMul", "mm1", &["x0", "w1"], &["h1"]),
-            Node::new("MatMul", "mm2", &["h1", "w2"], &["y"]),
-        ],
-    );
+    let original = matmul_chain(Some(("c0", 0.2)), &[("w1", [512, 1024], 0.7), ("w2", [1024, 512], 0.45)]);
     let dir = tempfile::tempdir().unwrap();
-    let p = Pipeline::parse("score{method=l1},mask{sparsity=0.5}").unwrap();
-    let mut mem = original.clone();
-    p.run(&mut mem, None).unwrap();
-    let want = saved(dir.path(), "mem", &mem, None, true);
-    let scratch = Scratch::for_output(&original, &out_path(dir.path(), "spill"), &opts(true)).unwrap();
-    let mut spilled = original.clone();
-    p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
+    let (want, scratch, spilled) = in_memory_and_in_place(dir.path(), &original, "score{method=l1},mask{sparsity=0.5}");
     assert_eq!(scratch.in_place_len(), 4 << 20, "both weights written in place");
     // w1 at offset 2048 and w2 at 2048 + 2 MiB: each loses its first and last partial page.
     let want_direct = if direct_io_works(dir.path()) { (4 << 20) - 2 * 4096 } else { 0 };
     assert_eq!(scratch.direct_len(), want_direct, "bytes written with O_DIRECT");
     assert!(saved(dir.path(), "spill", &spilled, Some(&scratch), true) == want, "saved bytes differ");
+}
+
+/// Run `text` on `original` in memory and with an in-place scratch for an external-data output in
+/// `dir`: (the in-memory run's saved bytes, the scratch, the scratch run's model, not yet saved).
+fn in_memory_and_in_place(dir: &Path, original: &Model, text: &str) -> (Vec<u8>, Scratch, Model) {
+    let p = Pipeline::parse(text).unwrap();
+    let mut mem = original.clone();
+    p.run(&mut mem, None).unwrap();
+    let want = saved(dir, "mem", &mem, None, true);
+    let scratch = Scratch::for_output(original, &out_path(dir, "spill"), &opts(true)).unwrap();
+    let mut spilled = original.clone();
+    p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
+    (want, scratch, spilled)
+}
+
+/// A chain of MatMuls from input `x` [1, 512] to output `y` over weights (name, dims, seed), in
+/// initializer order; `first` adds a [512] constant to `x` before them (and lays it out first).
+fn matmul_chain(first: Option<(&str, f32)>, ws: &[(&str, [i64; 2], f32)]) -> Model {
+    use common::built::{model, out, weights};
+    use sparsify_onnx::ir::{Graph, Node, ValueInfo};
+    let mut g = Graph::new();
+    g.inputs.push(ValueInfo::tensor("x", 1, &[1, 512]));
+    g.outputs.push(out("y"));
+    let mut nodes = Vec::new();
+    let mut prev = "x".to_string();
+    if let Some((name, seed)) = first {
+        g.initializers.push(weights(name, &[512], seed));
+        nodes.push(Node::new("Add", "add", &["x", name], &["x0"]));
+        prev = "x0".into();
+    }
+    for (i, (name, dims, seed)) in ws.iter().enumerate() {
+        g.initializers.push(weights(name, dims, *seed));
+        let next = if i + 1 == ws.len() { "y".to_string() } else { format!("h{i}") };
+        nodes.push(Node::new("MatMul", &format!("mm{i}"), &[&prev, name], &[&next]));
+        prev = next;
+    }
+    model(g, nodes)
 }
 
 /// Whether a page-aligned O_DIRECT write works in `dir` (tmpfs before Linux 6.6 refuses the flag).
