@@ -29,8 +29,8 @@
 //! | `permute` | `false` | search a channel permutation first (Pool & Yu, 2021) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights |
 
-use crate::nm::{nm_eligibility, nm_keep_keys, nm_keep_retained_by, nm_retained_vals, AxisView};
-use crate::permute::{nm_source, permute_for_nm, retained_total};
+use crate::nm::{nm_eligibility, nm_keep_keys, nm_keep_retained_by, AxisView};
+use crate::permute::{nm_source, permute_for_nm, retained_of, retained_total};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use crate::score::ScoreRecipe;
 use crate::scores::{selection_keys, MagKeys, WeightScores};
@@ -220,10 +220,9 @@ fn legalize_one(
             // The score of a zero element is 0; |±0| and (±0)² are +0 already.
             Some(mk) => nm_keep_retained_by(t.numel()?, |i| mk.key(i), |i| mk.score(i), view, n, m),
             None => {
+                let retained = retained_of(&src, &t, view, n, m)?;
                 let (keys, _, _) = selection_keys(src, &t)?;
-                let mut vals = vec![0f32; t.numel()?];
-                src.for_each(&t, |i, s, z| vals[i] = if z { 0.0 } else { s })?;
-                (nm_keep_keys(&keys, view, n, m), nm_retained_vals(&vals, view, n, m))
+                (nm_keep_keys(&keys, view, n, m), retained)
             }
         }
     };

@@ -106,11 +106,16 @@ pub fn retained_total(
     for (info, axis) in eligible {
         let t = crate::scores::weight_view(g, &info.id)?;
         let src = nm_source(cache, &t, &info.id)?;
-        let mut vals = vec![0f32; t.numel()?];
-        src.for_each(&t, |i, s, z| vals[i] = if z { 0.0 } else { s })?;
-        total += nm_retained_vals(&vals, AxisView::new(&t.shape(), *axis), n, m);
+        total += retained_of(&src, &t, AxisView::new(&t.shape(), *axis), n, m)?;
     }
     Ok(total)
+}
+
+/// The score N:M keeps in one weight `t` with scores `src` (zero weights score 0).
+pub fn retained_of(src: &ScoreSrc<'_>, t: &Tensor, view: AxisView, n: usize, m: usize) -> Result<f64, PassError> {
+    let mut vals = vec![0f32; t.numel()?];
+    src.for_each(t, |i, s, z| vals[i] = if z { 0.0 } else { s })?;
+    Ok(nm_retained_vals(&vals, view, n, m))
 }
 
 /// The score source N:M passes read for one weight: the analysis (stored arrays must match the weight's

@@ -252,16 +252,10 @@ impl MagKeys {
         }
     }
 
-    /// The key of an element with bits `b` (what [`MagKeys::key`] reads from the weight).
-    #[inline(always)]
-    pub fn key_of_bits(&self, b: u32) -> u64 {
-        MagKeys::key_of(b, self.squared)
-    }
-
     /// The score of element `i`: |w| or w² (as `ScoreSrc::Magnitude` computes it).
     #[inline(always)]
     pub fn score(&self, i: usize) -> f32 {
-        let x = f32::from_le_bytes(self.bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        let x = f32::from_bits(self.bits(i));
         if self.squared {
             x * x
         } else {
@@ -274,8 +268,9 @@ impl MagKeys {
         self.squared
     }
 
-    /// [`MagKeys::key_of_bits`] as 32 bits (every key fits), for keys of w² when `squared`. Loops call
-    /// it with a constant `squared` so that the choice is made once, outside them.
+    /// The key of an element with bits `b` (what [`MagKeys::key`] reads from the weight), for keys of
+    /// w² when `squared`; every key fits in 32 bits. Loops call it with a constant `squared` so that
+    /// the choice is made once, outside them.
     #[inline(always)]
     pub fn key32(b: u32, squared: bool) -> u32 {
         let x = f32::from_bits(b);
@@ -285,16 +280,19 @@ impl MagKeys {
 
     #[inline(always)]
     fn key_of(b: u32, squared: bool) -> u64 {
-        let x = f32::from_bits(b);
-        let s = if squared { x * x } else { x.abs() };
-        (u64::from(b << 1 != 0) << 31) | u64::from(s.to_bits())
+        u64::from(MagKeys::key32(b, squared))
     }
 
     /// The key of element `i`.
     #[inline(always)]
     pub fn key(&self, i: usize) -> u64 {
-        let b = u32::from_le_bytes(self.bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
-        MagKeys::key_of(b, self.squared)
+        MagKeys::key_of(self.bits(i), self.squared)
+    }
+
+    /// The bits of element `i`.
+    #[inline(always)]
+    fn bits(&self, i: usize) -> u32 {
+        u32::from_le_bytes(self.bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"))
     }
 
     fn words(&self) -> impl Iterator<Item = u32> + '_ {
@@ -314,22 +312,14 @@ impl Candidates for MagKeys {
         Some(crate::select::sample_positions(self.len(), m).map(|i| self.key(i)).collect())
     }
     fn band(&self, lo: u64, hi: u64) -> (usize, usize, Vec<u64>) {
-        let sq = self.squared;
-        // SAFETY: `u32` accepts any bit pattern; `align_to` returns only the aligned middle.
-        let (head, words, tail) = unsafe { self.bytes.align_to::<u32>() };
-        let copy;
-        let words = if head.is_empty() && tail.is_empty() {
-            words
-        } else {
-            copy = self.words().map(u32::to_le).collect::<Vec<u32>>();
-            &copy[..]
-        };
+        // Read in place whatever the bytes' alignment (inline tensors sit anywhere in the file).
+        let (words, _) = self.bytes.as_chunks::<4>();
         // Keys use 32 bits: a band starting above them is empty, one ending above them is open.
         let Ok(lo) = u32::try_from(lo) else { return (words.len(), 0, Vec::new()) };
         let hi = u32::try_from(hi).unwrap_or(u32::MAX);
-        match sq {
-            true => crate::select::band_of(words, lo, hi, |&w| MagKeys::key32(u32::from_le(w), true)),
-            false => crate::select::band_of(words, lo, hi, |&w| MagKeys::key32(u32::from_le(w), false)),
+        match self.squared {
+            true => crate::select::band_of(words, lo, hi, |w| MagKeys::key32(u32::from_le_bytes(*w), true)),
+            false => crate::select::band_of(words, lo, hi, |w| MagKeys::key32(u32::from_le_bytes(*w), false)),
         }
     }
     fn histogram(&self, hist: &mut [usize], shift: u32, mask: u64, filter: Option<(u32, u64)>) {

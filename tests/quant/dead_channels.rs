@@ -13,11 +13,7 @@ use sparsify_onnx::{input_decls, load, to_bytes};
 #[test]
 fn dead_channel_elim_slices_qdq_weights_with_their_scales_and_zero_points() {
     for (file, model) in [("digits_mlp_qdq_s8.onnx", "digits_mlp"), ("digits_cnn_qdq_u8pc.onnx", "digits_cnn")] {
-        let m0 = load(&fixture(file)).unwrap();
-        let mut masked = m0.clone();
-        run("mask{granularity=channel,sparsity=0.25}", &mut masked, None);
-        let mut m1 = masked.clone();
-        let r = run("dead-channel-elim", &mut m1, None);
+        let (m0, masked, m1, r) = mask_then_eliminate(file);
         let removed = r.passes[0].counters["channels_removed"];
         assert!(removed > 0.0, "{file}: nothing removed: {:?}", notes(&r));
         let mut shrunk = 0;
@@ -128,11 +124,7 @@ fn dead_channel_elim_slices_qoperator_and_integer_op_weights() {
         ("char_lm_dyn_s8.onnx", "char_lm", true),
         ("digits_cnn_qop.onnx", "digits_cnn", false),
     ] {
-        let m0 = load(&fixture(file)).unwrap();
-        let mut masked = m0.clone();
-        run("mask{granularity=channel,sparsity=0.25}", &mut masked, None);
-        let mut m1 = masked.clone();
-        let r = run("dead-channel-elim", &mut m1, None);
+        let (m0, masked, m1, r) = mask_then_eliminate(file);
         let removed = r.passes[0].counters["channels_removed"];
         let kept = r.passes[0].counters["channels_kept_dead"];
         let ns: Vec<String> = notes(&r).iter().map(|(s, n)| format!("{s}: {n}")).collect();
@@ -176,4 +168,15 @@ fn dead_channel_elim_slices_qoperator_and_integer_op_weights() {
             println!("{file}: not validated in tract (com.microsoft.QGemm); scripts/quant_ort_check.py checks it");
         }
     }
+}
+
+/// Fixture `file` loaded (m0), with a quarter of its channels masked (masked), then eliminated (m1, with
+/// the report of the elimination).
+fn mask_then_eliminate(file: &str) -> (Model, Model, Model, sparsify_onnx::RunReport) {
+    let m0 = load(&fixture(file)).unwrap();
+    let mut masked = m0.clone();
+    run("mask{granularity=channel,sparsity=0.25}", &mut masked, None);
+    let mut m1 = masked.clone();
+    let r = run("dead-channel-elim", &mut m1, None);
+    (m0, masked, m1, r)
 }
