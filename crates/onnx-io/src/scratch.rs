@@ -246,7 +246,7 @@ impl InPlace {
     /// Write `bytes` at `offset`. For tensors of [`DIRECT_MIN`] bytes or more, the whole pages inside
     /// the range go around the page cache (`O_DIRECT`): straight from the caller's buffer when it is
     /// placed like the file offset within a page (rewritten large tensors start on a page boundary,
-    /// see `sparsify_ir::Tensor::zero_by`, and most slots do), else through a reused bounce buffer
+    /// see `sparsify_ir::Tensor::zero_by`, and so do slots after page-long tensors), else through a reused bounce buffer
     /// placed that way (one memory copy, far cheaper than the page cache's). The disk then reads the
     /// bytes from this process's memory, which saves copying every new byte into fresh page-cache pages
     /// and writing those back at the final `fsync`. The partial pages at both ends, small tensors and
