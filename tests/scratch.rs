@@ -65,9 +65,13 @@ fn scratch_runs_save_the_same_bytes_as_in_memory_runs() {
                     // in-place data file, straight to its final place.
                     let g = &spilled.graph;
                     let tensors = g.initializers.iter().chain(g.nodes().filter_map(|(_, n)| n.constant_tensor()));
-                    let (mut modified, mut external) = (0u64, 0u64);
+                    let (mut modified, mut external, mut raw) = (0u64, 0u64, 0u64);
                     for t in tensors.filter(|t| t.modified) {
                         modified += t.bytes().len() as u64;
+                        // Bytes the inline encoding writes whole (raw data, not typed fields).
+                        if !matches!(t.storage, sparsify_onnx::ir::Storage::Typed) {
+                            raw += t.bytes().len() as u64;
+                        }
                         // Tensors the save puts in the data file (small ones stay inline).
                         if t.bytes().len() >= opts(ext).threshold {
                             external += t.bytes().len() as u64;
@@ -82,6 +86,10 @@ fn scratch_runs_save_the_same_bytes_as_in_memory_runs() {
                     // (ppocr keeps its weights in Constant nodes, which the save never moves to the data file.)
                     if in_place && ext && streaming && name != "ppocr_cls_mobile_v2" {
                         assert_eq!(scratch.in_place_len(), external, "{what}: data-file tensors written in place");
+                    }
+                    // Inline: every rewritten raw tensor went straight to its place in the model file.
+                    if in_place && !ext && streaming {
+                        assert_eq!(scratch.in_place_len(), raw, "{what}: raw tensors written in place");
                     }
                     let got = saved(dir.path(), "spill", &spilled, Some(&scratch), ext);
                     assert!(got == want, "{what}: saved bytes differ");
@@ -188,14 +196,76 @@ fn unaligned_slots_write_their_whole_pages_directly() {
     assert!(saved(dir.path(), "spill", &spilled, Some(&scratch), true) == want, "saved bytes differ");
 }
 
+/// Inline outputs: the model file is laid out up front as well, and rewritten weights go straight to
+/// their place in it (whole pages with O_DIRECT through the bounce buffer: protobuf puts them at odd
+/// offsets). Saving writes the rest around them, and the bytes equal an in-memory run.
+#[test]
+fn inline_outputs_write_rewritten_weights_in_place() {
+    let original = matmul_chain(Some(("c0", 0.2)), &[("w1", [512, 1024], 0.7), ("w2", [1024, 512], 0.45)]);
+    let dir = tempfile::tempdir().unwrap();
+    for text in ["score{method=l1},mask{sparsity=0.5}", "score{method=l2},nm-legalize{n=2,m=4}"] {
+        let (want, scratch, spilled) = in_memory_and_in_place_as(dir.path(), &original, text, false);
+        assert_eq!(scratch.in_place_len(), 4 << 20, "{text}: both weights written in place");
+        assert_eq!(scratch.len(), 0, "{text}: nothing spilled");
+        if direct_io_works(dir.path()) {
+            // Each weight loses at most its two partial end pages to the page cache.
+            let direct = scratch.direct_len();
+            assert!(((4 << 20) - 4 * 4096..4 << 20).contains(&direct), "{text}: {direct} bytes with O_DIRECT");
+        }
+        assert!(saved(dir.path(), "spill", &spilled, Some(&scratch), false) == want, "{text}: saved bytes differ");
+        assert_eq!(std::fs::read_dir(dir.path().join("spill")).unwrap().count(), 1, "{text}: only m.onnx is left");
+    }
+}
+
+/// The layout changes after weights were written in place. Channel removal gives the weights new,
+/// smaller buffers: the save writes them and everything else at the new offsets in the planned file.
+/// A longer graph name moves every stored weight: the save notices and writes a fresh file. Either way
+/// the bytes equal an in-memory run and no temporary file is left.
+#[test]
+fn inline_layout_changed_after_stores_saves_the_same_bytes() {
+    let original = matmul_chain(None, &[("w1", [512, 1024], 0.7), ("w2", [1024, 512], 0.45)]);
+    let dir = tempfile::tempdir().unwrap();
+    let rename = |m: &mut Model| m.graph.name = Some("a graph name longer than before".into());
+    for (text, edit) in [
+        ("mask{granularity=channel,sparsity=0.25},dead-channel-elim", None),
+        ("score{method=l1},mask{sparsity=0.5}", Some(rename)),
+    ] {
+        let p = Pipeline::parse(text).unwrap();
+        let mut mem = original.clone();
+        p.run(&mut mem, None).unwrap();
+        let scratch = Scratch::for_output(&original, &out_path(dir.path(), "spill"), &opts(false)).unwrap();
+        let mut spilled = original.clone();
+        p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
+        assert!(scratch.in_place_len() > 0, "{text}: weights stored in place before the change");
+        if let Some(edit) = edit {
+            edit(&mut mem);
+            edit(&mut spilled);
+        } else {
+            let w1 = spilled.graph.initializers.iter().find(|t| t.name == "w1").unwrap();
+            assert_eq!(w1.dims, vec![512, 768], "a quarter of w1's columns removed");
+        }
+        let want = saved(dir.path(), "mem", &mem, None, false);
+        assert!(saved(dir.path(), "spill", &spilled, Some(&scratch), false) == want, "{text}: saved bytes differ");
+        drop(scratch);
+        let left: Vec<_> =
+            std::fs::read_dir(dir.path().join("spill")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("m.onnx")], "{text}: only the output is left");
+    }
+}
+
 /// Run `text` on `original` in memory and with an in-place scratch for an external-data output in
 /// `dir`: (the in-memory run's saved bytes, the scratch, the scratch run's model, not yet saved).
 fn in_memory_and_in_place(dir: &Path, original: &Model, text: &str) -> (Vec<u8>, Scratch, Model) {
+    in_memory_and_in_place_as(dir, original, text, true)
+}
+
+/// [`in_memory_and_in_place`] for an external-data (`ext`) or inline output.
+fn in_memory_and_in_place_as(dir: &Path, original: &Model, text: &str, ext: bool) -> (Vec<u8>, Scratch, Model) {
     let p = Pipeline::parse(text).unwrap();
     let mut mem = original.clone();
     p.run(&mut mem, None).unwrap();
-    let want = saved(dir, "mem", &mem, None, true);
-    let scratch = Scratch::for_output(original, &out_path(dir, "spill"), &opts(true)).unwrap();
+    let want = saved(dir, "mem", &mem, None, ext);
+    let scratch = Scratch::for_output(original, &out_path(dir, "spill"), &opts(ext)).unwrap();
     let mut spilled = original.clone();
     p.run_with(&mut spilled, None, None, Some(&scratch)).unwrap();
     (want, scratch, spilled)

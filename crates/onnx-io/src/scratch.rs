@@ -3,19 +3,20 @@
 //! in the page cache (which the kernel can write back and drop) rather than in anonymous memory.
 //!
 //! Two places hold stored bytes:
-//! - **in place** ([`Scratch::for_output`]): when the output will have an external-data file, that file
-//!   is created up front (as the atomic writer's temporary file beside the destination) with the layout
-//!   the exporter will give it, and a tensor stored for the first time is written straight to its final
-//!   offset. Saving then skips every tensor already in place and renames the file into position, so a
-//!   weight pass writes each modified byte once, as `cp` does. Nothing is renamed unless the save
+//! - **in place** ([`Scratch::for_output`]): the output file that will hold the tensor bytes (the
+//!   external-data file, or for an inline output the model file itself) is created up front (as the
+//!   atomic writer's temporary file beside the destination) with the layout the exporter will give it,
+//!   and a tensor stored for the first time is written straight to its final offset. Saving then skips
+//!   every tensor already in place and renames the file into position, so a weight pass writes each
+//!   modified byte once, as `cp` does. Nothing is renamed unless the save
 //!   succeeds; dropped unsaved, the temporary file is removed. The whole pages of large tensors are
 //!   written around the page cache (`O_DIRECT`) where the file system allows it (see `InPlace::write`).
-//! - **spill**: everything else (inline outputs, a tensor stored a second time, layouts that changed) is
+//! - **spill**: everything else (typed fields, a tensor stored a second time, layouts that changed) is
 //!   appended to an unlinked temporary file, each region on a page boundary so it can be mapped alone;
 //!   the exporter copies those bytes file to file in the kernel.
 
-use crate::export::{build, ExternalPlan};
-use crate::write::{data_plan, AtomicFile};
+use crate::export::{build, ExternalPlan, PROTO_LIMIT};
+use crate::write::{data_plan, layout_of, AtomicFile, Placed};
 use crate::{ExportOptions, IoError};
 use bytes::Bytes;
 use memmap2::MmapOptions;
@@ -37,9 +38,9 @@ pub(crate) enum Loc {
     Spill(u64),
 }
 
-/// The output's external-data file, written in place.
+/// The output file holding the tensor bytes (external-data file or inline model), written in place.
 pub(crate) struct InPlace {
-    /// The destination path of the data file.
+    /// The destination path of that file.
     pub(crate) dest: PathBuf,
     /// The temporary file (renamed over `dest` by a successful save).
     pub(crate) file: Mutex<Option<AtomicFile>>,
@@ -87,20 +88,30 @@ impl Scratch {
         Ok(Scratch { file, path, end: Mutex::new(0), in_place: None, regions: Mutex::new(Vec::new()) })
     }
 
-    /// A scratch for a model that will be saved to `out` with `opts`: when that save writes an
-    /// external-data file, the file is laid out now (the layout of `model` as it is) and tensors stored
-    /// later go straight to their final place in it. Save with `save_with_scratch` and the same options.
+    /// A scratch for a model that will be saved to `out` with `opts`: the file that save writes tensor
+    /// bytes to (the external-data file, or an inline model file) is laid out now (the layout of `model`
+    /// as it is) and tensors stored later go straight to their final place in it. Save with `save_with_scratch` and the same options.
     pub fn for_output(model: &Model, out: &Path, opts: &ExportOptions) -> Result<Scratch, IoError> {
         let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut scratch = Scratch::new_in(dir)?;
         let Some((data_path, mut plan)) = data_plan(model, out, opts) else { return Ok(scratch) };
-        build(model, &mut plan)?;
-        if plan.chunks.is_empty() {
+        let proto = build(model, &mut plan)?;
+        // External data: the data file's chunks. Inline: the model file itself, where each tensor's
+        // raw bytes land in the protobuf encoding.
+        let (dest, end, planned) = if plan.chunks.is_empty() {
+            match layout_of(&proto) {
+                Some((end, slices)) if end <= PROTO_LIMIT => (out.to_path_buf(), end, inline_slots(model, &slices)),
+                _ => return Ok(scratch),
+            }
+        } else {
+            (data_path, plan.offset, plan_slots(&plan))
+        };
+        if planned.is_empty() {
             return Ok(scratch);
         }
         let mut slots = BTreeMap::new();
         let mut seen = std::collections::BTreeSet::new();
-        for (name, offset, len) in plan_slots(&plan) {
+        for (name, offset, len) in planned {
             // A name used twice (an initializer and a Constant output, say) gets no slot: its bytes spill.
             if !seen.insert(name.clone()) {
                 slots.remove(&name);
@@ -108,20 +119,20 @@ impl Scratch {
             }
             slots.insert(name, (offset, len));
         }
-        let mut atomic = AtomicFile::create(&data_path)?;
-        let werr = |source| IoError::Write { path: data_path.clone(), source };
-        atomic.file().set_len(plan.offset).map_err(werr)?;
+        let mut atomic = AtomicFile::create(&dest)?;
+        let werr = |source| IoError::Write { path: dest.clone(), source };
+        atomic.file().set_len(end).map_err(werr)?;
         let handle = atomic.file().try_clone().map_err(werr)?;
         let direct = Mutex::new(atomic.open_direct());
         scratch.in_place = Some(InPlace {
-            dest: data_path,
+            dest,
             file: Mutex::new(Some(atomic)),
             handle,
             direct,
             direct_len: Default::default(),
             bounce: Mutex::new(Vec::new()),
             slots: Mutex::new(slots),
-            end: plan.offset,
+            end,
         });
         Ok(scratch)
     }
@@ -176,7 +187,11 @@ impl Scratch {
 
     /// Where `bytes` are stored when they are (part of) a view this scratch returned.
     pub(crate) fn locate(&self, bytes: &[u8]) -> Option<Loc> {
-        let (p, n) = (bytes.as_ptr() as usize, bytes.len());
+        self.locate_range(bytes.as_ptr() as usize, bytes.len())
+    }
+
+    /// [`Scratch::locate`] for the `n` bytes at address `p`.
+    pub(crate) fn locate_range(&self, p: usize, n: usize) -> Option<Loc> {
         let regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
         regions.iter().find(|(a, len, _)| p >= *a && p + n <= a + len).map(|&(a, _, loc)| match loc {
             Loc::InPlace(o) => Loc::InPlace(o + (p - a) as u64),
@@ -323,6 +338,25 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
+}
+
+/// (tensor name, offset, length) of every tensor of `model` whose bytes the inline encoding writes
+/// whole at one place (raw data), from that encoding's `slices` (address, length, offset).
+fn inline_slots(model: &Model, slices: &[Placed]) -> Vec<(String, u64, usize)> {
+    let mut at: std::collections::HashMap<(usize, usize), Option<u64>> = Default::default();
+    for &(addr, len, offset) in slices.iter().filter(|s| s.1 > 0) {
+        // Bytes written twice (one buffer shared by two tensors) have no single place.
+        at.entry((addr, len)).and_modify(|o| *o = None).or_insert(Some(offset));
+    }
+    let g = &model.graph;
+    let tensors = g.initializers.iter().chain(g.nodes().filter_map(|(_, n)| n.constant_tensor()));
+    tensors
+        .filter_map(|t| {
+            let b = t.bytes();
+            let offset = (*at.get(&(b.as_ptr() as usize, b.len()))?)?;
+            Some((t.name.clone(), offset, b.len()))
+        })
+        .collect()
 }
 
 /// (tensor name, offset, length) of every chunk of `plan`.

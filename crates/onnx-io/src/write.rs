@@ -14,6 +14,7 @@ use bytes::buf::UninitSlice;
 use bytes::BufMut;
 use prost::Message;
 use sparsify_ir::Model;
+use sparsify_onnx_proto as pb;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -33,12 +34,28 @@ struct Sink<'s, W: Write> {
     /// A second handle to the same open file (same position) and the scratch: large slices that are a
     /// mapped input file's or the scratch's bytes are copied file to file instead of through memory.
     direct: Option<(File, Option<&'s Scratch>)>,
+    /// Bytes emitted before `buf`.
+    pos: u64,
+    /// Positioned mode ([`Sink::positioned`]): every write goes to `direct`'s handle at its position
+    /// (`file` is unused) and slices the scratch already holds at that position are skipped.
+    positioned: bool,
+    /// (address, length, position) of every slice handed to `put_slice`, when recording a layout.
+    record: Option<Vec<Placed>>,
 }
 
 impl<'s, W: Write> Sink<'s, W> {
     fn new(file: W, chunk: usize) -> Sink<'s, W> {
         let chunk = chunk.max(1);
-        Sink { file, chunk, buf: Vec::with_capacity(chunk), err: None, direct: None }
+        Sink {
+            file,
+            chunk,
+            buf: Vec::with_capacity(chunk),
+            err: None,
+            direct: None,
+            pos: 0,
+            positioned: false,
+            record: None,
+        }
     }
 
     /// Copy large slices file to file through `handle` (a clone of the file `W` writes to).
@@ -47,19 +64,56 @@ impl<'s, W: Write> Sink<'s, W> {
         self
     }
 
+    /// Write everything at its offset through `handle` (from offset 0), leaving in place the slices
+    /// `scratch` stored at exactly their offset in `handle`'s file ([`Loc::InPlace`]).
+    fn positioned(mut self, handle: File, scratch: &'s Scratch) -> Sink<'s, W> {
+        self.direct = Some((handle, Some(scratch)));
+        self.positioned = true;
+        self
+    }
+
+    /// Record where every slice lands instead of (or as well as) writing it.
+    fn recording(mut self) -> Sink<'s, W> {
+        self.record = Some(Vec::new());
+        self
+    }
+
     /// Write `src` with a kernel copy when it is stored bytes; `Ok(false)` when it is not.
     fn copy_direct(&mut self, src: &[u8]) -> std::io::Result<bool> {
+        let at = self.positioned.then_some(self.pos);
         match &self.direct {
-            Some((handle, scratch)) => copy_stored(handle, src, *scratch, None),
+            Some((handle, scratch)) => copy_stored(handle, src, *scratch, at),
             None => Ok(false),
         }
     }
+
+    /// Write `bytes` at the current position (positioned mode) or at the file's position.
+    fn emit(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &self.direct {
+            Some((handle, _)) if self.positioned => handle.write_all_at(bytes, self.pos),
+            _ => self.file.write_all(bytes),
+        }
+    }
+
+    /// In positioned mode: whether `src` is already where it would be written next in the output file.
+    fn already_there(&self, src: &[u8]) -> bool {
+        match &self.direct {
+            Some((_, Some(s))) if self.positioned => {
+                s.locate(src) == Some(Loc::InPlace(self.pos + self.buf.len() as u64))
+            }
+            _ => false,
+        }
+    }
+
     fn flush_buf(&mut self) {
         if self.err.is_none() && !self.buf.is_empty() {
-            if let Err(e) = self.file.write_all(&self.buf) {
+            let buf = std::mem::take(&mut self.buf);
+            if let Err(e) = self.emit(&buf) {
                 self.err = Some(e);
             }
+            self.buf = buf;
         }
+        self.pos += self.buf.len() as u64;
         self.buf.clear();
     }
     fn finish(mut self) -> std::io::Result<()> {
@@ -114,18 +168,27 @@ unsafe impl<W: Write> BufMut for Sink<'_, W> {
     }
 
     fn put_slice(&mut self, src: &[u8]) {
+        if let Some(r) = &mut self.record {
+            r.push((src.as_ptr() as usize, src.len(), self.pos + self.buf.len() as u64));
+        }
+        if !src.is_empty() && self.already_there(src) {
+            self.flush_buf();
+            self.pos += src.len() as u64;
+            return;
+        }
         if src.len() >= self.chunk {
             self.flush_buf();
             if self.err.is_none() {
                 let done = match self.copy_direct(src) {
                     Ok(true) => Ok(()),
-                    Ok(false) => self.file.write_all(src),
+                    Ok(false) => self.emit(src),
                     Err(e) => Err(e),
                 };
                 if let Err(e) = done {
                     self.err = Some(e);
                 }
             }
+            self.pos += src.len() as u64;
         } else {
             if self.buf.len() + src.len() > self.chunk {
                 self.flush_buf();
@@ -325,13 +388,26 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Op
             data = Some(f);
         }
     }
-    let mut out = AtomicFile::create(path)?;
-    let handle = out.file().try_clone().map_err(werr(path))?;
-    let mut sink = Sink::new(out.file(), CHUNK).with_direct(handle, scratch);
-    proto.encode(&mut sink).map_err(|e| IoError::Write { path: path.into(), source: std::io::Error::other(e) })?;
-    sink.finish().map_err(werr(path))?;
+    let inline_in_place = match scratch {
+        Some(s) if plan.chunks.is_empty() => finish_inline_in_place(s, path, &proto).transpose()?,
+        _ => None,
+    };
+    let out = match inline_in_place {
+        Some(out) => out,
+        None => {
+            let mut out = AtomicFile::create(path)?;
+            let handle = out.file().try_clone().map_err(werr(path))?;
+            let mut sink = Sink::new(out.file(), CHUNK).with_direct(handle, scratch);
+            proto
+                .encode(&mut sink)
+                .map_err(|e| IoError::Write { path: path.into(), source: std::io::Error::other(e) })?;
+            sink.finish().map_err(werr(path))?;
+            out
+        }
+    };
     match data {
         Some(mut data) => {
+            let mut out = out;
             data.sync()?;
             out.sync()?;
             let _lock = RenameLock::acquire(path)?;
@@ -340,6 +416,43 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &ExportOptions, scratch: Op
         }
         None => out.commit(),
     }
+}
+
+/// A byte slice in an encoding: (address in memory, length, offset in the encoded file).
+pub(crate) type Placed = (usize, usize, u64);
+
+/// Where the encoding of `proto` puts its byte and string fields: (address, length, offset) of each,
+/// and the encoded length. Nothing is written and no field is read.
+pub(crate) fn layout_of(proto: &pb::ModelProto) -> Option<(u64, Vec<Placed>)> {
+    let mut sink = Sink::new(std::io::sink(), CHUNK).recording();
+    proto.encode(&mut sink).ok()?;
+    sink.flush_buf();
+    Some((sink.pos, sink.record.take().unwrap_or_default()))
+}
+
+/// Write an inline model into the scratch's in-place model file (planned by `Scratch::for_output`),
+/// leaving the stored tensors where they already are. `None` (use a fresh file) when the scratch has
+/// no in-place file for `path`, it was taken by an earlier save, or a stored tensor is no longer at
+/// its offset in the new encoding (moving it inside the file could overwrite bytes not yet read).
+fn finish_inline_in_place(s: &Scratch, path: &Path, proto: &pb::ModelProto) -> Option<Result<AtomicFile, IoError>> {
+    let ip = s.in_place_for(path)?;
+    let (end, slices) = layout_of(proto)?;
+    let moved =
+        |&(addr, len, at): &(usize, usize, u64)| matches!(s.locate_range(addr, len), Some(Loc::InPlace(o)) if o != at);
+    if slices.iter().any(moved) {
+        return None;
+    }
+    let mut f = ip.file.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    let werr = |source| IoError::Write { path: path.to_path_buf(), source };
+    let handle = match f.file().set_len(end).and_then(|()| f.file().try_clone()) {
+        Ok(h) => h,
+        Err(e) => return Some(Err(werr(e))),
+    };
+    let mut sink = Sink::new(std::io::sink(), CHUNK).positioned(handle, s);
+    if let Err(e) = proto.encode(&mut sink) {
+        return Some(Err(werr(std::io::Error::other(e))));
+    }
+    Some(sink.finish().map(|()| f).map_err(werr))
 }
 
 /// Complete the scratch's in-place data file for `plan`: write every chunk not already at its offset.
