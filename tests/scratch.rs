@@ -253,6 +253,31 @@ fn inline_layout_changed_after_stores_saves_the_same_bytes() {
     }
 }
 
+/// Unchanged weights of a model loaded from disk (mapped input bytes) are written into the planned
+/// output file around the page cache too (read straight from the input's map), inline and with
+/// external data: the save's `fsync` then has no page-cache copy of them to write back. The bytes equal
+/// a plain save.
+#[test]
+fn unchanged_mapped_weights_are_written_in_place() {
+    let built = matmul_chain(Some(("c0", 0.2)), &[("w1", [512, 1024], 0.7), ("w2", [1024, 512], 0.45)]);
+    let dir = tempfile::tempdir().unwrap();
+    for ext in [false, true] {
+        let input = dir.path().join(if ext { "in_ext" } else { "in" }).join("model.onnx");
+        std::fs::create_dir_all(input.parent().unwrap()).unwrap();
+        save(&built, &input, &opts(ext)).unwrap();
+        let original = load(&input).unwrap();
+        let want = saved(dir.path(), "mem", &original, None, ext);
+        let scratch = Scratch::for_output(&original, &out_path(dir.path(), "spill"), &opts(ext)).unwrap();
+        assert_eq!(scratch.in_place_len(), 0, "nothing stored: no pass ran");
+        assert!(saved(dir.path(), "spill", &original, Some(&scratch), ext) == want, "ext {ext}: saved bytes differ");
+        if direct_io_works(dir.path()) {
+            // w1 and w2 (2 MiB each) minus at most their partial end pages; c0 (2 KiB) is copied.
+            let direct = scratch.direct_len();
+            assert!(((4 << 20) - 4 * 4096..=4 << 20).contains(&direct), "ext {ext}: {direct} bytes with O_DIRECT");
+        }
+    }
+}
+
 /// Run `text` on `original` in memory and with an in-place scratch for an external-data output in
 /// `dir`: (the in-memory run's saved bytes, the scratch, the scratch run's model, not yet saved).
 fn in_memory_and_in_place(dir: &Path, original: &Model, text: &str) -> (Vec<u8>, Scratch, Model) {

@@ -48,6 +48,15 @@ pub fn map_file(path: &Path) -> Result<Bytes, std::io::Error> {
 /// they lie inside a file mapped by [`map_file`]. `Ok(false)`: not a mapped file's bytes, or the kernel
 /// cannot copy between these files — the caller writes them itself.
 pub(crate) fn copy_mapped(bytes: &[u8], out: &File, out_offset: Option<u64>) -> std::io::Result<bool> {
+    match with_mapped_source(bytes, |file, off| copy_range(file, off, out, out_offset, bytes.len())) {
+        Some(copied) => copied,
+        None => Ok(false),
+    }
+}
+
+/// `f(file, offset)` for the mapped input file `bytes` lie in and their offset in it; `None` when they
+/// are not a mapped file's bytes.
+pub(crate) fn with_mapped_source<R>(bytes: &[u8], f: impl FnOnce(&File, u64) -> R) -> Option<R> {
     let found = {
         let all = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
         let p = bytes.as_ptr() as usize;
@@ -56,10 +65,47 @@ pub(crate) fn copy_mapped(bytes: &[u8], out: &File, out_offset: Option<u64>) -> 
             (p >= a && p + bytes.len() <= a + m.map.len()).then(|| (p - a) as u64).map(|off| (m, off))
         })
     };
-    match found {
-        Some((m, off)) => copy_range(&m.file, off, out, out_offset, bytes.len()),
-        None => Ok(false),
+    found.map(|(m, off)| f(&m.file, off))
+}
+
+/// Share `len` bytes of `src` at `src_off` with `dst` at `dst_off` (`FICLONERANGE`: file systems with
+/// reflinks, such as btrfs and XFS, copy no data). Only tried when the offsets and the length are
+/// multiples of 4096 (clones work on whole blocks); `false` when not done (other file systems, blocks
+/// not aligned, different file systems).
+pub(crate) fn clone_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> bool {
+    if !(src_off.is_multiple_of(4096) && dst_off.is_multiple_of(4096) && len.is_multiple_of(4096)) || len == 0 {
+        return false;
     }
+    clone_blocks(src, src_off, dst, dst_off, len)
+}
+
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64")))]
+fn clone_blocks(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    /// `struct file_clone_range` of linux/fs.h.
+    #[repr(C)]
+    struct FileCloneRange {
+        src_fd: i64,
+        src_offset: u64,
+        src_length: u64,
+        dest_offset: u64,
+    }
+    /// `_IOW(0x94, 13, struct file_clone_range)` in the generic ioctl encoding of these architectures.
+    const FICLONERANGE: libc::c_ulong = 0x4020_940d;
+    let arg = FileCloneRange {
+        src_fd: i64::from(src.as_raw_fd()),
+        src_offset: src_off,
+        src_length: len,
+        dest_offset: dst_off,
+    };
+    // SAFETY: `arg` is a live, correctly laid out `file_clone_range`; both descriptors are open files
+    // owned by the callers for the call's duration. The kernel only reads `arg`.
+    unsafe { libc::ioctl(dst.as_raw_fd(), FICLONERANGE as _, &arg as *const FileCloneRange) == 0 }
+}
+
+#[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64"))))]
+fn clone_blocks(_: &File, _: u64, _: &File, _: u64, _: u64) -> bool {
+    false
 }
 
 /// `copy_file_range(2)` of `len` bytes from `src` at `src_off` to `dst` (at `dst_off`, or its current

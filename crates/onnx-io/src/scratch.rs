@@ -230,6 +230,12 @@ impl Scratch {
         Ok(())
     }
 
+    /// Write unchanged input bytes into the in-place file at `offset` (see `InPlace::write_unchanged`);
+    /// `Ok(false)` when that does not apply (the caller copies them).
+    pub(crate) fn write_unchanged(&self, offset: u64, bytes: &[u8]) -> std::io::Result<bool> {
+        self.in_place.as_ref().map_or(Ok(false), |ip| ip.write_unchanged(offset, bytes))
+    }
+
     /// Bytes spilled so far (including alignment gaps; in-place writes are not counted).
     pub fn len(&self) -> u64 {
         *self.end.lock().unwrap_or_else(|e| e.into_inner())
@@ -290,6 +296,30 @@ impl InPlace {
             }
             None => buffered(bytes, offset),
         }
+    }
+
+    /// Write `bytes`, a mapped input file's unchanged bytes, at `offset`: shared blocks where the file
+    /// system clones ranges, else for [`DIRECT_MIN`] bytes or more like [`InPlace::write`] (whole pages
+    /// around the page cache, read straight from the input's map), so the final `fsync` has no page-cache
+    /// copy of them to write back. `Ok(false)`: not such bytes, too small, or no `O_DIRECT` handle (the
+    /// caller copies them in the kernel).
+    fn write_unchanged(&self, offset: u64, bytes: &[u8]) -> std::io::Result<bool> {
+        if bytes.len() < DIRECT_MIN {
+            return Ok(false);
+        }
+        let len = bytes.len() as u64;
+        let cloned = crate::external::with_mapped_source(bytes, |src, at| {
+            crate::external::clone_range(src, at, &self.handle, offset, len)
+        });
+        match cloned {
+            None => return Ok(false),
+            Some(true) => return Ok(true),
+            Some(false) => {}
+        }
+        if self.direct.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Ok(false);
+        }
+        self.write(offset, bytes).map(|()| true)
     }
 
     /// Write whole pages `part` at the page-aligned `at` with `O_DIRECT`. `Ok(false)`: not written (no

@@ -82,6 +82,7 @@ impl<'s, W: Write> Sink<'s, W> {
     fn copy_direct(&mut self, src: &[u8]) -> std::io::Result<bool> {
         let at = self.positioned.then_some(self.pos);
         match &self.direct {
+            Some((_, Some(s))) if self.positioned && s.write_unchanged(self.pos, src)? => Ok(true),
             Some((handle, scratch)) => copy_stored(handle, src, *scratch, at),
             None => Ok(false),
         }
@@ -475,7 +476,12 @@ fn finish_in_place(s: &Scratch, data_path: &Path, plan: &ExternalPlan) -> Option
     let werr = |source| IoError::Write { path: data_path.to_path_buf(), source };
     for (offset, bytes) in &plan.chunks {
         if placed(bytes) != Some(*offset) {
-            if let Err(e) = write_bytes(f.file(), bytes, Some(s), Some(*offset)) {
+            let written = match s.write_unchanged(*offset, bytes) {
+                Ok(true) => Ok(()),
+                Ok(false) => write_bytes(f.file(), bytes, Some(s), Some(*offset)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 return Some(Err(werr(e)));
             }
         }
