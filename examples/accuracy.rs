@@ -114,13 +114,18 @@ fn main() -> Result<()> {
             let rows: Vec<(String, String)> = table.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect();
             evaluate(spec, &dir, &rows, false)?;
         } else {
+            // The bound is on the output the model is judged by (the table's held-out column).
+            let out = if spec.output.is_empty() { String::new() } else { format!(",output={}", spec.output) };
             let mut rows = Vec::new();
             for e in [0.05, 0.1, 0.2] {
-                rows.push((format!("uniform|{e}"), format!("score{{method=wanda}},mask{{max_error={e}}}")));
-                rows.push((format!("owl|{e}"), format!("score{{method=wanda}},mask{{max_error={e},allocate=owl}}")));
+                rows.push((format!("uniform|{e}"), format!("score{{method=wanda}},mask{{max_error={e}{out}}}")));
+                rows.push((
+                    format!("owl|{e}"),
+                    format!("score{{method=wanda}},mask{{max_error={e},allocate=owl{out}}}"),
+                ));
                 rows.push((
                     format!("sensitivity|{e}"),
-                    format!("score{{method=wanda}},mask{{max_error={e},allocate=sensitivity}}"),
+                    format!("score{{method=wanda}},mask{{max_error={e},allocate=sensitivity{out}}}"),
                 ));
             }
             evaluate(spec, &dir, &rows, true)?;

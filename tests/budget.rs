@@ -112,6 +112,48 @@ fn max_error_stays_within_the_bound_on_calibration_data() {
     }
 }
 
+/// `output=NAME` chooses the tensor `max_error` bounds: a graph output or any tensor the graph
+/// computes (e.g. the logits before a final Softmax, whose saturation hides damage on confident
+/// calibration inputs). On digits_mlp, the default bounds the logits' error and
+/// `output=/Relu_1_output_0` the second hidden activation's, each measured here in tract (the hidden
+/// tensor exposed as an extra graph output for the measurement only). An unknown name is refused,
+/// naming it and the graph outputs.
+#[test]
+fn max_error_bounds_the_tensor_named() {
+    let (m0, calib, cal) = setup("digits_mlp");
+    let hidden = "/Relu_1_output_0";
+    let exposed = |m: &Model| {
+        let mut m = m.clone();
+        m.graph.outputs.push(sparsify_onnx::ir::ValueInfo::tensor(hidden, 1, &[-1, 128]));
+        m
+    };
+    let err_of = |m: &Model, name: &str| {
+        let run =
+            |m: &Model| validate::run_model(ModelSource::Bytes(&to_bytes(&exposed(m)).unwrap()), &calib, &[]).unwrap();
+        let cmp = validate::compare_outputs(&run(&m0), &run(m), &Thresholds::default());
+        cmp.outputs.iter().find(|o| o.name == name).unwrap().rel_l2_err
+    };
+    let e = 0.1;
+    let mut chosen = Vec::new();
+    for (opt, bounded) in [(String::new(), "logits"), (format!(",output={hidden}"), hidden)] {
+        let mut m = m0.clone();
+        let text = format!("score{{method=wanda}},mask{{max_error={e}{opt}}}");
+        let rep = Pipeline::parse(&text).unwrap().run(&mut m, Some(&cal as &dyn Calibrator)).unwrap();
+        let err = err_of(&m, bounded);
+        println!("{text}: sparsity {:.4}, {bounded} rel L2 {err:.4}", rep.totals_weights.sparsity_after);
+        assert!(err <= e + 1e-6 && err > 0.5 * e, "{text}: {bounded} error {err}");
+        chosen.push(rep.totals_weights.sparsity_after);
+    }
+    assert_ne!(chosen[0], chosen[1], "the two tensors give different budgets");
+    let mut m = m0.clone();
+    let err = Pipeline::parse("score{method=wanda},mask{max_error=0.1,output=nope}")
+        .unwrap()
+        .run(&mut m, Some(&cal as &dyn Calibrator))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("'nope'") && err.contains("logits"), "{err}");
+}
+
 #[test]
 fn bad_budget_options_are_refused() {
     for bad in [

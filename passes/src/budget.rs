@@ -13,6 +13,11 @@
 //!   candidate's (S, error) is reported in the notes, then the chosen one is applied. Later passes
 //!   (e.g. `bias-correct`) are not part of the check.
 //! - `allocate=uniform` with `max_error`: the same bisection with every layer at S.
+//! - `output=NAME`: the tensor both measure: a graph output (default: the first float output) or any
+//!   tensor the graph computes. Name the output the model is judged by: a model whose first output is
+//!   a token-level tensor (MiniLM's `last_hidden_state`) is otherwise bounded on that, not on its
+//!   sentence embedding. Naming the logits before a final Softmax bounds damage that saturated
+//!   probabilities hide on confidently classified calibration inputs.
 //!
 //! Skipped weights and notes follow `mask`. Scores come from the `score` analysis (any method) or |w|.
 
@@ -25,7 +30,7 @@ use sparsify_ir::Model;
 use sparsify_pm::{Calibrator, Changed, OptionSpec, Options, PassCx, PassError, PipelineError};
 
 /// Options `mask` appends to its own.
-pub const BUDGET_OPTIONS: [OptionSpec; 7] = [
+pub const BUDGET_OPTIONS: [OptionSpec; 8] = [
     OptionSpec {
         name: "allocate",
         default: "uniform",
@@ -35,6 +40,11 @@ pub const BUDGET_OPTIONS: [OptionSpec; 7] = [
         name: "max_error",
         default: "",
         help: "find the largest sparsity whose validated output rel. L2 on the calibration set is <= this",
+    },
+    OptionSpec {
+        name: "output",
+        default: "",
+        help: "allocate=sensitivity / max_error: the tensor whose error is measured: a graph output (default: the first float one) or any computed tensor",
     },
     OptionSpec { name: "min_sparsity", default: "0", help: "allocate: lower bound per layer" },
     OptionSpec { name: "max_sparsity", default: "0.95", help: "allocate / max_error: upper bound per layer" },
@@ -55,6 +65,8 @@ pub enum Allocate {
 pub struct Budget {
     pub allocate: Allocate,
     pub max_error: Option<f64>,
+    /// The graph output measured (None: the first float output).
+    pub output: Option<String>,
     pub min: f64,
     pub max: f64,
     pub levels: Vec<f64>,
@@ -79,6 +91,7 @@ impl Budget {
                 }
             },
         };
+        let output = opts.take_str("output").filter(|s| !s.is_empty());
         let min = opts.take_range("min_sparsity", 0.0, 0.0, 1.0)?;
         let max = opts.take_range("max_sparsity", 0.95, 0.0, 1.0)?;
         let levels = match opts.take_str("levels") {
@@ -93,7 +106,7 @@ impl Budget {
         if allocate == Allocate::Uniform && max_error.is_none() {
             return Ok(None);
         }
-        Ok(Some(Budget { allocate, max_error, min, max, levels, owl_m, owl_lambda }))
+        Ok(Some(Budget { allocate, max_error, output, min, max, levels, owl_m, owl_lambda }))
     }
 
     pub fn options(&self) -> Vec<(&'static str, String)> {
@@ -106,6 +119,7 @@ impl Budget {
         vec![
             ("allocate", allocate.to_string()),
             ("max_error", self.max_error.map(|e| e.to_string()).unwrap_or_default()),
+            ("output", self.output.clone().unwrap_or_default()),
             ("min_sparsity", self.min.to_string()),
             ("max_sparsity", self.max.to_string()),
             ("levels", levels.join("|")),
@@ -320,7 +334,20 @@ pub fn run(
         })
         .collect();
     let n_total: usize = sizes.iter().map(|s| s.0).sum();
-    let output = default_output(g)?;
+    let output = match &b.output {
+        Some(o) if g.outputs.iter().any(|v| &v.name == o) || g.nodes().any(|(_, n)| n.outputs.contains(o)) => o.clone(),
+        Some(o) => {
+            let names: Vec<&str> = g.outputs.iter().map(|v| v.name.as_str()).collect();
+            return Err(PassError::Invalid {
+                subject: "mask".into(),
+                message: format!(
+                    "option output='{o}' is no tensor the graph computes (graph outputs: {})",
+                    names.join(", ")
+                ),
+            });
+        }
+        None => default_output(g)?,
+    };
     let curves: Option<Curves> = match b.allocate {
         Allocate::Uniform | Allocate::Owl => None,
         Allocate::Sensitivity => {

@@ -47,7 +47,7 @@
 //! | `reconstruct` | `auto` | coupled only: `auto` \| `obs` \| `lsq` \| `bias` \| `none` |
 //! | `damp` | `0.01` | coupled only: Gram dampening, fraction of the mean diagonal |
 //! | `schedule` | `oneshot` | `oneshot` (needs `steps=1`) \| `linear` \| `cubic` |
-//! | `allocate`, `max_error`, `min_sparsity`, `max_sparsity`, `levels` | see [`crate::budget`] | sparsity budgets (sensitivity allocation, error bound) |
+//! | `allocate`, `max_error`, `output`, `min_sparsity`, `max_sparsity`, `levels` | see [`crate::budget`] | sparsity budgets (sensitivity allocation, error bound; `output` names the graph output measured) |
 //! | `ops`, `names`, `exclude`, `embeddings` | see [`crate::scope`] | which weights are masked |
 
 use crate::budget::{Budget, BUDGET_OPTIONS};
