@@ -145,16 +145,20 @@ pub fn band_of<T: Sync, K: Copy + Ord + Default + Into<u64> + Send + Sync>(
         .par_chunks(PAR)
         .map(|chunk| {
             let (mut below, mut above, mut mid) = (0usize, 0usize, Vec::new());
-            let mut buf = [K::default(); BLOCK];
+            let (mut keys, mut buf) = ([K::default(); BLOCK], [K::default(); BLOCK]);
             for blk in chunk.chunks(BLOCK) {
+                // Keys and counts first (a loop the compiler vectorises), then the gather alone.
+                let keys = &mut keys[..blk.len()];
                 let (mut lt, mut gt, mut len) = (0u32, 0u32, 0usize);
-                for it in blk {
+                for (k, it) in keys.iter_mut().zip(blk) {
                     let x = key(it);
-                    let (l, g) = (x < lo, x > hi);
-                    lt += u32::from(l);
-                    gt += u32::from(g);
+                    *k = x;
+                    lt += u32::from(x < lo);
+                    gt += u32::from(x > hi);
+                }
+                for &x in keys.iter() {
                     buf[len] = x;
-                    len += usize::from(!(l | g));
+                    len += usize::from(!((x < lo) | (x > hi)));
                 }
                 below += lt as usize;
                 above += gt as usize;

@@ -510,10 +510,16 @@ fn first_where(b: &[u8], w: usize, bad: impl Fn(&[u8]) -> bool + Sync) -> Option
 
 /// Zeros (either sign) among the `w`-byte little-endian floats in `b`.
 fn float_zeros(w: usize, b: &[u8]) -> usize {
+    // Fixed-size words read in place (any alignment) and 32-bit counters per block of 1024: a loop the
+    // compiler vectorises.
+    fn count<const N: usize>(b: &[u8], zero: impl Fn(&[u8; N]) -> bool) -> usize {
+        let (words, _) = b.as_chunks::<N>();
+        words.chunks(1024).map(|blk| blk.iter().map(|x| u32::from(zero(x))).sum::<u32>() as usize).sum()
+    }
     match w {
-        8 => b.chunks_exact(8).filter(|c| u64::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
-        4 => b.chunks_exact(4).filter(|c| u32::from_le_bytes((*c).try_into().unwrap()) << 1 == 0).count(),
-        _ => b.chunks_exact(2).filter(|c| u16::from_le_bytes([c[0], c[1]]) << 1 == 0).count(),
+        8 => count::<8>(b, |x| u64::from_le_bytes(*x) << 1 == 0),
+        4 => count::<4>(b, |x| u32::from_le_bytes(*x) << 1 == 0),
+        _ => count::<2>(b, |x| u16::from_le_bytes(*x) << 1 == 0),
     }
 }
 
@@ -662,6 +668,24 @@ mod tests {
         t.dtype = DType::F16;
         t.dims = vec![8];
         assert_eq!(t.zero_count(), 5);
+    }
+
+    /// Zeros (either sign) are counted from words at any address, in every float width; tiny
+    /// non-zero values are not zeros.
+    #[test]
+    fn float_zeros_reads_words_at_any_address() {
+        let vals = [0.0f64, -0.0, 1.0, 2.0, 0.0, f64::MIN_POSITIVE, -3.0];
+        for pad in 0..3 {
+            let mut b64 = vec![7u8; pad];
+            b64.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
+            assert_eq!(float_zeros(8, &b64[pad..]), 3);
+            let mut b32 = vec![7u8; pad];
+            b32.extend(vals.iter().flat_map(|v| (*v as f32).to_le_bytes()));
+            assert_eq!(float_zeros(4, &b32[pad..]), 4, "MIN_POSITIVE f64 is 0 as f32");
+            let mut b16 = vec![7u8; pad];
+            b16.extend([0x0000u16, 0x8000, 0x3c00, 0x0001, 0x8001].iter().flat_map(|v| v.to_le_bytes()));
+            assert_eq!(float_zeros(2, &b16[pad..]), 2);
+        }
     }
 
     #[test]
