@@ -278,6 +278,31 @@ fn unchanged_mapped_weights_are_written_in_place() {
     }
 }
 
+/// Weights rewritten twice (two masks): the second version spills, and the first version's map is
+/// dropped, so a later map may land at its address. The save must find every tensor's bytes where
+/// they are now, never through a dropped map's record: the bytes equal an in-memory run.
+#[test]
+fn weights_rewritten_twice_save_the_same_bytes() {
+    let ws: Vec<(String, [i64; 2], f32)> =
+        (0..6).map(|i| (format!("w{i}"), [512, 512], 0.3 + 0.1 * i as f32)).collect();
+    let ws: Vec<(&str, [i64; 2], f32)> = ws.iter().map(|(n, d, s)| (n.as_str(), *d, *s)).collect();
+    let original = matmul_chain(None, &ws);
+    let dir = tempfile::tempdir().unwrap();
+    for text in [
+        "score{method=l1},mask{sparsity=0.3},mask{sparsity=0.5}",
+        "score{method=l1},mask{sparsity=0.5},nm-legalize{n=2,m=4}",
+    ] {
+        for ext in [false, true] {
+            let (want, scratch, spilled) = in_memory_and_in_place_as(dir.path(), &original, text, ext);
+            assert!(scratch.len() > 0, "{text}: second versions spilled");
+            assert!(
+                saved(dir.path(), "spill", &spilled, Some(&scratch), ext) == want,
+                "{text} (ext {ext}): saved bytes differ"
+            );
+        }
+    }
+}
+
 /// Run `text` on `original` in memory and with an in-place scratch for an external-data output in
 /// `dir`: (the in-memory run's saved bytes, the scratch, the scratch run's model, not yet saved).
 fn in_memory_and_in_place(dir: &Path, original: &Model, text: &str) -> (Vec<u8>, Scratch, Model) {

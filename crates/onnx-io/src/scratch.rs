@@ -64,14 +64,32 @@ pub struct Scratch {
     path: PathBuf,
     end: Mutex<u64>,
     in_place: Option<InPlace>,
-    /// (address of the mapped view, length, location) of every stored region, for [`Scratch::locate`].
-    regions: Mutex<Vec<(usize, usize, Loc)>>,
+    /// Every live mapped view this scratch returned, for [`Scratch::locate`].
+    regions: Regions,
+    /// Bytes written in place so far.
+    in_place_written: std::sync::atomic::AtomicU64,
 }
 
-struct MapOwner(memmap2::Mmap);
+/// Address of a mapped view → (length, location). A view leaves when its last `Bytes` is dropped, so
+/// a later map placed at a freed address is never mistaken for the bytes that were there.
+type Regions = std::sync::Arc<Mutex<BTreeMap<usize, (usize, Loc)>>>;
+
+struct MapOwner {
+    map: memmap2::Mmap,
+    regions: Regions,
+}
 impl AsRef<[u8]> for MapOwner {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.map
+    }
+}
+impl Drop for MapOwner {
+    fn drop(&mut self) {
+        let addr = self.map.as_ptr() as usize;
+        let mut regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        if regions.get(&addr).is_some_and(|r| r.0 == self.map.len()) {
+            regions.remove(&addr);
+        }
     }
 }
 
@@ -85,7 +103,14 @@ impl Scratch {
         let werr = |source| IoError::Write { path: path.clone(), source };
         let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(werr)?;
         std::fs::remove_file(&path).map_err(werr)?;
-        Ok(Scratch { file, path, end: Mutex::new(0), in_place: None, regions: Mutex::new(Vec::new()) })
+        Ok(Scratch {
+            file,
+            path,
+            end: Mutex::new(0),
+            in_place: None,
+            regions: Default::default(),
+            in_place_written: Default::default(),
+        })
     }
 
     /// A scratch for a model that will be saved to `out` with `opts`: the file that save writes tensor
@@ -158,6 +183,7 @@ impl Scratch {
             };
             if let Some(offset) = slot {
                 ip.write(offset, bytes).map_err(|source| IoError::Write { path: ip.dest.clone(), source })?;
+                self.in_place_written.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 return self.map(&ip.handle, &ip.dest, offset, bytes.len(), Loc::InPlace(offset));
             }
         }
@@ -181,8 +207,8 @@ impl Scratch {
         // that hold no stored bytes. The spill file is private (unlinked); the in-place file is a fresh
         // temporary file that only this scratch writes until it is renamed.
         let map = unsafe { MmapOptions::new().offset(offset).len(len).map(file) }.map_err(werr)?;
-        self.regions.lock().unwrap_or_else(|e| e.into_inner()).push((map.as_ptr() as usize, map.len(), loc));
-        Ok(Bytes::from_owner(MapOwner(map)))
+        self.regions.lock().unwrap_or_else(|e| e.into_inner()).insert(map.as_ptr() as usize, (map.len(), loc));
+        Ok(Bytes::from_owner(MapOwner { map, regions: self.regions.clone() }))
     }
 
     /// Where `bytes` are stored when they are (part of) a view this scratch returned.
@@ -193,7 +219,8 @@ impl Scratch {
     /// [`Scratch::locate`] for the `n` bytes at address `p`.
     pub(crate) fn locate_range(&self, p: usize, n: usize) -> Option<Loc> {
         let regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
-        regions.iter().find(|(a, len, _)| p >= *a && p + n <= a + len).map(|&(a, _, loc)| match loc {
+        let (&a, &(len, loc)) = regions.range(..=p).next_back()?;
+        (p + n <= a + len).then_some(match loc {
             Loc::InPlace(o) => Loc::InPlace(o + (p - a) as u64),
             Loc::Spill(o) => Loc::Spill(o + (p - a) as u64),
         })
@@ -243,8 +270,7 @@ impl Scratch {
 
     /// Bytes written in place so far.
     pub fn in_place_len(&self) -> u64 {
-        let regions = self.regions.lock().unwrap_or_else(|e| e.into_inner());
-        regions.iter().filter(|r| matches!(r.2, Loc::InPlace(_))).map(|r| r.1 as u64).sum()
+        self.in_place_written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Of [`Scratch::in_place_len`], the bytes written around the page cache (`O_DIRECT`).
