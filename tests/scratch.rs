@@ -294,7 +294,7 @@ fn weights_rewritten_twice_save_the_same_bytes() {
     ] {
         for ext in [false, true] {
             let (want, scratch, spilled) = in_memory_and_in_place_as(dir.path(), &original, text, ext);
-            assert!(scratch.len() > 0, "{text}: second versions spilled");
+            assert_ne!(scratch.len(), 0, "{text}: second versions spilled");
             assert!(
                 saved(dir.path(), "spill", &spilled, Some(&scratch), ext) == want,
                 "{text} (ext {ext}): saved bytes differ"
