@@ -113,22 +113,26 @@ fn scratch_runs_save_the_same_bytes_as_in_memory_runs() {
     }
 }
 
+/// Inline (the planned `.onnx`) and external data (the planned data file): dropped unsaved, the
+/// scratch removes its temporary file.
 #[test]
 fn an_unsaved_in_place_scratch_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let original = load(&common::bundled("char_lm").join("model.onnx")).unwrap();
-    let out = dir.path().join("out.onnx");
-    let scratch = Scratch::for_output(&original, &out, &opts(true)).unwrap();
-    let mut m = original.clone();
-    Pipeline::parse("score{method=l1},mask{sparsity=0.5}")
-        .unwrap()
-        .run_with(&mut m, None, None, Some(&scratch))
-        .unwrap();
-    assert!(scratch.in_place_len() > 0);
-    drop(m);
-    drop(scratch);
-    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    for ext in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let original = load(&common::bundled("char_lm").join("model.onnx")).unwrap();
+        let out = dir.path().join("out.onnx");
+        let scratch = Scratch::for_output(&original, &out, &opts(ext)).unwrap();
+        let mut m = original.clone();
+        Pipeline::parse("score{method=l1},mask{sparsity=0.5}")
+            .unwrap()
+            .run_with(&mut m, None, None, Some(&scratch))
+            .unwrap();
+        assert!(scratch.in_place_len() > 0, "ext {ext}");
+        drop(m);
+        drop(scratch);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "ext {ext}: left behind: {left:?}");
+    }
 }
 
 /// A pass that fails after earlier weights were handed to the background store: the error names the
@@ -146,13 +150,16 @@ fn a_pass_failing_after_stores_started_leaves_nothing_behind() {
         let mut b = t.bytes().to_vec();
         b[..4].copy_from_slice(&f32::NAN.to_le_bytes());
         t.set_bytes(bytes::Bytes::from(b)).unwrap();
-        let scratch = Scratch::for_output(&m, &dir.path().join("out.onnx"), &opts(true)).unwrap();
-        let err = Pipeline::parse(pipeline).unwrap().run_with(&mut m, None, None, Some(&scratch)).unwrap_err();
-        assert!(err.to_string().contains(last.name()), "{pipeline}: {err}");
-        assert_eq!(scratch.in_place_len() > 0, stores_first, "{pipeline}: weights stored before the failure");
-        drop(scratch);
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert!(left.is_empty(), "{pipeline}: left behind: {left:?}");
+        for ext in [false, true] {
+            let mut m = m.clone();
+            let scratch = Scratch::for_output(&m, &dir.path().join("out.onnx"), &opts(ext)).unwrap();
+            let err = Pipeline::parse(pipeline).unwrap().run_with(&mut m, None, None, Some(&scratch)).unwrap_err();
+            assert!(err.to_string().contains(last.name()), "{pipeline}: {err}");
+            assert_eq!(scratch.in_place_len() > 0, stores_first, "{pipeline} (ext {ext}): stored before the failure");
+            drop(scratch);
+            let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(left.is_empty(), "{pipeline} (ext {ext}): left behind: {left:?}");
+        }
     }
 }
 
