@@ -7,7 +7,7 @@
 //! cargo run --release --example accuracy -- budget    # mask{max_error=E}, uniform vs allocate=sensitivity
 //! cargo run --release --example accuracy -- budget char_lm   # one model
 //! cargo run --release --example accuracy -- quality   # issue 15: real-token statistics, refine, recipes
-//! cargo run --release --example accuracy -- sweep ppocr_cls_mobile_v2   # uniform vs allocate=sensitivity,
+//! cargo run --release --example accuracy -- sweep ppocr_cls_mobile_v2   # uniform (row, layer) vs allocate=sensitivity,
 //!                                                   # sparsity 0.05..0.90: error on the sample
 //! ```
 //!
@@ -99,6 +99,11 @@ fn main() -> Result<()> {
             for i in 1..=18 {
                 let s = f64::from(i) * 0.05;
                 rows.push((format!("uniform {s:.2}"), format!("score{{method=wanda}},mask{{sparsity={s:.2}}}")));
+                // The comparison group the allocation uses (scope=auto is per row for Wanda scores).
+                rows.push((
+                    format!("uniform layer {s:.2}"),
+                    format!("score{{method=wanda}},mask{{sparsity={s:.2},scope=layer}}"),
+                ));
                 rows.push((
                     format!("sensitivity {s:.2}"),
                     format!("score{{method=wanda}},mask{{sparsity={s:.2},allocate=sensitivity}}"),
