@@ -415,6 +415,13 @@ impl Tensor {
         if keep.len() != self.numel()? {
             return Err(self.invalid(format!("mask has {} entries", keep.len())));
         }
+        if self.dtype == DType::F32 {
+            // The flags are read in step with the words (no indexed lookup per element).
+            return self.rewrite_f32(
+                |i, _| !keep[i],
+                |base, om, sm| zero_words_with(om, sm, keep[base..base + sm.len()].iter(), |_, &k| !k),
+            );
+        }
         self.zero_by(|i| !keep[i])
     }
 
@@ -468,13 +475,24 @@ fn zero_chunk<const W: usize>(
 /// element, in order). Returns (pruned elements that were not ±0, zeros in the output).
 #[inline(always)]
 fn zero_words_where(o: &mut [MaybeUninit<u32>], s: &[u32], mut prune: impl FnMut(u32) -> bool) -> (usize, usize) {
+    zero_words_with(o, s, std::iter::repeat(()), |w, ()| prune(w))
+}
+
+/// [`zero_words_where`] with a value from `extra` beside each word (e.g. its keep flag), read in step
+/// rather than by index, so the loop has no bounds checks and vectorises.
+fn zero_words_with<X>(
+    o: &mut [MaybeUninit<u32>],
+    s: &[u32],
+    mut extra: impl Iterator<Item = X>,
+    mut prune: impl FnMut(u32, X) -> bool,
+) -> (usize, usize) {
     let (mut n, mut zeros) = (0usize, 0usize);
     // 32-bit counters per block keep the loop in 32-bit lanes.
     for (ob, sb) in o.chunks_mut(1 << 12).zip(s.chunks(1 << 12)) {
         let (mut bn, mut bz) = (0u32, 0u32);
-        for (ow, &w) in ob.iter_mut().zip(sb) {
+        for ((ow, &w), x) in ob.iter_mut().zip(sb).zip(&mut extra) {
             let w = u32::from_le(w);
-            let p = prune(w);
+            let p = prune(w, x);
             let nonzero = w << 1 != 0;
             bn += u32::from(p & nonzero);
             bz += u32::from(p | !nonzero);
