@@ -3,7 +3,7 @@
 //!
 //! A stage is a run of consecutive nodes (topological order, only the ancestors of the requested
 //! tensors) whose weights add up to at most the stage budget (a node with a larger weight is a stage of
-//! its own). Each stage is a slice of the graph ([`crate::graph_slice`]): it reads the float tensors the
+//! its own). Each stage is a slice of the graph (`crate::graph_slice`): it reads the float tensors the
 //! earlier stages produced (kept per calibration batch until their last reader has run) and recomputes
 //! the integer / boolean producers it needs. The requested tensors are visited as the stage producing
 //! them runs, batch by batch, and reported done when that stage has run every batch (so a caller can

@@ -12,7 +12,7 @@
 //!   recomputed inside the suffix (their producers are pulled in) so that tract still sees constant
 //!   shapes, and so are `Constant` nodes.
 //!
-//! Fallbacks, each giving the same values: when the kept frontier would exceed [`KEEP_BUDGET`] bytes, or
+//! Fallbacks, each giving the same values: when the kept frontier would exceed `KEEP_BUDGET` bytes, or
 //! the graph has subgraphs, or tract cannot plan a suffix, the group runs the whole model with the
 //! replaced initializers as inputs; when that fails too (or a replaced tensor is not f32), each variant
 //! runs on its own copy of the model. Groups run on the machine's cores (tract runs one thread each).

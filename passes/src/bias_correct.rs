@@ -1,25 +1,25 @@
 //! `bias-correct`: after pruning, restore each pruned op's expected output with its bias:
-//! b ← b + E[x]·(W_dense − W_pruned) per output channel, E[x] the calibration mean of the op's input.
+//! b ← b + E\[x\]·(W_dense − W_pruned) per output channel, E\[x\] the calibration mean of the op's input.
 //!
 //! - **Dense reference.** The pass declares [`Pass::needs_dense_snapshot`], so the pass manager records
 //!   the model as it entered the pipeline ([`DenseSnapshot`]: tensors share bytes, nothing is copied until
 //!   a pass writes). W_dense is the snapshot's weight, W_pruned the current one, so it works after any
 //!   pruning pass — `mask` (every scorer and granularity), `nm-legalize`, `block-sparsify`, `sparsegpt`
-//!   (where kept weights moved too) — and after several of them. E[x] is measured on the dense snapshot
+//!   (where kept weights moved too) — and after several of them. E\[x\] is measured on the dense snapshot
 //!   (one calibration sweep for every corrected op). A channel permutation or a pass that changes shapes
 //!   or topology between the snapshot and this pass drops the snapshot, and the pass then fails with a
 //!   clear message (put `permute-channels` in an earlier pipeline).
 //! - **Means** (`calib_stats`): MatMul / Gemm inputs per feature over every other axis (3-D activations:
 //!   batch × sequence); Gemm `transA=1` reads features on axis 0. Conv: the mean im2col patch per group
-//!   (strides, dilations, groups honoured), so Δb_o = Σ_{c,k} E[patch]_{c,k}·ΔW[o,c,k]. For an unpadded
+//!   (strides, dilations, groups honoured), so Δb_o = Σ_{c,k} E\[patch\]_{c,k}·ΔW\[o,c,k\]. For an unpadded
 //!   Conv this restores the mean output over positions exactly; with padding the zero-padded border
 //!   patches are part of the mean, so the bias restores the output mean over all positions (the border
 //!   positions individually see a slightly different shift: a documented approximation).
-//! - **Modes.** `mode=dense`: Δb = E_dense[x]·(W_dense − W_pruned), one sweep on the dense model (each
+//! - **Modes.** `mode=dense`: Δb = E_dense\[x\]·(W_dense − W_pruned), one sweep on the dense model (each
 //!   op corrected for its own pruning only). `mode=sequential` (default; measured on digits_cnn after Wanda
 //!   50%: rel L2 0.308 -> 0.204 sequential vs 0.226 dense, see `docs/results.md`): ops are corrected in stages (an op's input depends only on ops of earlier
-//!   stages, `calib_stats::stages`); for each stage the input means E_now[x] are measured on the model
-//!   with the earlier stages already pruned *and corrected*, and Δb = E_dense[x]·W_dense − E_now[x]·W_pruned
+//!   stages, `calib_stats::stages`); for each stage the input means E_now\[x\] are measured on the model
+//!   with the earlier stages already pruned *and corrected*, and Δb = E_dense\[x\]·W_dense − E_now\[x\]·W_pruned
 //!   restores the op's expected output to the dense one (also undoing the mean shift that reaches it from
 //!   upstream). One sweep for the dense means plus one per stage.
 //! - **Verification** (`verify=true`, the default). Restoring a mean is not always what lowers the error
@@ -50,7 +50,7 @@
 //!   `DequantizeLinear` that alone reads its output, in float (the following Add's constant or a new Add);
 //!   otherwise skipped with a note naming the node.
 //! - **ConvTranspose** (`mode=sequential`): the output-side mean depends on how pads and output padding
-//!   crop the output, so the shift is measured on the outputs themselves, Δb = E_dense[y] − E_now[y] per
+//!   crop the output, so the shift is measured on the outputs themselves, Δb = E_dense\[y\] − E_now\[y\] per
 //!   output channel (exact in the mean over output positions; `tests/bias_correct.rs`). `mode=dense`
 //!   skips it with a note.
 //! - **Skipped with a note:** weights read as the activation-side input, non-2-D MatMul weights, weights reached through `Cast` (the activation dtype is not the

@@ -13,7 +13,7 @@
 //!   [`channel_pair_sums`] (the paired dense/current output sums of `ls-correct`; Gram matrices live in
 //!   `sgpt_gram`, squared norms in the facade).
 //! - [`output_shift`]: the expected change of each output channel of an op when its weight goes from
-//!   `before` to `after`, E[x]·(W_before − W_after), from those means.
+//!   `before` to `after`, E\[x\]·(W_before − W_after), from those means.
 //!
 //! Used by `bias-correct` and `ls-correct`; issues 12/15 build on the same requests (means, Grams).
 
@@ -273,7 +273,7 @@ impl InputMean {
     }
 }
 
-/// E[x]·(W_before − W_after) per output channel of the op (`out_axis` / `red_axis` in the weight's own
+/// E\[x\]·(W_before − W_after) per output channel of the op (`out_axis` / `red_axis` in the weight's own
 /// layout, values in C order). MatMul / Gemm weights must be 2-D; Conv weights `[M, C/g, k...]`.
 pub fn output_shift(
     shape: &[usize],
@@ -290,7 +290,7 @@ pub fn output_shift(
     expected_output(shape, out_axis, red_axis, &diff, mean)
 }
 
-/// E_before[x]·W_before − E_after[x]·W_after per output channel: the change of the op's expected
+/// E_before\[x\]·W_before − E_after\[x\]·W_after per output channel: the change of the op's expected
 /// pre-bias output between two models whose inputs have different means (sequential correction).
 pub fn output_shift_between(
     shape: &[usize],
@@ -303,7 +303,7 @@ pub fn output_shift_between(
     Ok(a.iter().zip(&b).map(|(x, y)| x - y).collect())
 }
 
-/// E[x]·W per output channel (pre-bias expected output) of a weight `w` in its own layout.
+/// E\[x\]·W per output channel (pre-bias expected output) of a weight `w` in its own layout.
 pub fn expected_output(
     shape: &[usize],
     out_axis: usize,

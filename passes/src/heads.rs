@@ -1,7 +1,7 @@
 //! `prune-heads`: remove whole attention heads, chosen on calibration data, with an optimal-brain-surgeon
 //! repair of the output projection (issue 12 item 3).
 //!
-//! - **Pattern** ([`pattern`]): multi-head attention exported as projections → Reshape[.., H, dh] →
+//! - **Pattern** (`pattern`): multi-head attention exported as projections → Reshape[.., H, dh] →
 //!   Transpose → QKᵀ → (scale, mask) → Softmax → ·V → Transpose → Reshape[.., H·dh] → MatMul O. Separate
 //!   query/key/value projections (BERT exports) and one fused qkv projection + 3-way `Split` (GPT-style
 //!   exports) are recognised; shape constants may be whole (`[0, 0, H, dh]`, possibly shared by every

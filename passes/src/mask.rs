@@ -18,7 +18,7 @@
 //!   consumer's input Gram), `flap` (FLAP's fluctuation Var(X_j)·‖W_j‖²), `obs` (greedy structured OBS: least increase of the consumers' output error
 //!   after their refit). `reconstruct` repairs the consumers that lose inputs, from their calibration
 //!   Grams: `obs` (refit of the kept input rows and of the bias), `lsq` (kept rows only), `bias`
-//!   (bias compensation Σ E[x_j]·W_j), `none`. `auto` (default for both) is `obs` with calibration data
+//!   (bias compensation Σ E\[x_j\]·W_j), `none`. `auto` (default for both) is `obs` with calibration data
 //!   and `norm` / `none` without, so pipelines without `--calib` behave as before. `scope=global` spends
 //!   one budget, floor(S·N) of the N removable channels of every group, across layers by ΔE divided by
 //!   the consumer's output energy (needs `obs`, `wanda` or `flap`); otherwise floor(S·n) of each group's n

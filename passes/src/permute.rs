@@ -293,7 +293,7 @@ fn apply(model: &mut Model, cx: &mut PassCx<'_>, region: &Region, perm: &[usize]
     Ok(())
 }
 
-/// Reorder `data` (shape `shape`, `elem` bytes an element) along `axis`: position j takes index perm[j].
+/// Reorder `data` (shape `shape`, `elem` bytes an element) along `axis`: position j takes index perm\[j\].
 pub fn permute_bytes(data: &[u8], shape: &[usize], elem: usize, axis: usize, perm: &[usize]) -> Vec<u8> {
     let v = AxisView::new(shape, axis);
     let block = v.inner * elem;

@@ -2,8 +2,8 @@
 //! each output row, swap a pruned weight back in for a kept one when the swap moves the row's expected
 //! output error toward zero without crossing it, and costs little in Wanda score.
 //!
-//! - **Row error.** For output channel i, e = Σ_{j pruned} E[xⱼ]·Wᵢⱼ (dense W): the expected change of
-//!   the op's output caused by pruning. Regrowing j removes E[xⱼ]Wᵢⱼ from e, pruning k adds E[xₖ]Wᵢₖ.
+//! - **Row error.** For output channel i, e = Σ_{j pruned} E\[xⱼ\]·Wᵢⱼ (dense W): the expected change of
+//!   the op's output caused by pruning. Regrowing j removes E\[xⱼ\]Wᵢⱼ from e, pruning k adds E\[xₖ\]Wᵢₖ.
 //! - **A swap** (regrow j, prune k) is taken only when the new error e′ keeps the sign of e and
 //!   |e′| < |e| (the sign test; without it the reference default made char_lm 42% worse, issue 15), and
 //!   its Wanda cost sₖ − sⱼ (s = |W|·‖x‖) is at most `threshold` × the mean Wanda score of the row's kept
@@ -14,7 +14,7 @@
 //! - **N:M.** When a weight's mask is N:M along its reduction axis (every complete group of M, for M in
 //!   4, 8, 16, keeps the same N < M; the smallest such M is used), j and k are taken from the same group,
 //!   so the pattern stays legal.
-//! - **Statistics.** E[x] and ‖x‖ per input feature of each op, one calibration sweep on the dense model
+//! - **Statistics.** E\[x\] and ‖x‖ per input feature of each op, one calibration sweep on the dense model
 //!   (the dense snapshot: the pass declares [`Pass::needs_dense_snapshot`]; regrown weights take their
 //!   dense values). Padding is skipped when a token mask is in force (the calibrator's rule).
 //! - **Scope.** 2-D MatMul / Gemm weights read by one op. Skipped with a note: Conv (features are

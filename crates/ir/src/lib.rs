@@ -6,7 +6,7 @@
 //! - [`Tensor`] holds weights as little-endian bytes in their original dtype (possibly a mapped file) and
 //!   converts to and from `ndarray` for computation.
 //! - [`weights`] finds the prunable weights and their output / reduction axes.
-//! - [`print`] writes the deterministic text dump used by snapshot tests; [`verify`] checks invariants.
+//! - [`print`](mod@print) writes the deterministic text dump used by snapshot tests; [`verify`] checks invariants.
 
 pub mod dtype;
 pub mod graph;

@@ -9,9 +9,9 @@
 //!
 //! Selection (`criterion`):
 //! - `obs`: greedy, each step the channel with the least ΔE = Σ_consumers tr(W_Bᵀ (H⁻¹_BB)⁻¹ W_B), the
-//!   consumers refit ([`super::obs_removal::RowRemoval`]) and H⁻¹ downdated after each removal, so later
+//!   consumers refit ([`crate::obs_removal::RowRemoval`]) and H⁻¹ downdated after each removal, so later
 //!   choices see the repaired layers (ZipLM-style structured OBS).
-//! - `wanda`: Σ_consumers sqrt(Σ_{r∈B} H_rr ‖W_r‖²), i.e. ‖X_j‖·‖W[j,:]‖ for a MatMul row.
+//! - `wanda`: Σ_consumers sqrt(Σ_{r∈B} H_rr ‖W_r‖²), i.e. ‖X_j‖·‖W\[j,:\]‖ for a MatMul row.
 //! - `flap`: FLAP's fluctuation Σ_consumers Σ_{r∈B} Var(x_r)·‖W_r‖² (what bias compensation cannot
 //!   restore; pairs with `reconstruct=bias`).
 //! - `norm`: today's weight-norm group score.
@@ -28,7 +28,7 @@
 //!   greedy's own; otherwise the chosen channels are removed in their selection order (for a fixed set
 //!   the result is the least-squares refit, whatever the order).
 //! - `lsq`: the same refit of the kept rows without the bias row (the plain least-squares refit).
-//! - `bias`: FLAP bias compensation only: the consumer's bias gains Σ_removed E[x_B]·W_B.
+//! - `bias`: FLAP bias compensation only: the consumer's bias gains Σ_removed E\[x_B\]·W_B.
 //! - `none`: only the producer rows are zeroed (today's behaviour).
 //!
 //! Except with `none`, the removed rows of every consumer are set to zero, so a removed channel

@@ -16,7 +16,7 @@
 //! outputs, shared weights, normalizations across the channel axis and `Shape` reads it cannot follow.
 //! Alongside, it propagates per-channel constants (a zero producer row outputs its bias; BatchNorm and
 //! activations map that constant), which [`crate::dead_channel_elim`] uses to decide what is dead.
-//! Constants on quantized tensors are their integer values; a consumer's [`Sink::zero`] is the value that
+//! Constants on quantized tensors are their integer values; a consumer's `Sink::zero` is the value that
 //! contributes nothing (its input zero point).
 //!
 //! [`channel_groups`] exposes the result for group-aware channel scoring.
