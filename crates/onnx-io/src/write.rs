@@ -438,8 +438,7 @@ pub(crate) fn layout_of(proto: &pb::ModelProto) -> Option<(u64, Vec<Placed>)> {
 fn finish_inline_in_place(s: &Scratch, path: &Path, proto: &pb::ModelProto) -> Option<Result<AtomicFile, IoError>> {
     let ip = s.in_place_for(path)?;
     let (end, slices) = layout_of(proto)?;
-    let moved =
-        |&(addr, len, at): &(usize, usize, u64)| matches!(s.locate_range(addr, len), Some(Loc::InPlace(o)) if o != at);
+    let moved = |&(addr, len, at): &Placed| matches!(s.locate_range(addr, len), Some(Loc::InPlace(o)) if o != at);
     if slices.iter().any(moved) {
         return None;
     }
