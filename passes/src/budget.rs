@@ -65,7 +65,7 @@ pub enum Allocate {
 pub struct Budget {
     pub allocate: Allocate,
     pub max_error: Option<f64>,
-    /// The graph output measured (None: the first float output).
+    /// The tensor measured: a graph output or any computed tensor (None: the first float output).
     pub output: Option<String>,
     pub min: f64,
     pub max: f64,

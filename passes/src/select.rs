@@ -147,7 +147,7 @@ pub fn band_of<T: Sync, K: Copy + Ord + Default + Into<u64> + Send + Sync>(
             let (mut below, mut above, mut mid) = (0usize, 0usize, Vec::new());
             let (mut keys, mut buf) = ([K::default(); BLOCK], [K::default(); BLOCK]);
             for blk in chunk.chunks(BLOCK) {
-                // Keys and counts first (a loop the compiler vectorises), then the gather alone.
+                // Keys and counts first (no data-dependent store in that loop), then the gather alone.
                 let keys = &mut keys[..blk.len()];
                 let (mut lt, mut gt, mut len) = (0u32, 0u32, 0usize);
                 for (k, it) in keys.iter_mut().zip(blk) {

@@ -185,7 +185,7 @@ fn zero_words_where(o: &mut [MaybeUninit<u32>], s: &[u32], mut prune: impl FnMut
 }
 
 /// [`zero_words_where`] with a value from `extra` beside each word (e.g. its keep flag), read in step
-/// rather than by index, so the loop has no bounds checks and vectorises.
+/// rather than by index (no bounds check per element).
 fn zero_words_with<X>(
     o: &mut [MaybeUninit<u32>],
     s: &[u32],
