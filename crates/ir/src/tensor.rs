@@ -51,6 +51,9 @@ pub struct Tensor {
     /// Zero elements of a float tensor, counted once (with the dtype they were counted for): reports
     /// read a rewritten weight's sparsity without reading its bytes back from where they were stored.
     zeros: OnceLock<(DType, usize)>,
+    /// Whether every element is finite, once known (with the dtype it was checked for): the zero count
+    /// learns it in the same read, so the finiteness check of a scored weight costs nothing after it.
+    finite: OnceLock<(DType, bool)>,
 }
 
 impl Tensor {
@@ -66,6 +69,7 @@ impl Tensor {
             modified: false,
             opaque: Vec::new(),
             zeros: OnceLock::new(),
+            finite: OnceLock::new(),
         };
         t.check_len()?;
         Ok(t)
@@ -146,6 +150,7 @@ impl Tensor {
         }
         self.modified = true;
         self.zeros = OnceLock::new();
+        self.finite = OnceLock::new();
         Ok(())
     }
 
@@ -185,6 +190,9 @@ impl Tensor {
 
     /// Error naming the tensor if any value is NaN or infinite. Reads the bytes in place (no copy).
     pub fn check_finite(&self) -> Result<(), TensorError> {
+        if self.finite.get() == Some(&(self.dtype, true)) {
+            return Ok(());
+        }
         // Exponent bits all set = Inf or NaN, tested on the raw bits of each dtype.
         let b = &self.data[..];
         let first = match self.dtype {
@@ -203,6 +211,7 @@ impl Tensor {
                 vals.iter().enumerate().find(|(_, v)| !v.is_finite()).map(|(i, v)| (i, *v))
             }
         };
+        let _ = self.finite.set((self.dtype, bad.is_none()));
         match bad {
             Some((index, value)) => Err(TensorError::NonFinite { name: self.name.clone(), index, value }),
             None => Ok(()),
@@ -257,19 +266,21 @@ impl Tensor {
     pub fn zero_count(&self) -> usize {
         use rayon::prelude::*;
         let b = &self.data[..];
-        let Some(w) = self.dtype.size().filter(|_| self.dtype.is_prunable_float()) else {
+        if !self.dtype.is_prunable_float() {
             return self.zero_flags().iter().filter(|z| **z).count();
-        };
+        }
         if let Some(&(_, z)) = self.zeros.get().filter(|(d, _)| *d == self.dtype) {
             return z;
         }
-        // Large float tensors: chunks in parallel (the chunk length is a multiple of every size).
-        let z = if b.len() >= 2 * PAR_BYTES {
-            b.par_chunks(PAR_BYTES).map(|c| float_zeros(w, c)).sum()
+        // Large float tensors: chunks in parallel (the chunk length is a multiple of every size). The
+        // same read counts the non-finite elements.
+        let (z, bad) = if b.len() >= 2 * PAR_BYTES {
+            b.par_chunks(PAR_BYTES).map(|c| float_scan(self.dtype, c)).reduce(|| (0, 0), |a, c| (a.0 + c.0, a.1 + c.1))
         } else {
-            float_zeros(w, b)
+            float_scan(self.dtype, b)
         };
         let _ = self.zeros.set((self.dtype, z));
+        let _ = self.finite.set((self.dtype, bad == 0));
         z
     }
 
@@ -324,18 +335,33 @@ fn first_where(b: &[u8], w: usize, bad: impl Fn(&[u8]) -> bool + Sync) -> Option
     Some(chunk * PAR_BYTES / w + at)
 }
 
-/// Zeros (either sign) among the `w`-byte little-endian floats in `b`.
-fn float_zeros(w: usize, b: &[u8]) -> usize {
+/// Zeros (either sign) and non-finite values (exponent bits all set: Inf, NaN) among the little-endian
+/// floats of `dtype` in `b` (other dtypes: (0, 0)).
+fn float_scan(dtype: DType, b: &[u8]) -> (usize, usize) {
     // Fixed-size words read in place (any alignment) and 32-bit counters per block of 1024: a loop the
     // compiler vectorises.
-    fn count<const N: usize>(b: &[u8], zero: impl Fn(&[u8; N]) -> bool) -> usize {
+    fn count<const N: usize>(
+        b: &[u8],
+        zero: impl Fn(&[u8; N]) -> bool,
+        bad: impl Fn(&[u8; N]) -> bool,
+    ) -> (usize, usize) {
         let (words, _) = b.as_chunks::<N>();
-        words.chunks(1024).map(|blk| blk.iter().map(|x| u32::from(zero(x))).sum::<u32>() as usize).sum()
+        words.chunks(1024).fold((0, 0), |(z, n), blk| {
+            let (bz, bn) = blk.iter().fold((0u32, 0u32), |(z, n), x| (z + u32::from(zero(x)), n + u32::from(bad(x))));
+            (z + bz as usize, n + bn as usize)
+        })
     }
-    match w {
-        8 => count::<8>(b, |x| u64::from_le_bytes(*x) << 1 == 0),
-        4 => count::<4>(b, |x| u32::from_le_bytes(*x) << 1 == 0),
-        _ => count::<2>(b, |x| u16::from_le_bytes(*x) << 1 == 0),
+    let h = |x: &[u8; 2]| u16::from_le_bytes(*x);
+    match dtype {
+        DType::F64 => {
+            count::<8>(b, |x| u64::from_le_bytes(*x) << 1 == 0, |x| !u64::from_le_bytes(*x) & (0x7ff << 52) == 0)
+        }
+        DType::F32 => {
+            count::<4>(b, |x| u32::from_le_bytes(*x) << 1 == 0, |x| !u32::from_le_bytes(*x) & 0x7f80_0000 == 0)
+        }
+        DType::F16 => count::<2>(b, |x| h(x) << 1 == 0, |x| !h(x) & 0x7c00 == 0),
+        DType::BF16 => count::<2>(b, |x| h(x) << 1 == 0, |x| !h(x) & 0x7f80 == 0),
+        _ => (0, 0),
     }
 }
 
@@ -494,13 +520,13 @@ mod tests {
         for pad in 0..3 {
             let mut b64 = vec![7u8; pad];
             b64.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
-            assert_eq!(float_zeros(8, &b64[pad..]), 3);
+            assert_eq!(float_scan(DType::F64, &b64[pad..]).0, 3);
             let mut b32 = vec![7u8; pad];
             b32.extend(vals.iter().flat_map(|v| (*v as f32).to_le_bytes()));
-            assert_eq!(float_zeros(4, &b32[pad..]), 4, "MIN_POSITIVE f64 is 0 as f32");
+            assert_eq!(float_scan(DType::F32, &b32[pad..]).0, 4, "MIN_POSITIVE f64 is 0 as f32");
             let mut b16 = vec![7u8; pad];
             b16.extend([0x0000u16, 0x8000, 0x3c00, 0x0001, 0x8001].iter().flat_map(|v| v.to_le_bytes()));
-            assert_eq!(float_zeros(2, &b16[pad..]), 2);
+            assert_eq!(float_scan(DType::F16, &b16[pad..]).0, 2);
         }
     }
 
@@ -510,7 +536,7 @@ mod tests {
         let vals: Vec<f32> = (0..n).map(|i| if i % 7 == 0 { 0.0 } else { 1.0 }).collect();
         let t = Tensor::from_f32("big", vec![n as i64], &vals).unwrap();
         assert_eq!(t.zero_count(), n.div_ceil(7));
-        assert_eq!(t.zero_count(), float_zeros(4, t.bytes()));
+        assert_eq!(t.zero_count(), float_scan(DType::F32, t.bytes()).0);
         t.check_finite().unwrap();
         for bad in [[5, n - 3], [PAR_BYTES / 4 + 1, n - 1], [n - 2, n - 1]] {
             let mut v = vals.clone();
@@ -519,6 +545,44 @@ mod tests {
             let e = Tensor::from_f32("big", vec![n as i64], &v).unwrap().check_finite().unwrap_err();
             assert!(matches!(e, TensorError::NonFinite { index, .. } if index == bad[0]), "{e}");
         }
+    }
+
+    /// The zero count's read also counts Inf and NaN in each float width (the largest finite value is
+    /// not counted), and a later finiteness check answers from it, naming the first bad element.
+    #[test]
+    fn the_zero_count_learns_finiteness() {
+        let b64: Vec<u8> = [0.0, f64::MAX, f64::NEG_INFINITY, f64::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(float_scan(DType::F64, &b64), (1, 2));
+        let b32: Vec<u8> = [0.0f32, f32::MAX, -0.0, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(float_scan(DType::F32, &b32), (2, 1));
+        // f16: 0x7bff = max, 0x7c00 = +Inf, 0xfe00 = NaN; bf16: 0x7f7f = max, 0x7f80 = +Inf, 0xffc0 = NaN.
+        let b16 = |w: &[u16]| w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+        assert_eq!(float_scan(DType::F16, &b16(&[0x7bff, 0x7c00, 0xfe00, 0x8000])), (1, 2));
+        assert_eq!(float_scan(DType::BF16, &b16(&[0x7f7f, 0x7f80, 0xffc0, 0x0000])), (1, 2));
+        // The same bits as f16 and bf16: 0x7c00 is Inf in f16, a finite number in bf16.
+        assert_eq!(float_scan(DType::BF16, &b16(&[0x7c00])), (0, 0));
+        for (dtype, bytes, first_bad) in [
+            (DType::F64, b64.clone(), Some(2)),
+            (DType::F32, b32.clone(), Some(3)),
+            (DType::F16, b16(&[0x3c00, 0x0000, 0x7c00]), Some(2)),
+            (DType::BF16, b16(&[0x3f80, 0x0000, 0x7c00]), None),
+        ] {
+            let n = bytes.len() / dtype.size().unwrap();
+            let t = Tensor::new("w", dtype, vec![n as i64], Bytes::from(bytes)).unwrap();
+            t.zero_count();
+            match (t.check_finite(), first_bad) {
+                (Ok(()), None) => {}
+                (Err(TensorError::NonFinite { index, .. }), Some(i)) => assert_eq!(index, i, "{dtype:?}"),
+                (r, want) => panic!("{dtype:?}: {r:?}, expected first bad {want:?}"),
+            }
+        }
+        // New bytes forget what was learnt.
+        let mut t = Tensor::from_f32("w", vec![2], &[1.0, 2.0]).unwrap();
+        t.zero_count();
+        t.check_finite().unwrap();
+        t.set_bytes(Bytes::from([1.0f32, f32::INFINITY].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>()))
+            .unwrap();
+        assert!(t.check_finite().is_err());
     }
 
     #[test]

@@ -116,9 +116,13 @@ impl Tensor {
             self.data = Bytes::from(out).slice(pad..);
             self.modified = true;
         }
-        // The zero count of the result (equal to the input's when nothing changed).
+        // The zero count of the result (equal to the input's when nothing changed). Zeroing keeps finite
+        // values finite; a tensor not known to be finite may have lost its Inf/NaN, so it is unknown.
         self.zeros = OnceLock::new();
         let _ = self.zeros.set((self.dtype, zeros));
+        if changed > 0 && self.finite.get() != Some(&(self.dtype, true)) {
+            self.finite = OnceLock::new();
+        }
         changed
     }
 
