@@ -47,12 +47,20 @@ pub enum Changed {
 pub enum PassError {
     #[error("{subject}: {message}")]
     Invalid { subject: String, message: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Tensor(#[from] TensorError),
+    /// The message includes the calibrator's, so the calibrator error is not also a `source` (an error
+    /// chain would print it twice).
     #[error("calibration failed: {0}")]
-    Calibration(#[from] CalibError),
+    Calibration(CalibError),
     #[error("this pass needs calibration data: pass --calib PATH (a .npz or a folder of .npy files)")]
     NeedsCalibration,
+}
+
+impl From<CalibError> for PassError {
+    fn from(e: CalibError) -> Self {
+        PassError::Calibration(e)
+    }
 }
 
 /// The context a pass runs in: cached analyses, calibration, statistics and notes.

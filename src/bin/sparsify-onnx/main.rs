@@ -65,8 +65,46 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_text(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the message already holds
+/// (several library errors quote their source).
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let t = cause.to_string();
+        if out.contains(&t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&t);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_text;
+
+    /// An error whose message quotes its source (as the pass manager's and the pass errors do) is
+    /// printed with the source's text once; a source with new text is still appended.
+    #[test]
+    fn quoted_causes_are_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("pass 'mask' failed: {source}")]
+        struct Quoting {
+            source: std::io::Error,
+        }
+        let inner = || std::io::Error::other("tract cannot run the model");
+        let e = anyhow::Error::new(Quoting { source: inner() });
+        assert_eq!(chain_text(&e), "pass 'mask' failed: tract cannot run the model");
+        let e = anyhow::Error::new(inner()).context("loading m.onnx");
+        assert_eq!(chain_text(&e), "loading m.onnx: tract cannot run the model");
     }
 }
