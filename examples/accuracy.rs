@@ -177,6 +177,8 @@ fn evaluate(spec: &Spec, dir: &Path, rows: &[(String, String)], budget: bool) ->
                 .filter_map(|n| {
                     let rest = n.message.strip_prefix("global sparsity ")?;
                     let (s, e) = rest.split_once(": validated rel L2 ")?;
+                    // "E" or "E (largest of ...)" when several tensors are bounded.
+                    let e = e.split_whitespace().next()?;
                     Some((s.parse::<f64>().ok()?, e.parse::<f64>().ok()?))
                 })
                 .filter(|(s, _)| (s - chosen).abs() < 1e-9)

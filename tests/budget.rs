@@ -6,7 +6,7 @@
 mod common;
 
 use sparsify_onnx::ir::Model;
-use sparsify_onnx::passes::layer_sensitivity::Curves;
+use sparsify_onnx::passes::layer_sensitivity::{self, Curves};
 use sparsify_onnx::passes::scope::Scope;
 use sparsify_onnx::passes::sensitivity::Sensitivity;
 use sparsify_onnx::validate::{self, Feed, ModelSource, Thresholds};
@@ -24,6 +24,15 @@ fn setup(name: &str) -> (Model, Feed, TractCalibrator) {
 fn rel_l2(a: &Model, b: &Model, feed: &Feed) -> f64 {
     let run = |m: &Model| validate::run_model(ModelSource::Bytes(&to_bytes(m).unwrap()), feed, &[]).unwrap();
     validate::compare_outputs(&run(a), &run(b), &Thresholds::default()).outputs[0].rel_l2_err
+}
+
+fn targeted_names(m: &Model) -> Vec<String> {
+    Scope::default()
+        .select(&m.graph)
+        .into_iter()
+        .filter(|w| w.info.is_some())
+        .map(|w| w.id.name().to_string())
+        .collect()
 }
 
 fn targeted_elements(m: &Model) -> (usize, usize) {
@@ -154,6 +163,78 @@ fn max_error_bounds_the_tensor_named() {
     assert!(err.contains("'nope'") && err.contains("logits"), "{err}");
 }
 
+/// digits_mlp with its logits scaled by 8 into a Softmax (the graph output `probs`, saturated on most
+/// calibration images) and, as a second output, a hidden layer.
+fn softmax_and_hidden_outputs(m0: &Model) -> Model {
+    use sparsify_onnx::ir::{Node, Tensor, ValueInfo};
+    let mut m = m0.clone();
+    let g = &mut m.graph;
+    g.initializers.push(Tensor::from_f32("eight", vec![], &[8.0]).unwrap());
+    g.push_node(Node::new("Mul", "scale", &["logits", "eight"], &["scaled"]));
+    // Opset 13: the axis defaults to the last one.
+    g.push_node(Node::new("Softmax", "softmax", &["scaled"], &["probs"]));
+    g.outputs = vec![ValueInfo::tensor("probs", 1, &[-1, 10]), ValueInfo::tensor("/Relu_1_output_0", 1, &[-1, 128])];
+    m
+}
+
+#[test]
+fn max_error_bounds_every_output_and_the_logits_of_a_softmax() {
+    let (m0, calib, _) = setup("digits_mlp");
+    let dense = softmax_and_hidden_outputs(&m0);
+    let cal = TractCalibrator::new(&calib, 16).unwrap();
+    let tensors: Vec<String> = ["probs", "/Relu_1_output_0", "scaled"].map(String::from).to_vec();
+    let values = |m: &Model| layer_sensitivity::tensor_values(m, &cal, &tensors).unwrap();
+    let reference = values(&dense);
+    let errors = |m: &Model| -> Vec<f64> {
+        reference.iter().zip(values(m)).map(|(r, v)| layer_sensitivity::rel_l2(r, &v)).collect()
+    };
+    let e = 0.1;
+    let run = |opts: &str| {
+        let mut m = dense.clone();
+        let text = format!("score{{method=wanda}},mask{{max_error={e}{opts}}}");
+        let rep = Pipeline::parse(&text).unwrap().run(&mut m, Some(&cal as &dyn Calibrator)).unwrap();
+        let errs = errors(&m);
+        println!(
+            "{text}: sparsity {:.4}, probs / hidden / logits rel L2 {errs:.4?}",
+            rep.totals_weights.sparsity_after
+        );
+        (rep.totals_weights.sparsity_after, errs)
+    };
+    // Default: both graph outputs and the Softmax's input are within E.
+    let (s_all, errs) = run("");
+    assert!(errs.iter().all(|&x| x <= e + 1e-6), "{errs:?}");
+    assert!(errs.iter().any(|&x| x > 0.5 * e), "the bound should be close to binding: {errs:?}");
+    // The probabilities alone allow more, and the logits then move further than E: the saturated
+    // Softmax hides it.
+    let (s_probs, errs) = run(",output=probs,logits=off");
+    assert!(errs[0] <= e + 1e-6, "{errs:?}");
+    assert!(s_probs > s_all && errs[2] > e, "probs alone: sparsity {s_probs} vs {s_all}, logits error {}", errs[2]);
+}
+
+/// A weight the measured tensor does not depend on is not allocated by its (flat) curve: it keeps the
+/// global sparsity, with a note.
+#[test]
+fn weights_that_do_not_reach_the_measured_output_keep_the_global_sparsity() {
+    let (m0, calib, _) = setup("digits_mlp");
+    let mut dense = softmax_and_hidden_outputs(&m0);
+    // Curves measure the hidden layer: the last weight does not reach it.
+    dense.graph.outputs.swap(0, 1);
+    let cal = TractCalibrator::new(&calib, 16).unwrap();
+    let last = targeted_names(&dense).pop().unwrap();
+    let mut m = dense.clone();
+    let rep = Pipeline::parse("score{method=wanda},mask{sparsity=0.6,allocate=sensitivity,levels=0.5|0.9}")
+        .unwrap()
+        .run(&mut m, Some(&cal as &dyn Calibrator))
+        .unwrap();
+    let t = m.graph.initializer(&last).unwrap();
+    let s = 1.0 - t.nnz() as f64 / t.numel().unwrap() as f64;
+    assert!((s - 0.6).abs() < 1e-3, "{last}: sparsity {s}, not the global 0.6");
+    let noted =
+        rep.passes.iter().flat_map(|p| &p.notes).any(|n| n.subject == last && n.message.contains("does not reach"));
+    assert!(noted, "no note for {last}");
+    assert_eq!(targeted_elements(&m).1, (0.6 * targeted_elements(&dense).0 as f64) as usize, "global count");
+}
+
 #[test]
 fn bad_budget_options_are_refused() {
     for bad in [
@@ -162,6 +243,8 @@ fn bad_budget_options_are_refused() {
         "mask{max_error=abc}",
         "mask{allocate=sensitivity,granularity=channel}",
         "mask{allocate=sensitivity,min_sparsity=0.8,max_sparsity=0.5}",
+        "mask{max_error=0.1,sparsity=0.7}",
+        "mask{max_error=0.1,logits=sometimes}",
         "sensitivity{template=\"mask{sparsity=0.5}\"}",
         "sensitivity{levels=0}",
     ] {

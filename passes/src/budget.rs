@@ -13,15 +13,22 @@
 //!   candidate's (S, error) is reported in the notes, then the chosen one is applied. Later passes
 //!   (e.g. `bias-correct`) are not part of the check.
 //! - `allocate=uniform` with `max_error`: the same bisection with every layer at S.
-//! - `output=NAME`: the tensor both measure: a graph output (default: the first float output) or any
-//!   tensor the graph computes. Name the output the model is judged by: a model whose first output is
-//!   a token-level tensor (MiniLM's `last_hidden_state`) is otherwise bounded on that, not on its
-//!   sentence embedding. Naming the logits before a final Softmax bounds damage that saturated
-//!   probabilities hide on confidently classified calibration inputs.
+//! - `output=NAME`: the tensor both measure: a graph output or any tensor the graph computes. Default:
+//!   `max_error` bounds every float graph output (a candidate passes when each is within E), the
+//!   sensitivity curves measure the first one. Weights the curves' tensor does not depend on are not
+//!   allocated (their curves would be flat): they keep the global sparsity, with a note.
+//! - `logits=auto` (default): when the measured tensor is a Softmax's output (through Identity /
+//!   Reshape / Flatten / Squeeze / Unsqueeze), `max_error` bounds the Softmax's input (the logits) as
+//!   well: a candidate passes when both errors are at most E. On confidently classified calibration
+//!   inputs the probabilities are saturated and hide what pruning does to the logits, which inputs
+//!   nearer the decision boundary then show (ppocr_cls_mobile_v2: held-out error up to 7× E with the
+//!   probabilities alone, see docs/results.md). `logits=off` bounds the measured tensor alone.
 //!
 //! Skipped weights and notes follow `mask`. Scores come from the `score` analysis (any method) or |w|.
 
-use crate::layer_sensitivity::{default_output, measure, output_values, parse_levels, rel_l2, Curves};
+use crate::layer_sensitivity::{
+    ancestors, float_outputs, measure, measured_tensor, parse_levels, rel_l2, softmax_input, tensor_values, Curves,
+};
 use crate::mask_groups::{apply_mask, plan_targets, Granularity, Group, MaskConfig, Target};
 use crate::scope::Scope;
 use crate::scores::WeightScores;
@@ -30,7 +37,7 @@ use sparsify_ir::Model;
 use sparsify_pm::{Calibrator, Changed, OptionSpec, Options, PassCx, PassError, PipelineError};
 
 /// Options `mask` appends to its own.
-pub const BUDGET_OPTIONS: [OptionSpec; 8] = [
+pub const BUDGET_OPTIONS: [OptionSpec; 9] = [
     OptionSpec {
         name: "allocate",
         default: "uniform",
@@ -44,7 +51,12 @@ pub const BUDGET_OPTIONS: [OptionSpec; 8] = [
     OptionSpec {
         name: "output",
         default: "",
-        help: "allocate=sensitivity / max_error: the tensor whose error is measured: a graph output (default: the first float one) or any computed tensor",
+        help: "allocate=sensitivity / max_error: the tensor whose error is measured: a graph output or any computed tensor (default: max_error every float output, curves the first)",
+    },
+    OptionSpec {
+        name: "logits",
+        default: "auto",
+        help: "max_error: auto (a Softmax output's input is bounded too) | off (the measured tensor alone)",
     },
     OptionSpec { name: "min_sparsity", default: "0", help: "allocate: lower bound per layer" },
     OptionSpec { name: "max_sparsity", default: "0.95", help: "allocate / max_error: upper bound per layer" },
@@ -65,8 +77,11 @@ pub enum Allocate {
 pub struct Budget {
     pub allocate: Allocate,
     pub max_error: Option<f64>,
-    /// The tensor measured: a graph output or any computed tensor (None: the first float output).
+    /// The tensor measured: a graph output or any computed tensor (None: every float output for
+    /// `max_error`, the first for the curves).
     pub output: Option<String>,
+    /// `max_error` also bounds the input of a Softmax whose output is measured (`logits=auto`).
+    pub logits: bool,
     pub min: f64,
     pub max: f64,
     pub levels: Vec<f64>,
@@ -92,6 +107,7 @@ impl Budget {
             },
         };
         let output = opts.take_str("output").filter(|s| !s.is_empty());
+        let logits = opts.take_choice("logits", &["auto", "off"], "auto")? == "auto";
         let min = opts.take_range("min_sparsity", 0.0, 0.0, 1.0)?;
         let max = opts.take_range("max_sparsity", 0.95, 0.0, 1.0)?;
         let levels = match opts.take_str("levels") {
@@ -106,7 +122,7 @@ impl Budget {
         if allocate == Allocate::Uniform && max_error.is_none() {
             return Ok(None);
         }
-        Ok(Some(Budget { allocate, max_error, output, min, max, levels, owl_m, owl_lambda }))
+        Ok(Some(Budget { allocate, max_error, output, logits, min, max, levels, owl_m, owl_lambda }))
     }
 
     pub fn options(&self) -> Vec<(&'static str, String)> {
@@ -120,6 +136,7 @@ impl Budget {
             ("allocate", allocate.to_string()),
             ("max_error", self.max_error.map(|e| e.to_string()).unwrap_or_default()),
             ("output", self.output.clone().unwrap_or_default()),
+            ("logits", if self.logits { "auto" } else { "off" }.to_string()),
             ("min_sparsity", self.min.to_string()),
             ("max_sparsity", self.max.to_string()),
             ("levels", levels.join("|")),
@@ -334,25 +351,31 @@ pub fn run(
         })
         .collect();
     let n_total: usize = sizes.iter().map(|s| s.0).sum();
-    let output = match &b.output {
-        Some(o) if g.outputs.iter().any(|v| &v.name == o) || g.nodes().any(|(_, n)| n.outputs.contains(o)) => o.clone(),
-        Some(o) => {
-            let names: Vec<&str> = g.outputs.iter().map(|v| v.name.as_str()).collect();
-            return Err(PassError::Invalid {
-                subject: "mask".into(),
-                message: format!(
-                    "option output='{o}' is no tensor the graph computes (graph outputs: {})",
-                    names.join(", ")
-                ),
-            });
-        }
-        None => default_output(g)?,
-    };
+    let output = measured_tensor(g, b.output.as_deref(), "mask")?;
+    // Weights the measured tensor does not depend on have flat curves: allocating them would prune them
+    // to the cap unseen. They keep the global sparsity instead.
+    let reached = ancestors(g, &output);
+    let curved: Vec<bool> =
+        ctx.targets.iter().map(|t| reached.as_ref().is_none_or(|r| r.contains(t.id.name()))).collect();
     let curves: Option<Curves> = match b.allocate {
         Allocate::Uniform | Allocate::Owl => None,
         Allocate::Sensitivity => {
-            let layers: Vec<_> =
-                ctx.targets.iter().zip(&sizes).map(|(t, s)| (t.id.clone(), String::new(), s.0)).collect();
+            for (t, _) in ctx.targets.iter().zip(&curved).filter(|(_, c)| !**c) {
+                cx.note(
+                    t.id.name(),
+                    format!(
+                        "does not reach '{output}' (the tensor measured): kept at the global sparsity, not allocated"
+                    ),
+                );
+            }
+            let layers: Vec<_> = ctx
+                .targets
+                .iter()
+                .zip(&sizes)
+                .zip(&curved)
+                .filter(|(_, c)| **c)
+                .map(|((t, s), _)| (t.id.clone(), String::new(), s.0))
+                .collect();
             let cal = cal_opt.ok_or(PassError::NeedsCalibration)?;
             let recipe = format!("mask/{method}/layer");
             let c = measure(&dense, cal, &output, &recipe, &layers, &b.levels, |s| {
@@ -375,7 +398,12 @@ pub fn run(
         _ => Vec::new(),
     };
     let curve_rows: Vec<(usize, usize, Vec<f64>)> = match &curves {
-        Some(c) => c.layers.iter().zip(&sizes).map(|(l, s)| (s.0, s.1, l.errors.clone())).collect(),
+        Some(c) => c
+            .layers
+            .iter()
+            .zip(sizes.iter().zip(&curved).filter(|(_, c)| **c))
+            .map(|(l, (s, _))| (s.0, s.1, l.errors.clone()))
+            .collect(),
         None => Vec::new(),
     };
     // Per-target sparsities for a global S.
@@ -389,10 +417,13 @@ pub fn run(
             }
             None => Ok(vec![s; sizes.len()]),
             Some(c) => {
+                // Layers outside the curves take `s`; the allocated ones share the rest of the count.
+                let fixed: usize =
+                    sizes.iter().zip(&curved).filter(|(_, c)| !**c).map(|((n, _), _)| prune_count(s, *n)).sum();
+                let mut total = prune_count(s, n_total).saturating_sub(fixed);
                 // Under max_error the bisection may reach the top level, where the sum of per-layer floors
                 // can be below floor(top·N): aim at the most the per-layer bounds allow. A sparsity the user
                 // named keeps its exact count (and its error when out of bounds).
-                let mut total = prune_count(s, n_total);
                 if b.max_error.is_some() {
                     let top = c.levels.iter().copied().fold(0.0, f64::max).min(b.max);
                     let cap: usize = curve_rows
@@ -406,7 +437,14 @@ pub fn run(
                 }
                 let counts = allocate_counts(&c.levels, &curve_rows, total, b.min, b.max)
                     .map_err(|m| PassError::Invalid { subject: "mask".into(), message: m })?;
-                Ok(counts.iter().zip(&sizes).map(|(&k, &(n, _))| k as f64 / n.max(1) as f64).collect())
+                let mut allocated = counts.iter().zip(sizes.iter().zip(&curved).filter(|(_, c)| **c));
+                Ok(curved
+                    .iter()
+                    .map(|&c| match c {
+                        true => allocated.next().map_or(s, |(&k, ((n, _), _))| k as f64 / (*n).max(1) as f64),
+                        false => s,
+                    })
+                    .collect())
             }
         }
     };
@@ -414,12 +452,44 @@ pub fn run(
         None => sparsity,
         Some(e) => {
             let cal = cal_opt.ok_or(PassError::NeedsCalibration)?;
-            let reference = output_values(&dense, cal, &output)?;
+            // Every float graph output (or the one named), and the logits of those a Softmax computes.
+            let mut bounded = match &b.output {
+                Some(o) => vec![o.clone()],
+                None => float_outputs(g),
+            };
+            for o in bounded.clone() {
+                if let Some(z) = softmax_input(g, &o).filter(|z| b.logits && !bounded.contains(z)) {
+                    cx.note(
+                        "max_error",
+                        format!(
+                            "'{o}' is a Softmax output: its input '{z}' is bounded too (saturated probabilities \
+                             hide what pruning does to the logits; logits=off bounds '{o}' alone)"
+                        ),
+                    );
+                    bounded.push(z);
+                }
+            }
+            let seen: Option<Vec<_>> = bounded.iter().map(|t| ancestors(g, t)).collect();
+            if let Some(seen) = seen {
+                for t in ctx.targets.iter().filter(|t| !seen.iter().any(|a| a.contains(t.id.name()))) {
+                    cx.note(t.id.name(), "reaches no bounded tensor: max_error does not measure its pruning");
+                }
+            }
+            let reference = tensor_values(&dense, cal, &bounded)?;
             let mut err_at = |s: f64| -> Result<f64, PassError> {
                 let m = ctx.masked(&alloc(s)?)?;
-                let err = rel_l2(&reference, &output_values(&m, cal, &output)?);
+                let errs: Vec<f64> =
+                    reference.iter().zip(tensor_values(&m, cal, &bounded)?).map(|(r, v)| rel_l2(r, &v)).collect();
+                let err = errs.iter().copied().fold(0.0, f64::max);
                 cx.stat("validated_candidates", 1.0);
-                cx.note("max_error", format!("global sparsity {s:.4}: validated rel L2 {err:.4}"));
+                let text = match errs.len() {
+                    1 => format!("global sparsity {s:.4}: validated rel L2 {err:.4}"),
+                    _ => {
+                        let each: Vec<String> = bounded.iter().zip(&errs).map(|(t, e)| format!("{t} {e:.4}")).collect();
+                        format!("global sparsity {s:.4}: validated rel L2 {err:.4} (largest of {})", each.join(", "))
+                    }
+                };
+                cx.note("max_error", text);
                 Ok(err)
             };
             let hi_cap = match &curves {
@@ -448,7 +518,13 @@ pub fn run(
     };
     let per = alloc(chosen_s)?;
     if let Some(c) = &curves {
-        let counts: Vec<usize> = per.iter().zip(&sizes).map(|(s, (n, _))| prune_count(*s, *n)).collect();
+        let counts: Vec<usize> = per
+            .iter()
+            .zip(&sizes)
+            .zip(&curved)
+            .filter(|(_, c)| **c)
+            .map(|((s, (n, _)), _)| prune_count(*s, *n))
+            .collect();
         cx.stat("predicted_rel_l2", predicted_error(&c.levels, &curve_rows, &counts));
     }
     let before: Vec<usize> = sizes.iter().map(|s| s.1).collect();

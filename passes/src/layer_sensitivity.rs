@@ -78,23 +78,99 @@ pub fn model_hash(m: &Model) -> u64 {
 
 /// The output measured by default: the first float graph output.
 pub fn default_output(g: &Graph) -> Result<String, PassError> {
+    float_outputs(g).into_iter().next().ok_or_else(|| PassError::Invalid {
+        subject: "sensitivity".into(),
+        message: "the model has no float output".into(),
+    })
+}
+
+/// The tensor a sensitivity measurement or budget reads: `named` when the graph computes it (a graph
+/// output or any node output), else an error naming the graph outputs; `None`: the first float output.
+pub fn measured_tensor(g: &Graph, named: Option<&str>, subject: &str) -> Result<String, PassError> {
+    match named {
+        Some(o)
+            if g.outputs.iter().any(|v| v.name == o) || g.nodes().any(|(_, n)| n.outputs.iter().any(|x| x == o)) =>
+        {
+            Ok(o.to_string())
+        }
+        Some(o) => {
+            let names: Vec<&str> = g.outputs.iter().map(|v| v.name.as_str()).collect();
+            Err(PassError::Invalid {
+                subject: subject.into(),
+                message: format!(
+                    "option output='{o}' is no tensor the graph computes (graph outputs: {})",
+                    names.join(", ")
+                ),
+            })
+        }
+        None => default_output(g),
+    }
+}
+
+/// Every float graph output (the tensors `max_error` bounds when none is named).
+pub fn float_outputs(g: &Graph) -> Vec<String> {
     g.outputs
         .iter()
-        .find(|o| matches!(o.elem_type, Some(1) | Some(10) | Some(11) | Some(16)) || o.elem_type.is_none())
+        .filter(|o| matches!(o.elem_type, Some(1) | Some(10) | Some(11) | Some(16)) || o.elem_type.is_none())
         .map(|o| o.name.clone())
-        .ok_or_else(|| PassError::Invalid {
-            subject: "sensitivity".into(),
-            message: "the model has no float output".into(),
-        })
+        .collect()
+}
+
+/// Every tensor `tensor` is computed from (itself included), or `None` when a control-flow node (If,
+/// Loop, Scan) is among its producers: its body may read any outer tensor.
+pub fn ancestors(g: &Graph, tensor: &str) -> Option<std::collections::BTreeSet<String>> {
+    let producers = g.producers();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![tensor.to_string()];
+    while let Some(t) = todo.pop() {
+        if !seen.insert(t.clone()) {
+            continue;
+        }
+        if let Some(&id) = producers.get(t.as_str()) {
+            let n = g.node(id);
+            if matches!(n.op_type.as_str(), "If" | "Loop" | "Scan") {
+                return None;
+            }
+            todo.extend(n.inputs.iter().filter(|i| !i.is_empty()).cloned());
+        }
+    }
+    Some(seen)
 }
 
 /// The calibration-set values of `output` in `model`.
 pub fn output_values(model: &Model, cal: &dyn Calibrator, output: &str) -> Result<Vec<f32>, PassError> {
-    let stats = cal.collect(model, &[CalibRequest::Values { tensor: output.to_string() }])?;
-    match stats.into_iter().next() {
-        Some(CalibStat::Values { values, .. }) => Ok(values),
-        _ => Err(PassError::Invalid { subject: output.into(), message: "the calibrator returned no values".into() }),
+    Ok(tensor_values(model, cal, &[output.to_string()])?.remove(0))
+}
+
+/// The calibration-set values of each of `tensors` in `model`, from one calibration sweep.
+pub fn tensor_values(model: &Model, cal: &dyn Calibrator, tensors: &[String]) -> Result<Vec<Vec<f32>>, PassError> {
+    let requests: Vec<CalibRequest> = tensors.iter().map(|t| CalibRequest::Values { tensor: t.clone() }).collect();
+    let mut stats = cal.collect(model, &requests)?.into_iter();
+    tensors
+        .iter()
+        .map(|t| match stats.next() {
+            Some(CalibStat::Values { values, .. }) => Ok(values),
+            _ => Err(PassError::Invalid { subject: t.clone(), message: "the calibrator returned no values".into() }),
+        })
+        .collect()
+}
+
+/// The input of the Softmax that computes `tensor`, looking back through ops that only move or reshape
+/// values (Identity, Reshape, Flatten, Squeeze, Unsqueeze); `None` when no Softmax computes it.
+pub fn softmax_input(g: &Graph, tensor: &str) -> Option<String> {
+    let mut t = tensor.to_string();
+    for _ in 0..16 {
+        let (_, n) = g.nodes().find(|(_, n)| n.outputs.contains(&t))?;
+        if !n.is_onnx() {
+            return None;
+        }
+        match n.op_type.as_str() {
+            "Softmax" => return n.inputs.first().filter(|i| !i.is_empty()).cloned(),
+            "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" => t = n.inputs.first()?.clone(),
+            _ => return None,
+        }
     }
+    None
 }
 
 pub use sparsify_pm::rel_l2;

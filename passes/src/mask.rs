@@ -61,7 +61,7 @@ use crate::scores::WeightScores;
 use sparsify_ir::Model;
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
 
-const OPTIONS: [OptionSpec; 17] = [
+const OPTIONS: [OptionSpec; 21] = [
     OptionSpec { name: "sparsity", default: "0.5", help: "target fraction of zeros per comparison group, in [0, 1]" },
     OptionSpec {
         name: "granularity",
@@ -106,6 +106,10 @@ const OPTIONS: [OptionSpec; 17] = [
     BUDGET_OPTIONS[2],
     BUDGET_OPTIONS[3],
     BUDGET_OPTIONS[4],
+    BUDGET_OPTIONS[5],
+    BUDGET_OPTIONS[6],
+    BUDGET_OPTIONS[7],
+    BUDGET_OPTIONS[8],
     SCOPE_OPTIONS[0],
     SCOPE_OPTIONS[1],
     SCOPE_OPTIONS[2],
@@ -148,6 +152,7 @@ pub struct MaskPass {
 pub const MAX_STEPS: usize = 1000;
 
 fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
+    let sparsity_given = opts.given("sparsity");
     let sparsity = opts.take_range("sparsity", 0.5, 0.0, 1.0)?;
     let gran = opts.take_choice("granularity", &["element", "channel", "coupled"], "element")?;
     let coupled = gran == "coupled";
@@ -189,6 +194,9 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
     }
     if coupled && group == Group::Row {
         return Err(opts.error((0, 0), "mask: granularity=coupled takes scope=auto, layer (per group) or global"));
+    }
+    if sparsity_given && budget.as_ref().is_some_and(|b| b.max_error.is_some()) {
+        return Err(opts.error((0, 0), "mask: max_error chooses the sparsity: give max_error or sparsity, not both"));
     }
     if budget.is_some() && (granularity != Granularity::Element || steps > 1) {
         return Err(opts.error((0, 0), "mask: allocate=sensitivity / max_error need granularity=element and steps=1"));

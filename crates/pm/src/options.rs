@@ -34,6 +34,11 @@ impl<'a> Options<'a> {
         PipelineError { text: self.text.to_string(), span, message: message.into() }
     }
 
+    /// Whether the pipeline text gives `key` (taken or not).
+    pub fn given(&self, key: &str) -> bool {
+        self.items.iter().any(|i| i.0 == key)
+    }
+
     fn take(&mut self, key: &str) -> Option<(String, (usize, usize))> {
         let item = self.items.iter_mut().find(|i| i.0 == key && !i.3)?;
         item.3 = true;

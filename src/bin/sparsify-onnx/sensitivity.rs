@@ -8,7 +8,7 @@
 use crate::common::write_json;
 use crate::Outcome;
 use anyhow::{Context, Result};
-use sparsify_onnx::passes::layer_sensitivity::{parse_levels, remember, table, Curves};
+use sparsify_onnx::passes::layer_sensitivity::{ancestors, parse_levels, remember, table, Curves};
 use sparsify_onnx::passes::scope::Scope;
 use sparsify_onnx::passes::sensitivity::{Sensitivity, DEFAULT_LEVELS, DEFAULT_TEMPLATE};
 use sparsify_onnx::{Pipeline, TractCalibrator};
@@ -29,10 +29,10 @@ pub struct Args {
     /// Pipeline run once per level, `$S` standing for the sparsity.
     #[arg(long, default_value = DEFAULT_TEMPLATE)]
     pipeline_template: String,
-    /// Sparsity levels, comma-separated.
+    /// Sparsity levels, separated by '|' or ','.
     #[arg(long, default_value = DEFAULT_LEVELS)]
     levels: String,
-    /// Graph output to compare (default: the first float output).
+    /// Tensor to compare: a graph output or any computed tensor (default: the first float output).
     #[arg(long)]
     output: Option<String>,
     /// JSON cache of measured curves (read if present, updated after measuring).
@@ -83,6 +83,17 @@ pub fn main(a: Args) -> Result<Outcome> {
     );
     println!("template: {}", curves.recipe);
     print!("{}", table(&curves));
+    if let Some(r) = ancestors(&model.graph, &curves.output) {
+        let flat: Vec<&str> =
+            curves.layers.iter().filter(|l| !r.contains(&l.weight)).map(|l| l.weight.as_str()).collect();
+        if !flat.is_empty() {
+            println!(
+                "not measured (they do not reach '{}'; their curves are flat): {}",
+                curves.output,
+                flat.join(", ")
+            );
+        }
+    }
     if curves.runs == 0 {
         println!("{} layers from the cache ({secs:.2} s)", curves.layers.len());
     } else {
