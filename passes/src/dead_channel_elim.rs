@@ -42,6 +42,7 @@
 //! | `fold` | `true` | fold constant outputs of dead channels into consumer biases (else keep such channels) |
 
 use crate::channels::shapes::{self, Shape};
+use crate::channels::zero_slices_of;
 use crate::channels::{analyze, fold, plan, slice};
 use sparsify_ir::{Graph, Model, NodeId};
 use sparsify_pm::{Changed, Effects, OptionSpec, Options, Pass, PassCx, PassError, PassInfo, PipelineError};
@@ -175,6 +176,34 @@ impl Pass for DeadChannelElim {
     }
 }
 
+/// Note the dead output channels of weights whose op the analysis never slices (ConvTranspose; a MatMul
+/// or Gemm that reads its weight as the first input), which would otherwise go unreported; returns how
+/// many.
+fn note_unsliced_weights(g: &Graph, cx: &mut PassCx<'_>) -> usize {
+    let mut n = 0;
+    for w in g.find_weights() {
+        let Some(u) = w.uses.first() else { continue };
+        let why = match (u.op.as_str(), u.slot) {
+            ("ConvTranspose", _) => "ConvTranspose outputs are not sliced by this pass".to_string(),
+            (op @ ("MatMul" | "Gemm"), 0) => format!(
+                "{op} reads its weight '{}' as the first input (W·x); only a weight read as the second input is sliced",
+                w.id.name()
+            ),
+            _ => continue,
+        };
+        let Some(t) = g.weight(&w.id) else { continue };
+        let flags = g.weight_zero_flags(&w.id).unwrap_or_else(|_| t.zero_flags());
+        let dead: Vec<usize> =
+            zero_slices_of(t, &flags, w.out_axis()).iter().enumerate().filter(|(_, z)| **z).map(|(c, _)| c).collect();
+        if dead.is_empty() || w.conflict.is_some() {
+            continue;
+        }
+        cx.note(u.node_name.clone(), format!("kept {} dead channel(s) {dead:?}: {why}", dead.len()));
+        n += dead.len();
+    }
+    n
+}
+
 impl DeadChannelElim {
     /// One analysis → plan → fold → slice round.
     fn round(&self, model: &mut Model, cx: &mut PassCx<'_>) -> Result<Changed, PassError> {
@@ -199,6 +228,7 @@ impl DeadChannelElim {
         for ((layer, why), chans) in &kept {
             cx.note(layer.clone(), format!("kept {} dead channel(s) {:?}: {why}", chans.len(), chans));
         }
+        n_kept += note_unsliced_weights(g, cx);
         cx.stat("channels_kept_dead", n_kept as f64);
         cx.stat("params_before", params0 as f64);
         cx.stat("macs_before", macs0 as f64);
@@ -280,6 +310,32 @@ mod tests {
         let mut cx = PassCx::new(&mut cache, None);
         let c = DeadChannelElim::default().run(m, &mut cx).unwrap();
         (c, cx.notes.iter().map(|n| format!("{}: {}", n.subject, n.message)).collect())
+    }
+
+    /// A Gemm that reads its weight as A (`W · x`) is not sliced; its dead rows are reported, not
+    /// passed over in silence.
+    #[test]
+    fn weights_read_as_the_first_input_are_reported_not_silently_skipped() {
+        let mut w: Vec<f32> = (0..4 * 3).map(|i| (i as f32 * 0.37).sin()).collect();
+        w[3..6].fill(0.0);
+        let mut g = Graph::new();
+        g.initializers.push(Tensor::from_f32("wa", vec![4, 3], &w).unwrap());
+        g.inputs.push(ValueInfo::tensor("x", 1, &[3, 2]));
+        g.outputs.push(ValueInfo::tensor("y", 1, &[4, 2]));
+        let g = g.with_nodes(vec![
+            Node::new("Gemm", "gemm_wx", &["wa", "x"], &["h"]),
+            Node::new("Relu", "relu", &["h"], &["y"]),
+        ]);
+        let mut m = Model { ir_version: Some(8), opset_import: vec![], graph: g, opaque: vec![] };
+        let (changed, notes) = run(&mut m);
+        assert!(matches!(changed, Changed::No), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n
+                    .starts_with("gemm_wx: kept 1 dead channel(s) [1]: Gemm reads its weight 'wa' as the first input")),
+            "{notes:?}"
+        );
     }
 
     /// The fuzz finding (docs/reliability.md): an all-zero Conv feeding a grouped Conv. One run must

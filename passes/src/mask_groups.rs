@@ -108,8 +108,9 @@ pub fn plan_targets(g: &Graph, scope: &Scope, cfg: &MaskConfig) -> Plan {
         if let (Granularity::Channel, Some(info), Some(ax)) = (cfg.granularity, &sel.info, axis) {
             let channels = g.weight(&sel.id).map(|t| t.dims[ax]).unwrap_or(0);
             let nodes: Vec<NodeId> = info.uses.iter().map(|u| u.node).collect();
-            for b in info.uses.iter().filter_map(|u| u.bias.clone()) {
-                match bias_problem(g, &b, channels, &nodes) {
+            for (b, rows) in info.uses.iter().filter_map(|u| u.bias.clone().map(|b| (b, u.op == "Gemm" && u.slot == 0)))
+            {
+                match bias_problem(g, &b, channels, rows, &nodes) {
                     None if !biases.contains(&b) => biases.push(b),
                     None => {}
                     Some(why) => plan.notes.push((name.clone(), format!("bias '{}' left unchanged: {why}", b.name()))),
@@ -122,13 +123,22 @@ pub fn plan_targets(g: &Graph, scope: &Scope, cfg: &MaskConfig) -> Plan {
 }
 
 /// Why a bias cannot follow the weight's channels, if it cannot.
-fn bias_problem(g: &Graph, b: &WeightId, channels: i64, uses: &[NodeId]) -> Option<String> {
+/// Why bias `b` cannot follow the channel mask (`None`: it can). `rows`: the bias of a Gemm whose weight
+/// is A, where channels are C's rows (`[channels, 1]`; a `[channels]` C would broadcast along columns).
+fn bias_problem(g: &Graph, b: &WeightId, channels: i64, rows: bool, uses: &[NodeId]) -> Option<String> {
     let t = g.weight(b)?;
     if !t.dtype.is_prunable_float() {
         return Some(format!("dtype {}", t.dtype.name()));
     }
-    if t.dims != [channels] {
-        return Some(format!("shape {:?} is not [{channels}]", t.dims));
+    match rows {
+        true if t.dims != [channels, 1] => {
+            return Some(format!(
+                "shape {:?} is not [{channels}, 1] (the weight is Gemm's A: channels are rows)",
+                t.dims
+            ))
+        }
+        false if t.dims != [channels] => return Some(format!("shape {:?} is not [{channels}]", t.dims)),
+        _ => {}
     }
     if g.consumers(b.name()).iter().any(|(n, _)| !uses.contains(n)) {
         return Some("it is also read by other nodes".into());

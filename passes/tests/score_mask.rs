@@ -228,6 +228,37 @@ fn channel_granularity_zeroes_rows_and_bias_and_lists_them() {
     assert!(!r2.passes[1].changed);
 }
 
+/// A Gemm reading its weight as A (`W · x`, with and without transA): its channels are the rows of
+/// the output, and a `[M, 1]` C follows the mask; a `[M]` C (broadcast along columns) is left, noted.
+#[test]
+fn channel_masks_zero_the_row_bias_of_a_weight_first_gemm() {
+    for (ta, c_dims) in [(0, vec![6, 1]), (1, vec![6, 1]), (0, vec![6])] {
+        let mut g = Graph::new();
+        g.inputs.push(ValueInfo::tensor("x", 1, &[4, 2]));
+        g.outputs.push(ValueInfo::tensor("y", 1, &[6, 2]));
+        let mut w = rand_vec(24, 5);
+        for k in 0..4 {
+            // Channel 2 weakest in either layout.
+            w[if ta == 0 { 2 * 4 + k } else { k * 6 + 2 }] *= 0.01;
+        }
+        let dims = if ta == 0 { vec![6, 4] } else { vec![4, 6] };
+        g.initializers.push(Tensor::from_f32("wa", dims, &w).unwrap());
+        g.initializers.push(Tensor::from_f32("c", c_dims.clone(), &rand_vec(6, 6)).unwrap());
+        let mut gemm = Node::new("Gemm", "gemm_wx", &["wa", "x", "c"], &["y"]);
+        gemm.set_attr("transA", AttrValue::Int(ta));
+        let mut m = model(g.with_nodes(vec![gemm]));
+        let r = run(&mut m, "score{method=l2},mask{sparsity=0.17,granularity=channel}", None).unwrap();
+        let c = values(&m, "c");
+        let zeroed: Vec<usize> = (0..6).filter(|&o| c.as_slice().unwrap()[o] == 0.0).collect();
+        if c_dims.len() == 2 {
+            assert_eq!(zeroed, vec![2], "transA={ta}: {:?}", notes(&r, 1));
+        } else {
+            assert!(zeroed.is_empty());
+            assert!(notes(&r, 1).iter().any(|n| n.contains("bias 'c' left unchanged")), "{:?}", notes(&r, 1));
+        }
+    }
+}
+
 #[test]
 fn mask_without_scores_uses_l1_and_notes_it() {
     let mut m = mlp(4, 4, 4, 4);

@@ -46,7 +46,8 @@ pub struct WeightUse {
     pub red_axis: usize,
     /// Conv / ConvTranspose `group` attribute (1 otherwise).
     pub groups: usize,
-    /// The bias tensor feeding the same op (Conv input 2, Gemm C), if constant.
+    /// The bias tensor feeding the same op (Conv input 2, Gemm C), if constant. For a Gemm that reads
+    /// its weight as A, C's rows are the channels (only a `[M, 1]` C has one entry per channel).
     pub bias: Option<WeightId>,
     /// For a quantized weight: the scale / zero-point inputs of the node that dequantizes it.
     pub quant: Option<QuantSlots>,
@@ -192,7 +193,8 @@ impl Graph {
                         .get(match node.op_type.as_str() {
                             "QLinearConv" => 8,
                             "QGemm" => 6,
-                            _ if slot == 1 => 2,
+                            // Gemm's C whether the weight is B (slot 1) or A (slot 0, rows = channels).
+                            _ if slot == 1 || node.op_type == "Gemm" => 2,
                             _ => usize::MAX,
                         })
                         .filter(|s| !s.is_empty())

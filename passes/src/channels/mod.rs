@@ -26,6 +26,7 @@ pub(crate) mod consts;
 mod coupled;
 pub(crate) mod fold;
 mod graph;
+pub(crate) use graph::zero_slices_of;
 mod groups;
 mod ops;
 pub(crate) mod plan;
