@@ -161,6 +161,11 @@ pub fn stages(plans: &[Plan]) -> Vec<Vec<usize>> {
 
 /// The Hessians of a plan (one per group, row-major cols × cols, scaled 2/n) from its answered requests.
 pub fn hessians(plan: &Plan, stats: &[&CalibStat]) -> Result<Vec<Vec<f64>>, String> {
+    hessians_and_rows(plan, stats).map(|(h, _)| h)
+}
+
+/// [`hessians`] and the number of calibration rows they sum.
+pub fn hessians_and_rows(plan: &Plan, stats: &[&CalibStat]) -> Result<(Vec<Vec<f64>>, u64), String> {
     let k = plan.cols;
     let mut sum = vec![vec![0.0; k * k]; plan.groups];
     let mut rows = 0u64;
@@ -185,7 +190,7 @@ pub fn hessians(plan: &Plan, stats: &[&CalibStat]) -> Result<Vec<Vec<f64>>, Stri
     for h in &mut sum {
         h.iter_mut().for_each(|v| *v *= scale);
     }
-    Ok(sum)
+    Ok((sum, rows))
 }
 
 /// Prune one weight: its values (C order, f64) in, new values out, with one [`Solved`] per group.

@@ -220,6 +220,8 @@ impl Pass for SparseGpt {
             let (mut calib_s, mut solve_s) = (0f64, 0f64);
             let mut t_calib = Instant::now();
             let settle = |t: &mut sparsify_ir::Tensor| cx.settle(t);
+            // Calibration rows behind each weight's Hessian (a warning when fewer than its inputs).
+            let mut rows_of: std::collections::BTreeMap<usize, u64> = std::collections::BTreeMap::new();
             calibrator.collect_each(&snapshot, &requests, &mut |ri, stat| {
                 stats[ri] = Some(stat);
                 let ready: Vec<usize> =
@@ -235,7 +237,9 @@ impl Pass for SparseGpt {
                     .iter()
                     .map(|&k| {
                         let st: Vec<&CalibStat> = which[k].iter().filter_map(|&i| stats[i].as_ref()).collect();
-                        sgpt_plan::hessians(&plans[stage[k]], &st)
+                        let (h, n) = sgpt_plan::hessians_and_rows(&plans[stage[k]], &st)?;
+                        rows_of.insert(k, n);
+                        Ok(h)
                     })
                     .collect();
                 for (i, s) in stats.iter_mut().enumerate() {
@@ -308,6 +312,18 @@ impl Pass for SparseGpt {
                             );
                         }
                         changed = Changed::Yes;
+                        if let Some(&n) = rows_of.get(&k).filter(|&&n| n < plan.cols as u64) {
+                            cx.stat("weights with fewer calibration rows than inputs", 1.0);
+                            cx.note(
+                                &name,
+                                format!(
+                                    "the Hessian comes from {n} calibration rows for {} inputs (rank ≤ {n}): the \
+                                     reconstruction can fit the calibration set and do worse on other inputs than \
+                                     the mask alone; use more calibration data",
+                                    plan.cols
+                                ),
+                            );
+                        }
                         let numel = plan.shape.iter().product::<usize>();
                         report(cx, &name, &solved, self.damp, numel, numel - model.graph.weight_nnz(&plan.id)?);
                     }

@@ -235,6 +235,21 @@ fn reconstruction_beats_magnitude_on_the_calibration_data() {
     assert!(e_sgpt < 0.8 * e_mask, "updates must help: {e_sgpt} vs {e_mask}");
 }
 
+/// Fewer calibration rows than inputs: the Hessian is rank-deficient and the pass says so (64 rows for
+/// 96 inputs); with more rows than inputs (64 rows for 48 inputs) it does not.
+#[test]
+fn fewer_calibration_rows_than_inputs_is_noted() {
+    for (k, warned) in [(96, true), (48, false)] {
+        let (mut m, cal) = matmul_case(k, 8, DType::F32);
+        let rep = run(&mut m, "sparsegpt{sparsity=0.5}", &cal).unwrap();
+        let notes: Vec<String> = rep.passes[0].notes.iter().map(|n| format!("{}: {}", n.subject, n.message)).collect();
+        let noted = notes
+            .iter()
+            .any(|n| n.starts_with(&format!("w: the Hessian comes from 64 calibration rows for {k} inputs")));
+        assert_eq!(noted, warned, "k={k}: {notes:?}");
+    }
+}
+
 #[test]
 fn singular_hessian_is_damped_and_dead_inputs_zeroed() {
     let xs = [4, 16, 24];
