@@ -73,6 +73,8 @@ pub fn load(path: &Path) -> Result<Model, Error> {
     Ok(sparsify_onnx_io::load(path)?)
 }
 
+pub use sparsify_onnx_io::{input_files, output_files, same_file};
+
 /// Save atomically: nothing is left at `path` if writing fails.
 pub fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), Error> {
     Ok(sparsify_onnx_io::save(model, path, opts)?)

@@ -90,6 +90,39 @@ fn external_data_in_the_folder_loads() {
     assert!(d.join("out.onnx.data").exists());
 }
 
+/// An output file that is one of the input's external-data files (by the `.data` name the output takes,
+/// or named directly, also through a hard link) is refused before any work; the input is untouched.
+#[test]
+fn outputs_never_land_on_the_inputs_external_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let w: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    for (location, output, extra) in [
+        ("out.onnx.data", "out.onnx", &[][..]),
+        ("w.bin", "w.bin", &[][..]),
+        ("w.bin", "w.bin", &["--external-data", "never"][..]),
+        ("w.bin", "link.onnx.data", &[][..]),
+    ] {
+        std::fs::write(d.join(location), &w).unwrap();
+        if output == "link.onnx.data" {
+            std::fs::hard_link(d.join(location), d.join(output)).unwrap();
+        }
+        let model = tiny(|t| external(t, location, 0, 16));
+        std::fs::write(d.join("in.onnx"), &model).unwrap();
+        let out = if output == "link.onnx.data" { d.join("link.onnx") } else { d.join(output) };
+        let input = d.join("in.onnx");
+        let args = ["run", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "--pipeline", "mask"];
+        let o = run(&[&args[..], extra].concat());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{location} / {output}: {err}");
+        assert!(err.contains("refusing to overwrite the input"), "{err}");
+        assert_eq!(std::fs::read(d.join(location)).unwrap(), w, "{location} modified");
+        assert_eq!(std::fs::read(d.join("in.onnx")).unwrap(), model);
+        std::fs::remove_file(d.join(location)).unwrap();
+        let _ = std::fs::remove_file(d.join("link.onnx.data"));
+    }
+}
+
 #[test]
 fn bad_pipelines_are_usage_errors() {
     let tmp = tempfile::tempdir().unwrap();

@@ -399,3 +399,27 @@ fn direct_io_works(dir: &std::path::Path) -> bool {
     let _ = std::fs::remove_file(&path);
     ok
 }
+
+/// The library refuses to write over a file a loaded model still reads its weights from (the mapped
+/// external data), whatever the output is called; once nothing reads it, the file is an ordinary path.
+#[test]
+fn saving_over_a_mapped_input_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let big = |name: &str| sparsify_onnx::ir::Tensor::from_f32(name, vec![512, 512], &vec![0.5; 512 * 512]).unwrap();
+    let mut m = common::built::mlp();
+    m.graph.initializers.push(big("big"));
+    let ext = ExportOptions { external: ExternalMode::Always, threshold: 0 };
+    save(&m, &d.join("in.onnx"), &ext).unwrap();
+    let before = std::fs::read(d.join("in.onnx.data")).unwrap();
+    let loaded = load(&d.join("in.onnx")).unwrap();
+    let err = save(&loaded, &d.join("in.onnx.data"), &ExportOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("still reads its weights"), "{err}");
+    // Writing the model with external data next to an output named like the input: the data file
+    // would be the input's.
+    let err = save(&loaded, &d.join("in.onnx"), &ext).unwrap_err().to_string();
+    assert!(err.contains("still reads its weights"), "{err}");
+    assert_eq!(std::fs::read(d.join("in.onnx.data")).unwrap(), before);
+    drop(loaded);
+    save(&m, &d.join("in.onnx.data"), &ExportOptions::default()).unwrap();
+}

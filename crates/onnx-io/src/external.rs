@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 struct Mapped {
     map: Mmap,
     file: File,
+    path: PathBuf,
 }
 
 struct MapOwner(Arc<Mapped>);
@@ -37,11 +38,23 @@ pub fn map_file(path: &Path) -> Result<Bytes, std::io::Error> {
     // SAFETY: the map is read-only; the tool never writes to its inputs. Another process truncating the
     // file while it is mapped is outside what any reader can defend against.
     let map = unsafe { Mmap::map(&file)? };
-    let mapped = Arc::new(Mapped { map, file });
+    let mapped = Arc::new(Mapped { map, file, path: path.to_path_buf() });
     let mut all = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
     all.retain(|w| w.strong_count() > 0);
     all.push(Arc::downgrade(&mapped));
     Ok(Bytes::from_owner(MapOwner(mapped)))
+}
+
+/// The path of a file mapped by [`map_file`] (some tensor still reads from it) that `dest` is (same
+/// device and inode), if any: writing over it would change the input under the model reading it.
+pub(crate) fn mapped_file_at(dest: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let d = std::fs::metadata(dest).ok()?;
+    let all = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter().filter_map(Weak::upgrade).find_map(|m| {
+        let f = m.file.metadata().ok()?;
+        (f.dev() == d.dev() && f.ino() == d.ino()).then(|| m.path.clone())
+    })
 }
 
 /// Copy `bytes` to `out` (at `out_offset`, or at its current position when `None`) in the kernel when

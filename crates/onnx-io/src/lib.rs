@@ -47,6 +47,44 @@ pub fn load(path: &Path) -> Result<Model, IoError> {
     import::load_file(path, &LoadOptions::default())
 }
 
+/// The files [`load`] read for `model` loaded from `path`: `path` and every external-data file its
+/// tensors name (resolved in its folder), each once.
+pub fn input_files(model: &Model, path: &Path) -> Vec<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = vec![path.to_path_buf()];
+    for t in &model.graph.initializers {
+        if let sparsify_ir::Storage::External { location } = &t.storage {
+            let f = dir.join(location);
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    }
+    files
+}
+
+/// The files [`save`] writes for `model` at `path` with `opts`: `path`, and its external-data file when
+/// the output has one.
+pub fn output_files(model: &Model, path: &Path, opts: &ExportOptions) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    if let Some((data, plan)) = write::data_plan(model, path, opts) {
+        if plan.location.is_some() {
+            files.push(data);
+        }
+    }
+    files
+}
+
+/// Whether `a` and `b` are the same file (same device and inode: symlinks, `..` spellings and hard links
+/// included); `false` when either does not exist.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
 /// Save a model atomically. Inline model data goes into `path`; external data (when the options or the
 /// model ask for it) into `<file name>.data` beside it.
 pub fn save(model: &Model, path: &Path, opts: &ExportOptions) -> Result<(), IoError> {

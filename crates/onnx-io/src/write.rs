@@ -218,6 +218,12 @@ impl AtomicFile {
         if dest.is_dir() {
             return Err(IoError::Refused { path: dest.into(), why: "it is a directory".into() });
         }
+        if let Some(input) = crate::external::mapped_file_at(dest) {
+            return Err(IoError::Refused {
+                path: dest.into(),
+                why: format!("it is '{}', which a loaded model still reads its weights from", input.display()),
+            });
+        }
         let name = dest
             .file_name()
             .ok_or_else(|| IoError::Refused { path: dest.into(), why: "no file name".into() })?

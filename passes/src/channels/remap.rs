@@ -104,7 +104,8 @@ impl Builder<'_> {
         let (x, out, name) = (n.inputs[0].clone(), n.outputs[0].clone(), n.display_name());
         let Some(xl) = self.layout(&x) else { return };
         let (Some(r), Some(f)) = (xl.rank, xl.front()) else {
-            return self.block_tensor(&x, format!("'{name}': the channel analysis does not know the rank of its input '{x}'"));
+            return self
+                .block_tensor(&x, format!("'{name}': the channel analysis does not know the rank of its input '{x}'"));
         };
         let starts = ints_input_or_attr(self.g, n, 1, "starts");
         let ends = ints_input_or_attr(self.g, n, 2, "ends");
@@ -152,7 +153,8 @@ impl Builder<'_> {
         let (x, out, name) = (n.inputs[0].clone(), n.outputs[0].clone(), n.display_name());
         let Some(xl) = self.layout(&x) else { return };
         let (Some(r), Some(f)) = (xl.rank, xl.front()) else {
-            return self.block_tensor(&x, format!("'{name}': the channel analysis does not know the rank of its input '{x}'"));
+            return self
+                .block_tensor(&x, format!("'{name}': the channel analysis does not know the rank of its input '{x}'"));
         };
         let c = xl.atoms.len() as i64;
         let sh = self.shapes.get(&x).cloned();
@@ -206,7 +208,8 @@ impl Builder<'_> {
         let (x, out, name) = (n.inputs[0].clone(), n.outputs[0].clone(), n.display_name());
         let Some(xl) = self.layout(&x) else { return };
         let (Some(r), Some(f)) = (xl.rank, xl.front()) else {
-            return self.block_tensor(&x, format!("'{name}': the channel analysis does not know the rank of its input '{x}'"));
+            return self
+                .block_tensor(&x, format!("'{name}': the channel analysis does not know the rank of its input '{x}'"));
         };
         let new_front = match n.op_type.as_str() {
             "Transpose" => {

@@ -83,20 +83,13 @@ struct JsonOut<'a> {
     thresholds: Option<Thresholds>,
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}
-
 pub fn main(a: Args) -> Result<Outcome> {
     let pipeline = match Pipeline::parse(&a.pipeline) {
         Ok(p) => p,
         Err(sparsify_onnx::Error::Pipeline(e)) => return Ok(Outcome::Usage(e.to_string())),
         Err(e) => return Err(e.into()),
     };
-    if same_file(&a.input, &a.output) {
+    if sparsify_onnx::same_file(&a.input, &a.output) {
         bail!("the output '{}' is the input file: refusing to overwrite the input", a.output.display());
     }
     let mut model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
@@ -127,6 +120,18 @@ pub fn main(a: Args) -> Result<Outcome> {
         _ => ExternalMode::Auto,
     };
     let opts = ExportOptions { external, ..Default::default() };
+    // No output file may be one of the input's files (the model or its external data).
+    for out in sparsify_onnx::output_files(&model, &a.output, &opts) {
+        if let Some(inp) =
+            sparsify_onnx::input_files(&model, &a.input).iter().find(|i| sparsify_onnx::same_file(i, &out))
+        {
+            bail!(
+                "the output file '{}' is the input's file '{}': refusing to overwrite the input",
+                out.display(),
+                inp.display()
+            );
+        }
+    }
     // Rewritten tensors are stored as soon as they are final: straight into the output's external-data
     // file when it will have one (laid out now, renamed into place by the save), else in an unlinked
     // spill file beside the output. Memory stays bounded by the largest tensor. Without a writable
