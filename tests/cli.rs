@@ -123,6 +123,62 @@ fn outputs_never_land_on_the_inputs_external_data() {
     }
 }
 
+/// Mistakes found before any work, so a failed run leaves nothing: a report on the model output or on
+/// the other report, a report folder that does not exist (exit 1), bad `--input-shape` text and an op
+/// type no weight is selected through (usage, exit 2).
+#[test]
+fn side_output_and_option_mistakes_are_caught_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let m = model("digits_mlp").join("model.onnx");
+    let out = d.join("o.onnx");
+    let (m, o) = (m.to_str().unwrap(), out.to_str().unwrap());
+    let report = d.join("r.json");
+    let r = report.to_str().unwrap();
+    let missing = d.join("nodir/r.html");
+    for (extra, code, needle) in [
+        (vec!["--json", o], 1, "is the output model"),
+        (vec!["--json", r, "--report", r], 1, "are the same file"),
+        (vec!["--report", missing.to_str().unwrap()], 1, "does not exist"),
+        (vec!["--validate", "--input-shape", "x=a,b"], 2, "is not a positive integer"),
+        (vec!["--pipeline", "score{ops=Matmul},mask"], 2, "did you mean 'MatMul'?"),
+    ] {
+        let o = run(&[&["run", m, "-o", o][..], &extra].concat());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{extra:?}: {err}");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        let left: Vec<_> = std::fs::read_dir(d).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "{extra:?} left {left:?}");
+    }
+    let o = run(&["check", m, "--ops", "Foo"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Token ids beyond the embedding table make tract panic inside Gather: the run fails with an error
+/// saying so (exit 1, no panic message, no output), for calibration and for validation inputs.
+#[test]
+fn out_of_range_token_ids_are_an_error_not_a_crash() {
+    use sparsify_onnx::validate::{npy, Array};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("bad")).unwrap();
+    let ids = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[4, 64]), |i| if i[1] == 7 { 5000 } else { 3 });
+    npy::write_npy(&d.join("bad/input_0.npy"), &Array::I64(ids)).unwrap();
+    let m = model("char_lm").join("model.onnx");
+    let out = d.join("o.onnx");
+    let (m, o, bad) = (m.to_str().unwrap(), out.to_str().unwrap(), d.join("bad"));
+    for extra in [
+        vec!["--pipeline", "score{method=wanda},mask", "--calib", bad.to_str().unwrap()],
+        vec!["--validate", "--inputs", bad.to_str().unwrap()],
+    ] {
+        let r = run(&[&["run", m, "-o", o][..], &extra].concat());
+        let err = stderr(&r);
+        assert_eq!(r.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains("tract stopped on these inputs") && !err.contains("panicked"), "{err}");
+        let _ = std::fs::remove_file(&out);
+    }
+}
+
 #[test]
 fn bad_pipelines_are_usage_errors() {
     let tmp = tempfile::tempdir().unwrap();

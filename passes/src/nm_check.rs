@@ -134,7 +134,7 @@ fn build(opts: &mut Options<'_>) -> Result<Box<dyn Pass>, PipelineError> {
     let strict = opts.take_bool("strict", false)?;
     let mut scope = Scope::default();
     if let Some(ops) = opts.take_str("ops") {
-        scope.ops = crate::scope::parse_ops(&ops);
+        scope.ops = crate::scope::parse_known_ops(&ops).map_err(|e| opts.error((0, 0), format!("check: {e}")))?;
     }
     if let Some(names) = opts.take_str("names") {
         scope.names = crate::glob::Glob::new(&names);

@@ -34,6 +34,11 @@ impl<'a> Options<'a> {
         PipelineError { text: self.text.to_string(), span, message: message.into() }
     }
 
+    /// The pass these options belong to.
+    pub fn pass_name(&self) -> &str {
+        &self.pass
+    }
+
     /// Whether the pipeline text gives `key` (taken or not).
     pub fn given(&self, key: &str) -> bool {
         self.items.iter().any(|i| i.0 == key)

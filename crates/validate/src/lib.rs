@@ -19,7 +19,7 @@ pub use calib_batches::{load_samples, plan_batches, BatchPlan};
 pub use compare::{compare_outputs, validate, OutputReport, Status, Thresholds, ValidationReport};
 pub use error::ValidateError;
 pub use feed::{load_feed, parse_input_shape, random_feed, split_batches};
-pub use tract_adapter::{run_model, ModelSource, Runner};
+pub use tract_adapter::{in_tract_run, run_model, ModelSource, Runner};
 
 /// One dimension of a declared graph input.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

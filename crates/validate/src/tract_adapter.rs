@@ -134,7 +134,7 @@ impl Runner {
         let plan = self.plan_for(inputs)?;
         let values: TVec<TValue> =
             inputs.iter().map(|a| to_tensor(a).map(|t| t.into_tvalue())).collect::<Result<_, _>>()?;
-        let outputs = plan.run(values).map_err(tract("running the model"))?;
+        let outputs = guarded(|| plan.run(values))?.map_err(tract("running the model"))?;
         self.output_names
             .iter()
             .zip(outputs.iter())
@@ -180,6 +180,37 @@ impl Runner {
         plans.push((sig, plan.clone()));
         Ok(plan)
     }
+}
+
+thread_local! {
+    static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside a guarded tract run: a panic there becomes an error (an embedding
+/// binary's panic hook can stay quiet for it).
+pub fn in_tract_run() -> bool {
+    IN_TRACT.with(|c| c.get())
+}
+
+/// Run `f` (a tract call), turning a panic inside tract into an error: tract indexes without checks on
+/// some inputs (a token id beyond an embedding table), which must fail the run, not abort the process.
+fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, ValidateError> {
+    IN_TRACT.with(|c| c.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_TRACT.with(|c| c.set(false));
+    r.map_err(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        ValidateError::Tract {
+            msg: format!(
+                "running the model: tract stopped on these inputs ({why}); check that they are valid for the \
+                 model (e.g. token ids within the vocabulary)"
+            ),
+        }
+    })
 }
 
 /// Wraps a tract error with what we were doing, as one line.

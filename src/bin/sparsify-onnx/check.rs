@@ -42,10 +42,14 @@ pub fn main(a: Args) -> Result<Outcome> {
     if a.n == 0 || a.n >= a.m {
         return Ok(Outcome::Usage(format!("--n must be at least 1 and below --m (got n={}, m={})", a.n, a.m)));
     }
-    let model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
     use sparsify_onnx::passes::{glob::Glob, scope};
+    let ops = match scope::parse_known_ops(&a.ops) {
+        Ok(o) => o,
+        Err(e) => return Ok(Outcome::Usage(format!("--ops: {e}"))),
+    };
+    let model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
     let scope = scope::Scope {
-        ops: scope::parse_ops(&a.ops),
+        ops,
         names: Glob::new(&a.names),
         exclude: (!a.exclude.is_empty()).then(|| Glob::new(&a.exclude)),
         embeddings: false,

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use sparsify_onnx::ir::Model;
-use sparsify_onnx::validate::{Feed, Status, Thresholds, ValidationReport};
+use sparsify_onnx::validate::{Dim, Feed, Status, Thresholds, ValidationReport};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -21,6 +21,25 @@ pub fn feed_for(model: &Model, inputs: Option<&Path>, shapes: &[String], seed: u
             eprintln!(
                 "note: no --inputs given: validating on seeded random inputs (seed {seed}) from the declared shapes"
             );
+            // Say which sizes were not declared: they are 1 in the random inputs, which can make the
+            // fidelity figures unlike those of real inputs.
+            let ones: Vec<String> = decls
+                .iter()
+                .filter(|d| !overrides.contains_key(&d.name))
+                .flat_map(|d| {
+                    d.dims.iter().enumerate().filter(|(_, x)| x.fixed().is_none()).map(|(i, x)| match x {
+                        Dim::Named(sym) => format!("{}[{i}] ('{sym}')", d.name),
+                        _ => format!("{}[{i}]", d.name),
+                    })
+                })
+                .collect();
+            if !ones.is_empty() {
+                eprintln!(
+                    "note: sizes not declared, set to 1 in the random inputs: {} (give --input-shape NAME=d0,d1,... \
+                     or --inputs for realistic sizes)",
+                    ones.join(", ")
+                );
+            }
             Ok(sparsify_onnx::validate::random_feed(&decls, &overrides, seed)?)
         }
     }

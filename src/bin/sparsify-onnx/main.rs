@@ -48,6 +48,13 @@ pub enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // A panic inside a guarded tract run is reported as that run's error: print nothing for it here.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !sparsify_onnx::validate::in_tract_run() {
+            report(info);
+        }
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::main(a),

@@ -92,6 +92,12 @@ pub fn main(a: Args) -> Result<Outcome> {
     if sparsify_onnx::same_file(&a.input, &a.output) {
         bail!("the output '{}' is the input file: refusing to overwrite the input", a.output.display());
     }
+    for s in &a.input_shape {
+        if let Err(e) = sparsify_onnx::validate::parse_input_shape(s) {
+            return Ok(Outcome::Usage(e.to_string()));
+        }
+    }
+    check_side_outputs(&a)?;
     let mut model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
     let bars = progress::wanted(a.quiet).then(progress::Bars::new);
     let calibrator = match &a.calib {
@@ -179,6 +185,39 @@ pub fn main(a: Args) -> Result<Outcome> {
     }
     write_outputs(&a, &model, &report, calib_notes, validation, checked.as_ref(), th, enforce)?;
     Ok(outcome)
+}
+
+/// Before any work: `--json` and `--report` must be other files than the model output and each other,
+/// in folders that exist (a run that fails at the end would otherwise leave some outputs and not others).
+fn check_side_outputs(a: &Args) -> Result<()> {
+    let same = |x: &Path, y: &Path| x == y || sparsify_onnx::same_file(x, y);
+    let data = a.output.with_file_name(format!(
+        "{}.data",
+        a.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    let side: Vec<(&str, &Path)> = [("--json", a.json.as_deref()), ("--report", a.report.as_deref())]
+        .into_iter()
+        .filter_map(|(f, p)| Some((f, p?)))
+        .collect();
+    for (i, (flag, p)) in side.iter().enumerate() {
+        for (what, other) in [
+            ("the output model", a.output.as_path()),
+            ("the output's data file", data.as_path()),
+            ("the input", a.input.as_path()),
+        ] {
+            if same(p, other) {
+                bail!("{flag} '{}' is {what}: give the report its own file", p.display());
+            }
+        }
+        if let Some((f2, p2)) = side[..i].iter().find(|(_, q)| same(p, q)) {
+            bail!("{flag} and {f2} are the same file '{}'", p2.display());
+        }
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            bail!("{flag} '{}': the folder '{}' does not exist", p.display(), dir.display());
+        }
+    }
+    Ok(())
 }
 
 /// The validation report as JSON; without a verdict, status "Measured" and no per-output verdicts.
