@@ -141,6 +141,8 @@ fn side_output_and_option_mistakes_are_caught_before_any_work() {
         (vec!["--json", r, "--report", r], 1, "are the same file"),
         (vec!["--report", missing.to_str().unwrap()], 1, "does not exist"),
         (vec!["--validate", "--input-shape", "x=a,b"], 2, "is not a positive integer"),
+        (vec!["--input-shape", "x=1,64"], 2, "give it with --validate"),
+        (vec!["--calib-batch", "0"], 2, "at least 1"),
         (vec!["--pipeline", "score{ops=Matmul},mask"], 2, "did you mean 'MatMul'?"),
     ] {
         let o = run(&[&["run", m, "-o", o][..], &extra].concat());

@@ -17,6 +17,10 @@ pub struct LoadOptions {
 }
 
 pub(crate) fn load_file(path: &Path, opts: &LoadOptions) -> Result<Model, IoError> {
+    if path.is_dir() {
+        let source = std::io::Error::other("it is a folder, not an ONNX model file");
+        return Err(IoError::Read { path: path.to_path_buf(), source });
+    }
     let bytes = map_file(path).map_err(|source| IoError::Read { path: path.to_path_buf(), source })?;
     let base = opts.base_dir.clone().or_else(|| {
         Some(

@@ -233,7 +233,13 @@ impl AtomicFile {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let tmp = dest.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
             match File::options().read(true).write(true).create_new(true).open(&tmp) {
-                Ok(file) => return Ok(AtomicFile { file, tmp, dest: dest.to_path_buf(), done: false }),
+                Ok(file) => {
+                    // A file replaced keeps its permissions (a private 0600 report stays private).
+                    if let Ok(m) = std::fs::metadata(dest) {
+                        file.set_permissions(m.permissions()).map_err(werr)?;
+                    }
+                    return Ok(AtomicFile { file, tmp, dest: dest.to_path_buf(), done: false });
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(werr(e)),
             }
@@ -498,6 +504,19 @@ fn finish_in_place(s: &Scratch, data_path: &Path, plan: &ExternalPlan) -> Option
 mod tests {
     //! The `Sink` tests are the ones Miri runs: `cargo +nightly miri test -p sparsify-onnx-io --lib sink`.
     use super::*;
+
+    /// A replaced file keeps its permission bits; a new file gets the process default.
+    #[test]
+    fn replacing_a_file_keeps_its_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.json");
+        std::fs::write(&p, "{}").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_file_atomic(&p, b"[1]").unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&p).unwrap(), b"[1]");
+    }
 
     /// Bytes written through `chunk_mut`/`advance_mut` (the unsafe paths) and `put_slice`, across many
     /// flushes of a small buffer, arrive in order and complete.

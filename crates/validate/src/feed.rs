@@ -66,7 +66,35 @@ pub fn load_feed(path: &Path, decls: &[InputDecl]) -> Result<Feed, ValidateError
     for ((_, arr), decl) in arrays.iter().zip(decls) {
         check_against_decl(arr, decl)?;
     }
+    check_shared_sizes(&arrays, decls)?;
     Ok(Feed { arrays })
+}
+
+/// Inputs whose declarations name the same symbolic size (`batch`, `seq`) must hold the same size
+/// there: tract would otherwise fail deep inside the graph with an error that names neither input.
+fn check_shared_sizes(arrays: &[(String, Array)], decls: &[InputDecl]) -> Result<(), ValidateError> {
+    let mut seen: std::collections::BTreeMap<&str, (&str, usize, usize)> = std::collections::BTreeMap::new();
+    for ((_, arr), decl) in arrays.iter().zip(decls) {
+        for (axis, (d, &got)) in decl.dims.iter().zip(arr.shape()).enumerate() {
+            let Dim::Named(sym) = d else { continue };
+            if sym.is_empty() || sym == "?" {
+                continue;
+            }
+            match seen.get(sym.as_str()) {
+                Some(&(other, at, size)) if size != got => {
+                    return Err(ValidateError::feed(format!(
+                        "inputs `{other}` (axis {at}) and `{}` (axis {axis}) share the size '{sym}' but hold {size} and {got}",
+                        decl.name
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(sym, (decl.name.as_str(), axis, got));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Seeded random inputs from the declared shapes.
@@ -281,4 +309,28 @@ fn random_array(name: &str, elem_type: i32, shape: &[usize], rng: &mut SplitMix6
         }
     };
     Ok(arr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two inputs declared `[batch, seq]` must agree on both sizes; the error names both inputs.
+    #[test]
+    fn inputs_sharing_a_symbolic_size_must_agree() {
+        let d = tempfile::tempdir().unwrap();
+        let decl = |name: &str| InputDecl {
+            name: name.into(),
+            elem_type: 7,
+            dims: vec![Dim::Named("batch".into()), Dim::Named("seq".into())],
+        };
+        let decls = [decl("ids"), decl("mask")];
+        let ids = |rows: usize, cols: usize| Array::I64(ArrayD::zeros(IxDyn(&[rows, cols])));
+        npy::write_npy(&d.path().join("ids.npy"), &ids(4, 32)).unwrap();
+        npy::write_npy(&d.path().join("mask.npy"), &ids(4, 32)).unwrap();
+        assert!(load_feed(d.path(), &decls).is_ok());
+        npy::write_npy(&d.path().join("mask.npy"), &ids(4, 20)).unwrap();
+        let e = load_feed(d.path(), &decls).unwrap_err().to_string();
+        assert!(e.contains("`ids` (axis 1) and `mask` (axis 1) share the size 'seq' but hold 32 and 20"), "{e}");
+    }
 }

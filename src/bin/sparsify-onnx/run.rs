@@ -84,6 +84,9 @@ struct JsonOut<'a> {
 }
 
 pub fn main(a: Args) -> Result<Outcome> {
+    if a.calib_batch == 0 {
+        return Ok(Outcome::Usage("--calib-batch must be at least 1".into()));
+    }
     let pipeline = match Pipeline::parse(&a.pipeline) {
         Ok(p) => p,
         Err(sparsify_onnx::Error::Pipeline(e)) => return Ok(Outcome::Usage(e.to_string())),
@@ -91,6 +94,11 @@ pub fn main(a: Args) -> Result<Outcome> {
     };
     if sparsify_onnx::same_file(&a.input, &a.output) {
         bail!("the output '{}' is the input file: refusing to overwrite the input", a.output.display());
+    }
+    if !a.input_shape.is_empty() && (!a.validate || a.inputs.is_some()) {
+        return Ok(Outcome::Usage(
+            "--input-shape sizes the random inputs of --validate: give it with --validate and without --inputs".into(),
+        ));
     }
     for s in &a.input_shape {
         if let Err(e) = sparsify_onnx::validate::parse_input_shape(s) {

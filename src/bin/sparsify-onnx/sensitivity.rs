@@ -44,6 +44,9 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<Outcome> {
+    if a.calib_batch == 0 {
+        return Ok(Outcome::Usage("--calib-batch must be at least 1".into()));
+    }
     if !a.pipeline_template.contains("$S") {
         return Ok(Outcome::Usage("--pipeline-template must contain $S (where the sparsity goes)".into()));
     }

@@ -33,6 +33,9 @@ pub struct Args {
 }
 
 pub fn main(a: Args) -> Result<Outcome> {
+    if !a.input_shape.is_empty() && a.inputs.is_some() {
+        return Ok(Outcome::Usage("--input-shape sizes random inputs: give it without --inputs".into()));
+    }
     let model = sparsify_onnx::load(&a.original).with_context(|| format!("loading {}", a.original.display()))?;
     let feed = feed_for(&model, a.inputs.as_deref(), &a.input_shape, a.seed)?;
     let th = thresholds(a.max_rel_l2, a.min_cosine, a.max_abs);
