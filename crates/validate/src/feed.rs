@@ -224,6 +224,9 @@ fn check_against_decl(arr: &Array, decl: &InputDecl) -> Result<(), ValidateError
             arr.dtype_name()
         )));
     }
+    if arr.shape().contains(&0) {
+        return Err(ValidateError::feed(format!("input `{}` holds no values (shape {:?})", decl.name, arr.shape())));
+    }
     check_shape(&decl.name, arr.shape(), &decl.dims)
 }
 
@@ -332,5 +335,10 @@ mod tests {
         npy::write_npy(&d.path().join("mask.npy"), &ids(4, 20)).unwrap();
         let e = load_feed(d.path(), &decls).unwrap_err().to_string();
         assert!(e.contains("`ids` (axis 1) and `mask` (axis 1) share the size 'seq' but hold 32 and 20"), "{e}");
+        // No rows at all is refused too (calibration on it would measure nothing).
+        npy::write_npy(&d.path().join("ids.npy"), &ids(0, 32)).unwrap();
+        npy::write_npy(&d.path().join("mask.npy"), &ids(0, 32)).unwrap();
+        let e = load_feed(d.path(), &decls).unwrap_err().to_string();
+        assert!(e.contains("input `ids` holds no values"), "{e}");
     }
 }

@@ -57,6 +57,17 @@ pub fn main(a: Args) -> Result<Outcome> {
         Ok(l) => l,
         Err(e) => return Ok(Outcome::Usage(format!("--levels: {e}"))),
     };
+    for (flag, p) in [("--cache", a.cache.as_deref()), ("--json", a.json.as_deref())] {
+        let Some(p) = p else { continue };
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Ok(Outcome::Usage(format!(
+                "{flag} '{}': the folder '{}' does not exist",
+                p.display(),
+                dir.display()
+            )));
+        }
+    }
     let model = sparsify_onnx::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let decls = sparsify_onnx::input_decls(&model);
     let feed = sparsify_onnx::validate::load_feed(&a.calib, &decls)
