@@ -272,7 +272,6 @@ impl Pass for MaskPass {
     }
     fn options(&self) -> Vec<(&'static str, String)> {
         let mut v = vec![
-            ("sparsity", format!("{}", self.sparsity)),
             (
                 "granularity",
                 match (self.coupled, self.granularity) {
@@ -294,6 +293,10 @@ impl Pass for MaskPass {
                 .to_string(),
             ),
         ];
+        // max_error chooses the sparsity (and refuses one given beside it): the canonical text omits it.
+        if self.budget.as_ref().is_none_or(|b| b.max_error.is_none()) {
+            v.insert(0, ("sparsity", format!("{}", self.sparsity)));
+        }
         if self.coupled {
             let auto = |n: Option<&'static str>| n.unwrap_or("auto").to_string();
             v.push(("criterion", auto(self.criterion.map(Criterion::name))));
