@@ -146,6 +146,35 @@ impl Budget {
     }
 }
 
+/// The tensors `max_error` bounds: every float graph output (or the one named) and, with `logits=auto`,
+/// the input of a Softmax computing one of them; notes for the Softmax inputs added and for targets none
+/// of them depends on.
+fn bounded_tensors(g: &sparsify_ir::Graph, b: &Budget, targets: &[Target], cx: &mut PassCx<'_>) -> Vec<String> {
+    let mut bounded = match &b.output {
+        Some(o) => vec![o.clone()],
+        None => float_outputs(g),
+    };
+    for o in bounded.clone() {
+        if let Some(z) = softmax_input(g, &o).filter(|z| b.logits && !bounded.contains(z)) {
+            cx.note(
+                "max_error",
+                format!(
+                    "'{o}' is a Softmax output: its input '{z}' is bounded too (saturated probabilities hide what \
+                     pruning does to the logits; logits=off bounds '{o}' alone)"
+                ),
+            );
+            bounded.push(z);
+        }
+    }
+    let seen: Option<Vec<_>> = bounded.iter().map(|t| ancestors(g, t)).collect();
+    if let Some(seen) = seen {
+        for t in targets.iter().filter(|t| !seen.iter().any(|a| a.contains(t.id.name()))) {
+            cx.note(t.id.name(), "reaches no bounded tensor: max_error does not measure its pruning");
+        }
+    }
+    bounded
+}
+
 /// Per-layer zero counts for a global count `total` from the curves (errors per level; elements n_l;
 /// zeros already present z_l), within [min, max] per layer. Errors if the bounds make it impossible.
 pub fn allocate_counts(
@@ -452,29 +481,7 @@ pub fn run(
         None => sparsity,
         Some(e) => {
             let cal = cal_opt.ok_or(PassError::NeedsCalibration)?;
-            // Every float graph output (or the one named), and the logits of those a Softmax computes.
-            let mut bounded = match &b.output {
-                Some(o) => vec![o.clone()],
-                None => float_outputs(g),
-            };
-            for o in bounded.clone() {
-                if let Some(z) = softmax_input(g, &o).filter(|z| b.logits && !bounded.contains(z)) {
-                    cx.note(
-                        "max_error",
-                        format!(
-                            "'{o}' is a Softmax output: its input '{z}' is bounded too (saturated probabilities \
-                             hide what pruning does to the logits; logits=off bounds '{o}' alone)"
-                        ),
-                    );
-                    bounded.push(z);
-                }
-            }
-            let seen: Option<Vec<_>> = bounded.iter().map(|t| ancestors(g, t)).collect();
-            if let Some(seen) = seen {
-                for t in ctx.targets.iter().filter(|t| !seen.iter().any(|a| a.contains(t.id.name()))) {
-                    cx.note(t.id.name(), "reaches no bounded tensor: max_error does not measure its pruning");
-                }
-            }
+            let bounded = bounded_tensors(g, b, &ctx.targets, cx);
             let reference = tensor_values(&dense, cal, &bounded)?;
             let mut err_at = |s: f64| -> Result<f64, PassError> {
                 let m = ctx.masked(&alloc(s)?)?;
