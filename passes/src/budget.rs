@@ -27,7 +27,7 @@
 //! Skipped weights and notes follow `mask`. Scores come from the `score` analysis (any method) or |w|.
 
 use crate::layer_sensitivity::{
-    ancestors, float_outputs, measure, measured_tensor, parse_levels, rel_l2, softmax_input, tensor_values, Curves,
+    float_outputs, measure, measured_tensor, parse_levels, reaching, rel_l2, softmax_input, tensor_values, Curves,
 };
 use crate::mask_groups::{apply_mask, plan_targets, Granularity, Group, MaskConfig, Target};
 use crate::scope::Scope;
@@ -166,11 +166,10 @@ fn bounded_tensors(g: &sparsify_ir::Graph, b: &Budget, targets: &[Target], cx: &
             bounded.push(z);
         }
     }
-    let seen: Option<Vec<_>> = bounded.iter().map(|t| ancestors(g, t)).collect();
-    if let Some(seen) = seen {
-        for t in targets.iter().filter(|t| !seen.iter().any(|a| a.contains(t.id.name()))) {
-            cx.note(t.id.name(), "reaches no bounded tensor: max_error does not measure its pruning");
-        }
+    let names: Vec<&str> = bounded.iter().map(String::as_str).collect();
+    let reaches = reaching(g, &names);
+    for t in targets.iter().filter(|t| !reaches(t.id.name())) {
+        cx.note(t.id.name(), "reaches no bounded tensor: max_error does not measure its pruning");
     }
     bounded
 }
@@ -383,9 +382,8 @@ pub fn run(
     let output = measured_tensor(g, b.output.as_deref(), "mask")?;
     // Weights the measured tensor does not depend on have flat curves: allocating them would prune them
     // to the cap unseen. They keep the global sparsity instead.
-    let reached = ancestors(g, &output);
-    let curved: Vec<bool> =
-        ctx.targets.iter().map(|t| reached.as_ref().is_none_or(|r| r.contains(t.id.name()))).collect();
+    let reaches = reaching(g, &[&output]);
+    let curved: Vec<bool> = ctx.targets.iter().map(|t| reaches(t.id.name())).collect();
     let curves: Option<Curves> = match b.allocate {
         Allocate::Uniform | Allocate::Owl => None,
         Allocate::Sensitivity => {

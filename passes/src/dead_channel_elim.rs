@@ -182,7 +182,7 @@ impl Pass for DeadChannelElim {
 fn note_unsliced_weights(g: &Graph, cx: &mut PassCx<'_>) -> usize {
     let mut n = 0;
     for w in g.find_weights() {
-        let Some(u) = w.uses.first() else { continue };
+        let Some(u) = w.uses.first().filter(|_| w.conflict.is_none()) else { continue };
         let why = match (u.op.as_str(), u.slot) {
             ("ConvTranspose", _) => "ConvTranspose outputs are not sliced by this pass".to_string(),
             (op @ ("MatMul" | "Gemm"), 0) => format!(
@@ -195,7 +195,7 @@ fn note_unsliced_weights(g: &Graph, cx: &mut PassCx<'_>) -> usize {
         let flags = g.weight_zero_flags(&w.id).unwrap_or_else(|_| t.zero_flags());
         let dead: Vec<usize> =
             zero_slices_of(t, &flags, w.out_axis()).iter().enumerate().filter(|(_, z)| **z).map(|(c, _)| c).collect();
-        if dead.is_empty() || w.conflict.is_some() {
+        if dead.is_empty() {
             continue;
         }
         cx.note(u.node_name.clone(), format!("kept {} dead channel(s) {dead:?}: {why}", dead.len()));

@@ -116,12 +116,19 @@ pub fn float_outputs(g: &Graph) -> Vec<String> {
         .collect()
 }
 
-/// Every tensor `tensor` is computed from (itself included), or `None` when a control-flow node (If,
-/// Loop, Scan) is among its producers: its body may read any outer tensor.
-pub fn ancestors(g: &Graph, tensor: &str) -> Option<std::collections::BTreeSet<String>> {
+/// Whether a weight (by name) can affect any of `tensors`: a predicate true for every tensor they are
+/// computed from, and for every name when a control-flow node (If, Loop, Scan) is among their producers
+/// (its body may read any outer tensor).
+pub fn reaching(g: &Graph, tensors: &[&str]) -> impl Fn(&str) -> bool {
+    let set = ancestors(g, tensors);
+    move |name| set.as_ref().is_none_or(|s| s.contains(name))
+}
+
+/// Every tensor `tensors` are computed from (themselves included), or `None` past a control-flow node.
+fn ancestors(g: &Graph, tensors: &[&str]) -> Option<std::collections::BTreeSet<String>> {
     let producers = g.producers();
     let mut seen = std::collections::BTreeSet::new();
-    let mut todo = vec![tensor.to_string()];
+    let mut todo: Vec<String> = tensors.iter().map(|t| t.to_string()).collect();
     while let Some(t) = todo.pop() {
         if !seen.insert(t.clone()) {
             continue;

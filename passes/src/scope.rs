@@ -130,31 +130,19 @@ pub fn parse_ops(text: &str) -> Vec<String> {
     text.split('|').map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect()
 }
 
-/// The op types whose weights the passes can select (float and quantized).
-pub const KNOWN_OPS: [&str; 11] = [
-    "Conv",
-    "ConvTranspose",
-    "Gemm",
-    "MatMul",
-    "ConvInteger",
-    "MatMulInteger",
-    "QLinearConv",
-    "QLinearMatMul",
-    "QGemm",
-    "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat",
-];
-
 /// [`parse_ops`], refusing an op type no weight can be selected through (a typo would otherwise
 /// select nothing in silence), with the spelling meant when only the case differs.
 pub fn parse_known_ops(text: &str) -> Result<Vec<String>, String> {
     let ops = parse_ops(text);
-    if let Some(bad) = ops.iter().find(|o| !KNOWN_OPS.contains(&o.as_str())) {
-        let hint = KNOWN_OPS.iter().find(|k| k.eq_ignore_ascii_case(bad)).map(|k| format!(" (did you mean '{k}'?)"));
+    if let Some(bad) = ops.iter().find(|o| !sparsify_ir::weights::WEIGHT_OPS.contains(&o.as_str())) {
+        let hint = sparsify_ir::weights::WEIGHT_OPS
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(bad))
+            .map(|k| format!(" (did you mean '{k}'?)"));
         return Err(format!(
             "unknown op type '{bad}'{} in ops; weights are selected through {}",
             hint.unwrap_or_default(),
-            KNOWN_OPS.join(", ")
+            sparsify_ir::weights::WEIGHT_OPS.join(", ")
         ));
     }
     Ok(ops)

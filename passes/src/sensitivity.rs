@@ -16,7 +16,7 @@
 //! | `output` | first float output | the graph output compared with the dense model |
 //! | `ops`, `names`, `exclude` | see [`crate::scope`] | which weights are measured |
 
-use crate::layer_sensitivity::{ancestors, layers, measure, measured_tensor, parse_levels, table, Curves};
+use crate::layer_sensitivity::{layers, measure, measured_tensor, parse_levels, reaching, table, Curves};
 use crate::scope::{Scope, SCOPE_OPTIONS};
 use sparsify_ir::Model;
 use sparsify_pm::{
@@ -103,11 +103,11 @@ impl Pass for Sensitivity {
         let curves = self.analyze(model, cx.calibrator()?)?;
         cx.stat("layers", curves.layers.len() as f64);
         cx.stat("tract_runs", curves.runs as f64);
-        let reached = ancestors(&model.graph, &curves.output);
+        let reaches = reaching(&model.graph, &[&curves.output]);
         for l in &curves.layers {
             let e: Vec<String> = curves.levels.iter().zip(&l.errors).map(|(s, e)| format!("{s}: {e:.4}")).collect();
             cx.note(l.weight.clone(), format!("rel L2 of '{}' when pruned alone — {}", curves.output, e.join(", ")));
-            if reached.as_ref().is_some_and(|r| !r.contains(&l.weight)) {
+            if !reaches(&l.weight) {
                 cx.note(
                     l.weight.clone(),
                     format!("does not reach '{}': its curve is flat, not a measurement", curves.output),

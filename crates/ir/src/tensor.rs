@@ -570,6 +570,7 @@ mod tests {
             let n = bytes.len() / dtype.size().unwrap();
             let t = Tensor::new("w", dtype, vec![n as i64], Bytes::from(bytes)).unwrap();
             t.zero_count();
+            assert_eq!(t.finite.get(), Some(&(dtype, first_bad.is_none())), "{dtype:?}: learnt with the count");
             match (t.check_finite(), first_bad) {
                 (Ok(()), None) => {}
                 (Err(TensorError::NonFinite { index, .. }), Some(i)) => assert_eq!(index, i, "{dtype:?}"),

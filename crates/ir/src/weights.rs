@@ -264,6 +264,21 @@ impl Graph {
 
 /// For an op, the input slots that may carry a weight, with (out axis, reduction axis) in op-input
 /// coordinates and the group count.
+/// The op types [`weight_slots`] reads weights from (keep the two together).
+pub const WEIGHT_OPS: [&str; 11] = [
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+];
+
 fn weight_slots(g: &Graph, node: &crate::Node) -> Vec<(usize, Vec<usize>, usize)> {
     let groups = node.attr_int("group").unwrap_or(1).max(1) as usize;
     match node.op_type.as_str() {

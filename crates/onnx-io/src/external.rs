@@ -48,13 +48,11 @@ pub fn map_file(path: &Path) -> Result<Bytes, std::io::Error> {
 /// The path of a file mapped by [`map_file`] (some tensor still reads from it) that `dest` is (same
 /// device and inode), if any: writing over it would change the input under the model reading it.
 pub(crate) fn mapped_file_at(dest: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
     let d = std::fs::metadata(dest).ok()?;
     let all = MAPPED.lock().unwrap_or_else(|e| e.into_inner());
-    all.iter().filter_map(Weak::upgrade).find_map(|m| {
-        let f = m.file.metadata().ok()?;
-        (f.dev() == d.dev() && f.ino() == d.ino()).then(|| m.path.clone())
-    })
+    all.iter()
+        .filter_map(Weak::upgrade)
+        .find_map(|m| crate::same_inode(&m.file.metadata().ok()?, &d).then(|| m.path.clone()))
 }
 
 /// Copy `bytes` to `out` (at `out_offset`, or at its current position when `None`) in the kernel when

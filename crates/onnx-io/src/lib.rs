@@ -78,11 +78,16 @@ pub fn output_files(model: &Model, path: &Path, opts: &ExportOptions) -> Vec<Pat
 /// Whether `a` and `b` are the same file (same device and inode: symlinks, `..` spellings and hard links
 /// included); `false` when either does not exist.
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        (Ok(x), Ok(y)) => same_inode(&x, &y),
         _ => false,
     }
+}
+
+/// Same device and inode.
+pub(crate) fn same_inode(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
 }
 
 /// Save a model atomically. Inline model data goes into `path`; external data (when the options or the

@@ -45,6 +45,12 @@ pub fn feed_for(model: &Model, inputs: Option<&Path>, shapes: &[String], seed: u
     }
 }
 
+/// Why `path` (given as `flag`) cannot be written: its folder does not exist; `None` when it does.
+pub fn missing_folder(flag: &str, path: &Path) -> Option<String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    (!dir.is_dir()).then(|| format!("{flag} '{}': the folder '{}' does not exist", path.display(), dir.display()))
+}
+
 /// Write JSON atomically (temporary file beside it, then rename; nothing left behind on failure).
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)? + "\n";

@@ -1,7 +1,7 @@
 //! `sparsify-onnx run INPUT -o OUTPUT [--pipeline TEXT] [--calib PATH] [--inputs PATH] [--validate] [--json FILE]
 //! [--report FILE.html] [--quiet]`.
 
-use crate::common::{feed_for, print_table, print_validation, write_json};
+use crate::common::{feed_for, missing_folder, print_table, print_validation, write_json};
 use crate::{progress, report, Outcome};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -92,9 +92,6 @@ pub fn main(a: Args) -> Result<Outcome> {
         Err(sparsify_onnx::Error::Pipeline(e)) => return Ok(Outcome::Usage(e.to_string())),
         Err(e) => return Err(e.into()),
     };
-    if sparsify_onnx::same_file(&a.input, &a.output) {
-        bail!("the output '{}' is the input file: refusing to overwrite the input", a.output.display());
-    }
     if !a.input_shape.is_empty() && (!a.validate || a.inputs.is_some()) {
         return Ok(Outcome::Usage(
             "--input-shape sizes the random inputs of --validate: give it with --validate and without --inputs".into(),
@@ -105,8 +102,14 @@ pub fn main(a: Args) -> Result<Outcome> {
             return Ok(Outcome::Usage(e.to_string()));
         }
     }
-    check_side_outputs(&a)?;
     let mut model = sparsify_onnx::load(&a.input).with_context(|| format!("loading {}", a.input.display()))?;
+    let external = match a.external_data.as_str() {
+        "always" => ExternalMode::Always,
+        "never" => ExternalMode::Never,
+        _ => ExternalMode::Auto,
+    };
+    let opts = ExportOptions { external, ..Default::default() };
+    check_output_paths(&a, &model, &opts)?;
     let bars = progress::wanted(a.quiet).then(progress::Bars::new);
     let calibrator = match &a.calib {
         Some(p) => {
@@ -128,24 +131,6 @@ pub fn main(a: Args) -> Result<Outcome> {
     };
     let calib_notes: Vec<String> = calibrator.as_ref().map(|c| c.notes().to_vec()).unwrap_or_default();
     let calibrator = calibrator.as_ref().map(|c| c as &dyn sparsify_onnx::Calibrator);
-    let external = match a.external_data.as_str() {
-        "always" => ExternalMode::Always,
-        "never" => ExternalMode::Never,
-        _ => ExternalMode::Auto,
-    };
-    let opts = ExportOptions { external, ..Default::default() };
-    // No output file may be one of the input's files (the model or its external data).
-    for out in sparsify_onnx::output_files(&model, &a.output, &opts) {
-        if let Some(inp) =
-            sparsify_onnx::input_files(&model, &a.input).iter().find(|i| sparsify_onnx::same_file(i, &out))
-        {
-            bail!(
-                "the output file '{}' is the input's file '{}': refusing to overwrite the input",
-                out.display(),
-                inp.display()
-            );
-        }
-    }
     // Rewritten tensors are stored as soon as they are final: straight into the output's external-data
     // file when it will have one (laid out now, renamed into place by the save), else in an unlinked
     // spill file beside the output. Memory stays bounded by the largest tensor. Without a writable
@@ -195,34 +180,37 @@ pub fn main(a: Args) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// Before any work: `--json` and `--report` must be other files than the model output and each other,
-/// in folders that exist (a run that fails at the end would otherwise leave some outputs and not others).
-fn check_side_outputs(a: &Args) -> Result<()> {
+/// Before any work: no file the run writes (the model, its data file, `--json`, `--report`) may be one of
+/// the input's files or another of them, and the reports' folders must exist (a run that failed at the
+/// end would otherwise leave some outputs and not others).
+fn check_output_paths(a: &Args, model: &sparsify_onnx::ir::Model, opts: &ExportOptions) -> Result<()> {
     let same = |x: &Path, y: &Path| x == y || sparsify_onnx::same_file(x, y);
-    let data = a.output.with_file_name(format!(
-        "{}.data",
-        a.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
+    let inputs = sparsify_onnx::input_files(model, &a.input);
+    let outputs = sparsify_onnx::output_files(model, &a.output, opts);
+    for out in &outputs {
+        if let Some(inp) = inputs.iter().find(|i| same(i, out)) {
+            bail!(
+                "the output file '{}' is the input's file '{}': refusing to overwrite the input",
+                out.display(),
+                inp.display()
+            );
+        }
+    }
     let side: Vec<(&str, &Path)> = [("--json", a.json.as_deref()), ("--report", a.report.as_deref())]
         .into_iter()
         .filter_map(|(f, p)| Some((f, p?)))
         .collect();
     for (i, (flag, p)) in side.iter().enumerate() {
-        for (what, other) in [
-            ("the output model", a.output.as_path()),
-            ("the output's data file", data.as_path()),
-            ("the input", a.input.as_path()),
-        ] {
-            if same(p, other) {
-                bail!("{flag} '{}' is {what}: give the report its own file", p.display());
-            }
+        let named = outputs.iter().zip(["the output model", "the output's data file"]);
+        let files = named.chain(inputs.iter().map(|i| (i, "an input file")));
+        if let Some((_, what)) = files.into_iter().find(|(o, _)| same(p, o)) {
+            bail!("{flag} '{}' is {what}: give the report its own file", p.display());
         }
         if let Some((f2, p2)) = side[..i].iter().find(|(_, q)| same(p, q)) {
             bail!("{flag} and {f2} are the same file '{}'", p2.display());
         }
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            bail!("{flag} '{}': the folder '{}' does not exist", p.display(), dir.display());
+        if let Some(why) = missing_folder(flag, p) {
+            bail!(why);
         }
     }
     Ok(())

@@ -5,10 +5,10 @@
 //! `--cache FILE` keeps measured curves in a JSON file keyed by model hash, template, levels, output
 //! and calibration data: a repeated run (or one with the same key) reads them instead of measuring.
 
-use crate::common::write_json;
+use crate::common::{missing_folder, write_json};
 use crate::Outcome;
 use anyhow::{Context, Result};
-use sparsify_onnx::passes::layer_sensitivity::{ancestors, parse_levels, remember, table, Curves};
+use sparsify_onnx::passes::layer_sensitivity::{parse_levels, reaching, remember, table, Curves};
 use sparsify_onnx::passes::scope::Scope;
 use sparsify_onnx::passes::sensitivity::{Sensitivity, DEFAULT_LEVELS, DEFAULT_TEMPLATE};
 use sparsify_onnx::{Pipeline, TractCalibrator};
@@ -58,14 +58,8 @@ pub fn main(a: Args) -> Result<Outcome> {
         Err(e) => return Ok(Outcome::Usage(format!("--levels: {e}"))),
     };
     for (flag, p) in [("--cache", a.cache.as_deref()), ("--json", a.json.as_deref())] {
-        let Some(p) = p else { continue };
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        if !dir.is_dir() {
-            return Ok(Outcome::Usage(format!(
-                "{flag} '{}': the folder '{}' does not exist",
-                p.display(),
-                dir.display()
-            )));
+        if let Some(why) = p.and_then(|p| missing_folder(flag, p)) {
+            return Ok(Outcome::Usage(why));
         }
     }
     let model = sparsify_onnx::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
@@ -97,16 +91,10 @@ pub fn main(a: Args) -> Result<Outcome> {
     );
     println!("template: {}", curves.recipe);
     print!("{}", table(&curves));
-    if let Some(r) = ancestors(&model.graph, &curves.output) {
-        let flat: Vec<&str> =
-            curves.layers.iter().filter(|l| !r.contains(&l.weight)).map(|l| l.weight.as_str()).collect();
-        if !flat.is_empty() {
-            println!(
-                "not measured (they do not reach '{}'; their curves are flat): {}",
-                curves.output,
-                flat.join(", ")
-            );
-        }
+    let reaches = reaching(&model.graph, &[&curves.output]);
+    let flat: Vec<&str> = curves.layers.iter().filter(|l| !reaches(&l.weight)).map(|l| l.weight.as_str()).collect();
+    if !flat.is_empty() {
+        println!("not measured (they do not reach '{}'; their curves are flat): {}", curves.output, flat.join(", "));
     }
     if curves.runs == 0 {
         println!("{} layers from the cache ({secs:.2} s)", curves.layers.len());
